@@ -1,0 +1,312 @@
+//! Blob fills: one upstream download per missing blob, teed to every waiting client.
+//!
+//! A fill spools the upstream body to a file, hashing it as it goes. Clients read the spool
+//! file as it grows but are always held one byte short of the end until the digest matched;
+//! if it does not (or the upstream fails), their responses end in an error and nothing is
+//! stored. Memory per fill is one bounded write buffer, whatever the blob's size.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use tokio::sync::watch;
+
+use crate::error::{Code, RegistryError, Result};
+use crate::names::{Algorithm, Digest};
+use crate::store::fs::READ_CHUNK;
+use crate::store::ByteStream;
+use crate::upstream::FetchedBlob;
+
+/// Where a fill stands.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's response.
+    Starting,
+    /// Bytes are arriving; `written` are in the spool file.
+    Streaming {
+        /// Bytes in the spool file so far.
+        written: u64,
+        /// The announced size, if any.
+        size: Option<u64>,
+    },
+    /// The digest matched and the blob is in the store.
+    Complete {
+        /// The blob's size.
+        size: u64,
+    },
+    /// The upstream does not have the blob.
+    NotFound,
+    /// The fill failed; nothing was stored.
+    Failed(RegistryError),
+}
+
+/// One fill under way, shared by every client waiting for the blob.
+pub struct Fill {
+    state: watch::Sender<FillState>,
+    spool: OnceLock<Arc<File>>,
+}
+
+impl Default for Fill {
+    fn default() -> Self {
+        Fill { state: watch::channel(FillState::Starting).0, spool: OnceLock::new() }
+    }
+}
+
+/// The hasher for a digest's algorithm.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    fn new(alg: Algorithm) -> Hasher {
+        match alg {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(b),
+            Hasher::Sha512(h) => h.update(b),
+        }
+    }
+
+    fn finish(self, alg: Algorithm) -> Digest {
+        match self {
+            Hasher::Sha256(h) => Digest::from_raw(alg, &h.finalize()),
+            Hasher::Sha512(h) => Digest::from_raw(alg, &h.finalize()),
+        }
+    }
+}
+
+impl Fill {
+    /// The current state, for waiting clients.
+    pub fn subscribe(&self) -> watch::Receiver<FillState> {
+        self.state.subscribe()
+    }
+
+    /// Downloads `blob` into `spool`, verifying `digest`; on success the caller ingests it.
+    ///
+    /// Returns the size. On any error the spool file is removed and the state is Failed.
+    pub async fn download(&self, blob: FetchedBlob, digest: &Digest, spool: PathBuf, idle: Duration) -> Result<u64> {
+        let result = self.download_inner(blob, digest, &spool, idle).await;
+        if let Err(e) = &result {
+            let _ = tokio::fs::remove_file(&spool).await;
+            self.fail(e.clone());
+        }
+        result
+    }
+
+    async fn download_inner(&self, mut blob: FetchedBlob, digest: &Digest, spool: &PathBuf, idle: Duration) -> Result<u64> {
+        let path = spool.clone();
+        let (writer, reader) = blocking(move || {
+            let w = File::create(&path)?;
+            let r = File::open(&path)?;
+            Ok((w, r))
+        })
+        .await?;
+        let _ = self.spool.set(Arc::new(reader));
+        self.state.send_replace(FillState::Streaming { written: 0, size: blob.size });
+
+        let alg = digest.algorithm();
+        let mut sink = Some((writer, Hasher::new(alg)));
+        let mut written = 0u64;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            let next = tokio::time::timeout(idle, blob.body.next())
+                .await
+                .map_err(|_| RegistryError::upstream_timeout("upstream stalled while sending a blob"))?;
+            let done = match next {
+                Some(Ok(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    false
+                }
+                Some(Err(e)) => return Err(RegistryError::upstream(format!("upstream blob body failed: {e}"))),
+                None => true,
+            };
+            if buf.len() >= READ_CHUNK || (done && !buf.is_empty()) {
+                let chunk = buf.split().freeze();
+                written += chunk.len() as u64;
+                if blob.size.is_some_and(|s| written > s) {
+                    return Err(RegistryError::upstream("upstream sent more bytes than it announced"));
+                }
+                sink = Some(write_chunk(sink.take().expect("sink present"), chunk).await?);
+                self.state.send_replace(FillState::Streaming { written, size: blob.size });
+            }
+            if done {
+                break;
+            }
+        }
+        if blob.size.is_some_and(|s| written != s) {
+            return Err(RegistryError::upstream("upstream blob body was truncated"));
+        }
+        let (writer, hasher) = sink.expect("sink present");
+        let actual = blocking(move || {
+            writer.sync_all()?;
+            Ok(hasher.finish(alg))
+        })
+        .await?;
+        if &actual != digest {
+            tracing::warn!(expected = %digest, %actual, "upstream blob does not match its digest");
+            return Err(RegistryError::new(
+                Code::DigestInvalid,
+                http::StatusCode::BAD_GATEWAY,
+                format!("upstream content does not match digest {digest}"),
+            ));
+        }
+        Ok(written)
+    }
+
+    /// Marks the fill complete: the blob is in the store.
+    pub fn complete(&self, size: u64) {
+        self.state.send_replace(FillState::Complete { size });
+    }
+
+    /// Marks the fill failed.
+    pub fn fail(&self, e: RegistryError) {
+        self.state.send_replace(FillState::Failed(e));
+    }
+
+    /// Marks the blob as absent upstream.
+    pub fn not_found(&self) {
+        self.state.send_replace(FillState::NotFound);
+    }
+
+    /// Streams the blob to one client from the growing spool file.
+    pub fn reader(self: &Arc<Self>) -> ByteStream {
+        let rx = self.subscribe();
+        let fill = Arc::clone(self);
+        futures_util::stream::unfold((fill, rx, 0u64), |(fill, mut rx, pos)| async move {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                let (limit, finished) = match state {
+                    FillState::Starting => (0, false),
+                    FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
+                    FillState::Complete { size } => (size, true),
+                    FillState::NotFound => return Some((Err(io::Error::other("blob vanished upstream")), (fill, rx, pos))),
+                    FillState::Failed(e) => return Some((Err(io::Error::other(e.message)), (fill, rx, u64::MAX))),
+                };
+                if pos == u64::MAX {
+                    return None;
+                }
+                if pos < limit {
+                    let file = Arc::clone(fill.spool.get().expect("spool set before streaming"));
+                    let len = (limit - pos).min(READ_CHUNK as u64) as usize;
+                    let chunk = blocking(move || {
+                        let mut buf = vec![0u8; len];
+                        file.read_exact_at(&mut buf, pos)?;
+                        Ok(Bytes::from(buf))
+                    })
+                    .await;
+                    return match chunk {
+                        Ok(c) => {
+                            let next = pos + c.len() as u64;
+                            Some((Ok(c), (fill, rx, next)))
+                        }
+                        Err(e) => Some((Err(e), (fill, rx, u64::MAX))),
+                    };
+                }
+                if finished {
+                    return None;
+                }
+                if rx.changed().await.is_err() {
+                    return Some((Err(io::Error::other("blob fill ended unexpectedly")), (fill, rx, u64::MAX)));
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+async fn write_chunk(sink: (File, Hasher), chunk: Bytes) -> io::Result<(File, Hasher)> {
+    blocking(move || {
+        use std::io::Write;
+        let (mut file, mut hasher) = sink;
+        hasher.update(&chunk);
+        file.write_all(&chunk)?;
+        Ok((file, hasher))
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob_of(chunks: Vec<io::Result<Bytes>>, size: Option<u64>) -> FetchedBlob {
+        FetchedBlob { size, body: futures_util::stream::iter(chunks).boxed() }
+    }
+
+    async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn good_blob_streams_to_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 600_000];
+        let digest = Digest::sha256_of(&data);
+        let fill = Arc::new(Fill::default());
+        let reader = fill.reader();
+        let blob = blob_of(vec![Ok(Bytes::from(data[..300_000].to_vec())), Ok(Bytes::from(data[300_000..].to_vec()))], Some(600_000));
+        let f2 = fill.clone();
+        let dl = tokio::spawn(async move {
+            let n = f2.download(blob, &digest, dir.path().join("s"), Duration::from_secs(5)).await.unwrap();
+            f2.complete(n);
+            dir
+        });
+        assert_eq!(collect(reader).await.unwrap(), data);
+        dl.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_digest_aborts_reader_and_removes_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::sha256_of(b"expected");
+        let fill = Arc::new(Fill::default());
+        let reader = fill.reader();
+        let spool = dir.path().join("s");
+        let err = fill
+            .download(blob_of(vec![Ok(Bytes::from_static(b"impostor"))], Some(8)), &digest, spool.clone(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::DigestInvalid);
+        assert!(!spool.exists());
+        let got = collect(reader).await;
+        assert!(got.is_err(), "the reader must not complete");
+    }
+
+    #[tokio::test]
+    async fn truncated_and_stalled_bodies_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::sha256_of(b"0123456789");
+        let fill = Fill::default();
+        let e = fill
+            .download(blob_of(vec![Ok(Bytes::from_static(b"01234"))], Some(10)), &digest, dir.path().join("a"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("truncated"), "{e}");
+
+        let fill = Fill::default();
+        let stalled = FetchedBlob { size: Some(10), body: futures_util::stream::pending().boxed() };
+        let e = fill.download(stalled, &digest, dir.path().join("b"), Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(e.status, http::StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,546 @@
+//! The pull-through cache: local store first, else the upstream, then fill the store.
+//!
+//! Manifests by digest are immutable and served from the store once fetched. Tag resolutions
+//! are trusted for `tag_ttl`, then revalidated with a HEAD; when the upstream is unreachable
+//! or answers 429/5xx, the last known resolution is served (stale). Concurrent misses for the
+//! same manifest, tag or blob share one upstream request.
+
+pub mod fill;
+pub mod lru;
+pub mod singleflight;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Code, RegistryError, Result};
+use crate::manifest::{self, Manifest};
+use crate::names::{Digest, Reference, RepoName, Tag};
+use crate::store::{ByteStream, Store};
+use crate::upstream::{FetchedManifest, Upstream};
+use fill::{Fill, FillState};
+use lru::LruIndex;
+use singleflight::SingleFlight;
+
+/// How a request was served, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the local store.
+    Hit,
+    /// Fetched from the upstream (or joined a fetch under way).
+    Miss,
+    /// A tag revalidated upstream, the content itself local.
+    Revalidated,
+    /// Served from the store because the upstream failed.
+    Stale,
+}
+
+impl CacheStatus {
+    /// The word written in the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    /// The exact bytes.
+    pub bytes: Bytes,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+    /// How it was served.
+    pub status: CacheStatus,
+}
+
+/// A blob ready to stream.
+pub struct ServedBlob {
+    /// The total size, when known.
+    pub size: Option<u64>,
+    /// The requested bytes.
+    pub body: ByteStream,
+    /// How it was served.
+    pub status: CacheStatus,
+}
+
+/// A byte range `start..=end` of a blob, already checked against its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub end: u64,
+}
+
+/// The persisted resolution of a tag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagRecord {
+    digest: Digest,
+    /// Seconds since the epoch when the upstream last confirmed it.
+    checked_at: u64,
+}
+
+type TagKey = (String, RepoName, Tag);
+
+/// The pull-through cache over all configured upstreams.
+pub struct Cache {
+    store: Arc<dyn Store>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+    aliases: HashMap<String, String>,
+    tag_ttl: Duration,
+    idle_timeout: Duration,
+    manifests: moka::future::Cache<Digest, Bytes>,
+    tags: moka::future::Cache<TagKey, TagRecord>,
+    manifest_flights: SingleFlight<Digest, Result<(Bytes, CacheStatus)>>,
+    tag_flights: SingleFlight<TagKey, Result<(TagRecord, CacheStatus)>>,
+    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    lru: LruIndex,
+    evicting: tokio::sync::Mutex<()>,
+    weak: std::sync::Weak<Cache>,
+}
+
+impl Cache {
+    /// Builds the cache over a store, indexing what the store already holds.
+    pub async fn new(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Cache>> {
+        let mut upstreams = HashMap::new();
+        let mut aliases = HashMap::new();
+        for u in &config.upstreams {
+            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?));
+            for a in &u.aliases {
+                aliases.insert(a.clone(), u.name.clone());
+            }
+        }
+        let idle_timeout = config.upstreams.iter().map(|u| u.timeout.0).max().unwrap_or(Duration::from_secs(30));
+        let lru = LruIndex::new(config.storage.max_size.0, store.list_blobs().await?);
+        let memory = config.cache.memory.0;
+        Ok(Arc::new_cyclic(|weak| Cache {
+            store,
+            upstreams,
+            aliases,
+            tag_ttl: config.cache.tag_ttl.0,
+            idle_timeout,
+            manifests: moka::future::Cache::builder()
+                .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+                .max_capacity(memory)
+                .build(),
+            tags: moka::future::Cache::builder().max_capacity(100_000).build(),
+            manifest_flights: SingleFlight::default(),
+            tag_flights: SingleFlight::default(),
+            fills: Mutex::default(),
+            lru,
+            evicting: tokio::sync::Mutex::new(()),
+            weak: weak.clone(),
+        }))
+    }
+
+    /// The store underneath (for readiness checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Maps a namespace (upstream name, or containerd's `ns` host) to its upstream.
+    pub fn upstream(&self, namespace: &str) -> Result<Arc<Upstream>> {
+        let name = self.aliases.get(namespace).map(String::as_str).unwrap_or(namespace);
+        self.upstreams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RegistryError::of(Code::NameUnknown, format!("no upstream or namespace named {namespace:?}")))
+    }
+
+    /// The canonical name of a namespace (resolving aliases), if it is configured.
+    pub fn canonical_namespace(&self, namespace: &str) -> Option<&str> {
+        let name = self.aliases.get(namespace).map(String::as_str).unwrap_or(namespace);
+        self.upstreams.get_key_value(name).map(|(k, _)| k.as_str())
+    }
+
+    /// Serves a manifest by tag or digest.
+    pub async fn manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
+        let upstream = self.upstream(ns)?;
+        match reference {
+            Reference::Digest(d) => {
+                let (bytes, status) = self.manifest_by_digest(&upstream, repo, d).await?;
+                served(bytes, d.clone(), status)
+            }
+            Reference::Tag(tag) => {
+                let key = (upstream.name.clone(), repo.clone(), tag.clone());
+                let (record, tag_status) = self.resolve_tag(&upstream, key).await?;
+                let (bytes, status) = self.manifest_by_digest(&upstream, repo, &record.digest).await?;
+                let status = if status == CacheStatus::Hit { tag_status } else { status };
+                served(bytes, record.digest, status)
+            }
+        }
+    }
+
+    /// Serves a manifest in a media type the client accepts (an index falls back to linux/amd64).
+    pub async fn manifest_for(&self, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
+        let m = self.manifest(ns, repo, reference).await?;
+        if manifest::accepts(accept, &m.media_type) {
+            return Ok(m);
+        }
+        let child = manifest::is_index(&m.media_type).then(|| Manifest::parse(&m.bytes).ok()).flatten();
+        if let Some(d) = child.as_ref().and_then(platform_fallback) {
+            let c = self.manifest(ns, repo, &Reference::Digest(d)).await?;
+            if manifest::accepts(accept, &c.media_type) {
+                return Ok(c);
+            }
+        }
+        Err(RegistryError::of(
+            Code::ManifestUnknown,
+            format!("manifest is {} and the request's Accept header does not allow it", m.media_type),
+        ))
+    }
+
+    /// A manifest by digest: memory, store, else one shared upstream fetch.
+    async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Result<(Bytes, CacheStatus)> {
+        if let Some(b) = self.manifests.get(digest).await {
+            self.lru.accessed(digest);
+            return Ok((b, CacheStatus::Hit));
+        }
+        if let Some(b) = self.store.read_small(digest).await? {
+            self.note_access(digest);
+            self.manifests.insert(digest.clone(), b.clone()).await;
+            return Ok((b, CacheStatus::Hit));
+        }
+        let (up, repo2, d) = (Arc::clone(upstream), repo.clone(), digest.clone());
+        let this = self.self_arc();
+        self.manifest_flights
+            .run(digest.clone(), async move {
+                let fetched = up.get_manifest(&repo2, &d.to_string()).await?.ok_or_else(|| manifest_unknown(&repo2, &d))?;
+                if !digest_matches(&fetched, &d) {
+                    return Err(RegistryError::new(
+                        Code::DigestInvalid,
+                        http::StatusCode::BAD_GATEWAY,
+                        format!("upstream manifest does not match digest {d}"),
+                    ));
+                }
+                this.keep_manifest(&d, &fetched.bytes).await?;
+                Ok((fetched.bytes, CacheStatus::Miss))
+            })
+            .await
+    }
+
+    /// Stores verified manifest bytes and keeps them in memory.
+    async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+        let spool = self.store.spool_dir().join(format!("manifest-{}", uuid::Uuid::new_v4()));
+        tokio::fs::write(&spool, bytes).await?;
+        let stored = self.store.ingest(&spool, digest).await;
+        if stored.is_err() {
+            let _ = tokio::fs::remove_file(&spool).await;
+        }
+        stored?;
+        self.lru.insert(digest.clone(), bytes.len() as u64);
+        self.manifests.insert(digest.clone(), bytes.clone()).await;
+        self.evict_if_needed();
+        Ok(())
+    }
+
+    /// Resolves a tag to a digest: fresh record, else revalidate (shared), else stale.
+    async fn resolve_tag(&self, upstream: &Arc<Upstream>, key: TagKey) -> Result<(TagRecord, CacheStatus)> {
+        let known = self.load_tag(&key).await?;
+        if let Some(r) = &known {
+            if now_secs().saturating_sub(r.checked_at) < self.tag_ttl.as_secs().max(1) {
+                return Ok((r.clone(), CacheStatus::Hit));
+            }
+        }
+        let (up, this, k) = (Arc::clone(upstream), self.self_arc(), key.clone());
+        let revalidated = self.tag_flights.run(key.clone(), async move { this.revalidate_tag(&up, &k, known).await }).await;
+        revalidated
+    }
+
+    async fn revalidate_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
+        let (_, repo, tag) = key;
+        let head = match upstream.head_manifest(repo, tag.as_str()).await {
+            Ok(h) => h,
+            Err(e) if e.is_upstream_failure() && known.is_some() => {
+                tracing::warn!(upstream = %upstream.name, %repo, %tag, error = %e.message, "upstream failed; serving stale tag");
+                return Ok((known.expect("checked"), CacheStatus::Stale));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(head) = head else {
+            self.forget_tag(key).await?;
+            return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
+        };
+        if let (Some(k), Some(d)) = (&known, &head.digest) {
+            if &k.digest == d {
+                let record = TagRecord { digest: d.clone(), checked_at: now_secs() };
+                self.save_tag(key, &record).await?;
+                return Ok((record, CacheStatus::Revalidated));
+            }
+        }
+        let fetched = match upstream.get_manifest(repo, tag.as_str()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}"))),
+            Err(e) if e.is_upstream_failure() && known.is_some() => {
+                return Ok((known.expect("checked"), CacheStatus::Stale));
+            }
+            Err(e) => return Err(e),
+        };
+        if head.digest.as_ref().is_some_and(|d| d.algorithm() == fetched.digest.algorithm() && d != &fetched.digest) {
+            tracing::info!(%repo, %tag, "tag moved between HEAD and GET; using the GET");
+        }
+        self.keep_manifest(&fetched.digest, &fetched.bytes).await?;
+        let record = TagRecord { digest: fetched.digest.clone(), checked_at: now_secs() };
+        self.save_tag(key, &record).await?;
+        Ok((record, CacheStatus::Miss))
+    }
+
+    fn tag_meta_key((ns, repo, tag): &TagKey) -> String {
+        format!("tags/{ns}/{repo}/_tags/{tag}")
+    }
+
+    async fn load_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+        if let Some(r) = self.tags.get(key).await {
+            return Ok(Some(r));
+        }
+        let Some(raw) = self.store.get_meta(&Self::tag_meta_key(key)).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else {
+            tracing::warn!(key = %Self::tag_meta_key(key), "ignoring unreadable tag record");
+            return Ok(None);
+        };
+        self.tags.insert(key.clone(), record.clone()).await;
+        Ok(Some(record))
+    }
+
+    async fn save_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
+        let json = serde_json::to_vec(record).map_err(RegistryError::internal)?;
+        self.store.put_meta(&Self::tag_meta_key(key), &json).await?;
+        self.tags.insert(key.clone(), record.clone()).await;
+        Ok(())
+    }
+
+    async fn forget_tag(&self, key: &TagKey) -> Result<()> {
+        self.tags.invalidate(key).await;
+        self.store.delete_meta(&Self::tag_meta_key(key)).await?;
+        Ok(())
+    }
+
+    /// The size of a blob: local, a fill under way, else an upstream HEAD.
+    pub async fn blob_size(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
+        let upstream = self.upstream(ns)?;
+        if let Some(size) = self.store.blob_size(digest).await? {
+            return Ok((size, CacheStatus::Hit));
+        }
+        match upstream.head_blob(repo, digest).await? {
+            Some(size) => Ok((size, CacheStatus::Miss)),
+            None => Err(blob_unknown(digest)),
+        }
+    }
+
+    /// Streams a blob (or a range of it): local, else joins or starts the one upstream fill.
+    pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
+        let upstream = self.upstream(ns)?;
+        if let Some(found) = self.local_blob(digest, range).await? {
+            return Ok(found);
+        }
+        let fill = self.join_fill(&upstream, repo, digest);
+        let mut rx = fill.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Starting => {}
+                FillState::NotFound => return Err(blob_unknown(digest)),
+                FillState::Failed(e) => return Err(e),
+                FillState::Streaming { size, .. } if range.is_none() => {
+                    let body = fill.reader();
+                    return Ok((ServedBlob { size, body, status: CacheStatus::Miss }, None));
+                }
+                FillState::Complete { .. } => {
+                    return self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest));
+                }
+                FillState::Streaming { .. } => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(RegistryError::internal("blob fill vanished"));
+            }
+        }
+    }
+
+    async fn local_blob(&self, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<Option<(ServedBlob, Option<ByteRange>)>> {
+        let Some(size) = self.store.blob_size(digest).await? else { return Ok(None) };
+        let range = match range {
+            None => None,
+            Some(r) => Some(resolve_range(r, size)?),
+        };
+        let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.end - r.start + 1)));
+        let Some(body) = self.store.read_blob(digest, offset, len).await? else { return Ok(None) };
+        self.note_access(digest);
+        Ok(Some((ServedBlob { size: Some(size), body, status: CacheStatus::Hit }, range)))
+    }
+
+    /// Returns the fill for a blob, starting it if none is under way.
+    fn join_fill(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Arc<Fill> {
+        let mut fills = self.fills.lock().expect("fills lock");
+        if let Some(f) = fills.get(digest) {
+            return Arc::clone(f);
+        }
+        let fill = Arc::new(Fill::default());
+        fills.insert(digest.clone(), Arc::clone(&fill));
+        drop(fills);
+        let (this, up, repo, d, f) = (self.self_arc(), Arc::clone(upstream), repo.clone(), digest.clone(), Arc::clone(&fill));
+        tokio::spawn(async move { this.run_fill(&up, &repo, &d, &f).await });
+        fill
+    }
+
+    async fn run_fill(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, fill: &Fill) {
+        let spool = self.store.spool_dir().join(format!("blob-{}", uuid::Uuid::new_v4()));
+        let outcome = match upstream.get_blob(repo, digest).await {
+            Ok(None) => Ok(None),
+            Ok(Some(blob)) => fill.download(blob, digest, spool.clone(), self.idle_timeout).await.map(Some),
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(Some(size)) => match self.store.ingest(&spool, digest).await {
+                Ok(()) => Ok(Some(size)),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&spool).await;
+                    Err(RegistryError::from(e))
+                }
+            },
+            other => other,
+        };
+        self.fills.lock().expect("fills lock").remove(digest);
+        match outcome {
+            Ok(Some(size)) => {
+                self.lru.insert(digest.clone(), size);
+                fill.complete(size);
+                tracing::debug!(%digest, size, "blob cached");
+                self.evict_if_needed();
+            }
+            Ok(None) => fill.not_found(),
+            Err(e) => {
+                tracing::warn!(%digest, error = %e.message, "blob fill failed; nothing cached");
+                fill.fail(e);
+            }
+        }
+    }
+
+    /// Lists a repository's tags: the upstream's, or the locally known ones when it fails.
+    pub async fn tags(&self, ns: &str, repo: &RepoName) -> Result<Vec<String>> {
+        let upstream = self.upstream(ns)?;
+        let mut tags = match upstream.tags(repo).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(RegistryError::of(Code::NameUnknown, format!("repository {ns}/{repo} not known upstream"))),
+            Err(e) if e.is_upstream_failure() => {
+                let local = self.store.list_meta(&format!("tags/{}/{repo}/_tags", upstream.name)).await?;
+                if local.is_empty() {
+                    return Err(e);
+                }
+                local
+            }
+            Err(e) => return Err(e),
+        };
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    fn note_access(&self, digest: &Digest) {
+        if self.lru.accessed(digest) {
+            let (store, d) = (Arc::clone(&self.store), digest.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch(&d).await {
+                    tracing::debug!(digest = %d, error = %e, "cannot refresh access time");
+                }
+            });
+        }
+    }
+
+    /// Starts an eviction pass when the cache is over its size cap (one pass at a time).
+    fn evict_if_needed(&self) {
+        if self.lru.victims().is_empty() {
+            return;
+        }
+        let this = self.self_arc();
+        tokio::spawn(async move {
+            let Ok(_guard) = this.evicting.try_lock() else { return };
+            for digest in this.lru.victims() {
+                if let Err(e) = this.store.delete_blob(&digest).await {
+                    tracing::warn!(%digest, error = %e, "eviction failed");
+                    continue;
+                }
+                this.lru.remove(&digest);
+                this.manifests.invalidate(&digest).await;
+                tracing::info!(%digest, "evicted");
+            }
+        });
+    }
+
+    fn self_arc(&self) -> Arc<Cache> {
+        self.weak.upgrade().expect("cache alive while serving")
+    }
+}
+
+fn served(bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
+    let media_type = Manifest::parse(&bytes)?.media_type().to_string();
+    Ok(ServedManifest { bytes, media_type, digest, status })
+}
+
+/// Whether fetched bytes hash to the requested digest, in the digest's own algorithm.
+fn digest_matches(fetched: &FetchedManifest, wanted: &Digest) -> bool {
+    use sha2::Digest as _;
+    match wanted.algorithm() {
+        crate::names::Algorithm::Sha256 => &fetched.digest == wanted,
+        crate::names::Algorithm::Sha512 => {
+            &Digest::from_raw(wanted.algorithm(), &sha2::Sha512::digest(&fetched.bytes)) == wanted
+        }
+    }
+}
+
+fn manifest_unknown(repo: &RepoName, digest: &Digest) -> RegistryError {
+    RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}@{digest}"))
+}
+
+fn blob_unknown(digest: &Digest) -> RegistryError {
+    RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}"))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Checks a requested `(start, end)` range against a blob's size (RFC 9110 semantics).
+pub fn resolve_range((start, end): (u64, Option<u64>), size: u64) -> Result<ByteRange> {
+    if start >= size {
+        return Err(RegistryError::of(Code::RangeInvalid, format!("range starts at {start}, blob has {size} bytes")));
+    }
+    let end = end.unwrap_or(size - 1).min(size - 1);
+    if end < start {
+        return Err(RegistryError::of(Code::RangeInvalid, "range end before start"));
+    }
+    Ok(ByteRange { start, end })
+}
+
+/// Picks what to answer a client whose `Accept` does not admit an index: the linux/amd64 child.
+pub fn platform_fallback(index: &Manifest) -> Option<Digest> {
+    index
+        .manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+        .map(|m| m.digest.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(resolve_range((0, Some(9)), 100).unwrap(), ByteRange { start: 0, end: 9 });
+        assert_eq!(resolve_range((90, None), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(resolve_range((90, Some(500)), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(resolve_range((100, None), 100).unwrap_err().status, 416);
+        assert!(resolve_range((5, Some(4)), 100).is_err());
+    }
+}

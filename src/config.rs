@@ -1,0 +1,394 @@
+//! `proxy.toml`: typed configuration, parsed with unknown keys rejected and validated on load.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration built into the binary: the root `proxy.toml` of the source tree.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../proxy.toml");
+
+/// A configuration problem, naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The configuration file (or "<embedded defaults>").
+    pub file: String,
+    /// The dotted key path that is wrong (or "-" when the file itself is).
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The whole `proxy.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: where to listen.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`: where the cache lives and how large it may grow.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[cache]`: freshness of tag resolutions.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// `[[upstream]]`: the registries proxied, each addressed as `/v2/<name>/...`.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[server]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `listen = "127.0.0.1:5000"`: the socket address to bind (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `shutdown_grace = "30s"`: how long in-flight requests may run on after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+/// `[storage]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `path = "data"`: the cache directory, relative to the configuration file.
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+    /// `max_size = "20GiB"`: cached content beyond this is evicted, least recently used first.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+}
+
+/// `[cache]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `tag_ttl = "5m"`: how long a tag resolution is trusted before it is revalidated upstream.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl: HumanDuration,
+    /// `memory = "64MiB"`: manifests kept in memory (all content also lives on disk).
+    #[serde(default = "default_cache_memory")]
+    pub memory: ByteSize,
+}
+
+/// One `[[upstream]]` registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `name = "docker.io"`: the first path segment clients use, `/v2/docker.io/<repo>/...`.
+    pub name: String,
+    /// `url = "https://registry-1.docker.io"`: the registry's base URL.
+    pub url: url::Url,
+    /// `aliases = ["index.docker.io"]`: other host names that map here (containerd's `?ns=`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `username = "..."`: for basic auth or the token realm.
+    pub username: Option<String>,
+    /// `password_file = "secrets/hub"`: file holding the password, relative to the config file.
+    pub password_file: Option<PathBuf>,
+    /// `connect_timeout = "10s"`: limit for establishing a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// `timeout = "30s"`: limit for a response to start and for each read of a body.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// `retries = 2`: extra attempts for idempotent requests that failed before any body byte.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `ca_file = "certs/ca.pem"`: extra PEM root certificates to trust for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// The password read from `password_file` at load time (never logged).
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+impl fmt::Display for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.url)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:5000".parse().expect("constant address")
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_size() -> ByteSize {
+    ByteSize(20 << 30)
+}
+fn default_tag_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_cache_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_retries() -> u32 {
+    2
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: default_listen(), shutdown_grace: default_grace() }
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { path: default_storage_path(), max_size: default_max_size() }
+    }
+}
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { tag_ttl: default_tag_ttl(), memory: default_cache_memory() }
+    }
+}
+
+/// A duration written for humans in TOML: `"30s"`, `"5m"`, `"1h 30m"`, `"50ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\"")))
+    }
+}
+
+/// A size written for humans in TOML: `"20GiB"`, `"512MB"`, `"4096"` (bytes), or an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let value: f64 = num.parse().map_err(|_| format!("invalid size {s:?}; write e.g. \"20GiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1000 * 1000 * 1000 * 1000,
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB")),
+        };
+        Ok(ByteSize((value * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `file` names the source in errors, `base` resolves relative paths.
+    pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let err = |key: String, problem: String| ConfigError { file: file.to_string(), key, problem };
+        let de = toml::Deserializer::parse(text).map_err(|e| err("-".into(), one_line(&e.to_string())))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." || key.is_empty() { "-".to_string() } else { key };
+            err(key, one_line(&e.inner().to_string()))
+        })?;
+        config.resolve_paths(base);
+        config.validate().map_err(|(key, problem)| err(key, problem))?;
+        Ok(config)
+    }
+
+    /// Loads a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), key: "-".into(), problem: format!("cannot read: {e}") })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Config::from_toml_str(&text, &file, &base)
+    }
+
+    /// The built-in configuration, relative paths resolved against the working directory.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::from_toml_str(EMBEDDED_DEFAULTS, "<embedded defaults>", Path::new("."))
+    }
+
+    /// Finds the upstream a client addresses by name or by one of its aliases.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name || u.aliases.iter().any(|a| a == name))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
+        self.storage.path = join(&self.storage.path);
+        for u in &mut self.upstreams {
+            u.password_file = u.password_file.as_ref().map(join);
+            u.ca_file = u.ca_file.as_ref().map(join);
+        }
+    }
+
+    /// Checks what serde cannot: unique names, readable files, sane values.
+    fn validate(&mut self) -> Result<(), (String, String)> {
+        if self.storage.max_size.0 == 0 {
+            return Err(("storage.max_size".into(), "must be larger than zero".into()));
+        }
+        if self.cache.tag_ttl.0.is_zero() {
+            return Err(("cache.tag_ttl".into(), "must be larger than zero".into()));
+        }
+        let mut seen = HashSet::new();
+        for (i, u) in self.upstreams.iter_mut().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            if !valid_namespace(&u.name) {
+                return Err((key("name"), format!("{:?} is not a valid namespace: use lower-case letters, digits, '.', '_' and '-'", u.name)));
+            }
+            for n in std::iter::once(&u.name).chain(&u.aliases) {
+                if !seen.insert(n.clone()) {
+                    return Err((key("name"), format!("{n:?} is used by more than one upstream")));
+                }
+            }
+            if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
+                return Err((key("url"), format!("{:?} must be an http:// or https:// URL with a host", u.url.as_str())));
+            }
+            if u.password_file.is_some() && u.username.is_none() {
+                return Err((key("username"), "password_file is set but username is missing".into()));
+            }
+            if let Some(p) = &u.password_file {
+                let pw = std::fs::read_to_string(p)
+                    .map_err(|e| (key("password_file"), format!("cannot read {}: {e}", p.display())))?;
+                u.password = Some(pw.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if let Some(p) = &u.ca_file {
+                std::fs::metadata(p).map_err(|e| (key("ca_file"), format!("cannot read {}: {e}", p.display())))?;
+            }
+            if u.timeout.0.is_zero() || u.connect_timeout.0.is_zero() {
+                return Err((key("timeout"), "timeouts must be larger than zero".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A namespace is one repository path component (so `/v2/<ns>/<repo>` parses unambiguously).
+fn valid_namespace(s: &str) -> bool {
+    s.parse::<crate::names::RepoName>().is_ok() && !s.contains('/')
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml", Path::new("/etc/portcullis"))
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.storage.path, Path::new("./data"));
+        assert!(c.upstream("docker.io").is_some());
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            r#"
+            [server]
+            listen = "0.0.0.0:8080"
+            [storage]
+            path = "cache"
+            max_size = "1.5GiB"
+            [cache]
+            tag_ttl = "1m 30s"
+            [[upstream]]
+            name = "docker.io"
+            url = "https://registry-1.docker.io"
+            aliases = ["index.docker.io"]
+            timeout = "5s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.storage.path, Path::new("/etc/portcullis/cache"));
+        assert_eq!(c.storage.max_size.0, 1610612736);
+        assert_eq!(c.cache.tag_ttl.0, Duration::from_secs(90));
+        assert_eq!(c.upstream("index.docker.io").unwrap().name, "docker.io");
+        assert_eq!(c.upstreams[0].timeout.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert_eq!((e.file.as_str(), e.key.as_str()), ("test.toml", "server.listen"), "{e}");
+        assert!(e.problem.contains("invalid socket address"), "{e}");
+
+        let e = parse("[cache]\ntag_ttl = \"soon\"\n").unwrap_err();
+        assert_eq!(e.key, "cache.tag_ttl");
+        assert!(e.problem.contains("invalid duration"), "{e}");
+
+        let e = parse("[storage]\nmax_size = \"12 parsecs\"\n").unwrap_err();
+        assert_eq!(e.key, "storage.max_size");
+
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\ncolour = \"blue\"\n").unwrap_err();
+        assert!(e.problem.contains("unknown field `colour`"), "{e}");
+
+        let e = parse("[[upstream]]\nname = \"Docker Hub\"\nurl = \"https://x\"\n").unwrap_err();
+        assert_eq!(e.key, "upstream[0].name");
+
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.key, "upstream[0].url");
+
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y\"\n").unwrap_err();
+        assert!(e.problem.contains("more than one"), "{e}");
+
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
+        assert_eq!(e.key, "upstream[0].password_file");
+
+        let e = parse("[server\n").unwrap_err();
+        assert_eq!(e.key, "-");
+        assert_eq!(e.to_string().split(':').next(), Some("test.toml"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("20GiB".parse::<ByteSize>().unwrap().0, 20 << 30);
+        assert_eq!("512 MB".parse::<ByteSize>().unwrap().0, 512_000_000);
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The registry HTTP API: parses requests into routes, calls the cache, maps results and
+//! errors to responses. No business logic lives here.
+
+pub mod body;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::cache::{ByteRange, Cache, CacheStatus};
+use crate::error::{Code, RegistryError, Result};
+use body::{Body, RequestLog};
+use route::{Name, Route};
+
+/// The header every registry response carries.
+const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+
+/// The registry API over the pull-through cache.
+pub struct Api {
+    cache: Arc<Cache>,
+}
+
+/// What a handler produced, before the access-log wrapper.
+struct Reply {
+    response: Response<Body>,
+    cache: Option<CacheStatus>,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(response: Response<Body>) -> Self {
+        Reply { response, cache: None }
+    }
+}
+
+impl Api {
+    /// Builds the API over a cache.
+    pub fn new(cache: Arc<Cache>) -> Api {
+        Api { cache }
+    }
+
+    /// Answers one request; never fails (errors become OCI error responses).
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let reply = match self.dispatch(&req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e, &method).into(),
+        };
+        let Reply { mut response, cache } = reply;
+        response.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        let status = response.status();
+        let log = RequestLog { method, path, status, cache: cache.map(CacheStatus::as_str), started };
+        response.map(|b| b.logged(log))
+    }
+
+    async fn dispatch<B>(&self, req: &Request<B>) -> Result<Reply> {
+        let ns = query_param(req.uri().query(), "ns");
+        let route = route::parse(req.uri().path(), ns.as_deref())?;
+        let method = req.method();
+        let read = method == Method::GET || method == Method::HEAD;
+        match route {
+            Route::Base | Route::Health if read => Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into()),
+            Route::Ready if read => self.ready(method).await,
+            Route::Manifest { name, reference } if read => {
+                let accept = header_values(req.headers(), header::ACCEPT);
+                let m = self.cache.manifest_for(&name.namespace, &name.repo, &reference, &accept).await?;
+                let r = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, &m.media_type)
+                    .header("docker-content-digest", m.digest.to_string())
+                    .header(header::ETAG, format!("\"{}\"", m.digest))
+                    .header(header::CONTENT_LENGTH, m.bytes.len());
+                let body = if method == Method::HEAD { Body::empty() } else { Body::full(m.bytes) };
+                Ok(Reply { response: r.body(body).map_err(RegistryError::internal)?, cache: Some(m.status) })
+            }
+            Route::Blob { name, digest } if read => self.blob(req, &name, &digest).await,
+            Route::Tags { name } if read => self.tags(req, &name).await,
+            Route::Referrers { .. } | Route::Signatures { .. } if read => {
+                Err(RegistryError::of(Code::Unsupported, "this endpoint is not served yet"))
+            }
+            Route::Upload { .. } => Err(RegistryError::of(Code::Unsupported, "pushing is not supported")),
+            _ => Err(RegistryError::of(Code::Unsupported, format!("method {method} not allowed here"))),
+        }
+    }
+
+    async fn ready(&self, method: &Method) -> Result<Reply> {
+        match self.cache.store().ready().await {
+            Ok(()) => Ok(json(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#), method).into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "store not writable");
+                Ok(json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"ready":false}"#), method).into())
+            }
+        }
+    }
+
+    async fn blob<B>(&self, req: &Request<B>, name: &Name, digest: &crate::names::Digest) -> Result<Reply> {
+        let base = Response::builder()
+            .header("docker-content-digest", digest.to_string())
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if req.method() == Method::HEAD {
+            let (size, status) = self.cache.blob_size(&name.namespace, &name.repo, digest).await?;
+            let r = base.status(StatusCode::OK).header(header::CONTENT_LENGTH, size).body(Body::empty());
+            return Ok(Reply { response: r.map_err(RegistryError::internal)?, cache: Some(status) });
+        }
+        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
+        let (blob, served_range) = self.cache.blob(&name.namespace, &name.repo, digest, range).await?;
+        let mut r = base;
+        match (served_range, blob.size) {
+            (Some(ByteRange { start, end }), Some(size)) => {
+                r = r
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+                    .header(header::CONTENT_LENGTH, end - start + 1);
+            }
+            (_, size) => {
+                r = r.status(StatusCode::OK);
+                if let Some(size) = size {
+                    r = r.header(header::CONTENT_LENGTH, size);
+                }
+            }
+        }
+        let response = r.body(Body::stream(blob.body)).map_err(RegistryError::internal)?;
+        Ok(Reply { response, cache: Some(blob.status) })
+    }
+
+    async fn tags<B>(&self, req: &Request<B>, name: &Name) -> Result<Reply> {
+        let query = req.uri().query();
+        let n = match query_param(query, "n") {
+            None => None,
+            Some(v) => Some(v.parse::<usize>().map_err(|_| RegistryError::of(Code::SizeInvalid, format!("invalid page size n={v:?}")))?),
+        };
+        let last = query_param(query, "last");
+        let all = self.cache.tags(&name.namespace, &name.repo).await?;
+        let (page, more) = paginate(&all, n, last.as_deref());
+        let body = serde_json::json!({"name": name.full, "tags": page});
+        let mut response = json(StatusCode::OK, Bytes::from(body.to_string()), req.method());
+        if let (true, Some(n), Some(last)) = (more, n, page.last()) {
+            let mut link = format!("</v2/{}/tags/list?n={n}&last={last}", name.full);
+            if let Some(ns) = query_param(query, "ns") {
+                link.push_str(&format!("&ns={ns}"));
+            }
+            link.push_str(">; rel=\"next\"");
+            response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).map_err(RegistryError::internal)?);
+        }
+        Ok(response.into())
+    }
+}
+
+/// One page of a sorted tag list: the tags after `last`, at most `n`; and whether more follow.
+pub fn paginate<'a>(all: &'a [String], n: Option<usize>, last: Option<&str>) -> (&'a [String], bool) {
+    let start = match last {
+        Some(l) => all.partition_point(|t| t.as_str() <= l),
+        None => 0,
+    };
+    let rest = &all[start..];
+    match n {
+        Some(n) if n < rest.len() => (&rest[..n], true),
+        _ => (rest, false),
+    }
+}
+
+fn json(status: StatusCode, body: Bytes, method: &Method) -> Response<Body> {
+    let len = body.len();
+    let body = if method == Method::HEAD { Body::empty() } else { Body::full(body) };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, len)
+        .body(body)
+        .expect("static response parts")
+}
+
+/// The OCI error response for an error.
+pub fn error_response(e: &RegistryError, method: &Method) -> Response<Body> {
+    if e.status.is_server_error() {
+        tracing::warn!(code = e.code.as_str(), status = e.status.as_u16(), message = %e.message, "request failed");
+    }
+    let mut r = json(e.status, Bytes::from(e.body()), method);
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+    }
+    r
+}
+
+fn header_values(h: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    h.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+}
+
+/// A query parameter's decoded value.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+/// Parses a single `bytes=start-[end]` range; anything else is ignored (whole blob served).
+pub fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => None,
+        e => Some(e.parse().ok()?),
+    };
+    Some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99"), Some((0, Some(99))));
+        assert_eq!(parse_range("bytes=100-"), Some((100, None)));
+        assert_eq!(parse_range("bytes=-5"), None);
+        assert_eq!(parse_range("bytes=0-1,5-6"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+    }
+
+    #[test]
+    fn pagination() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(paginate(&all, Some(2), None), (&all[0..2], true));
+        assert_eq!(paginate(&all, Some(2), Some("b")), (&all[2..4], false));
+        assert_eq!(paginate(&all, None, Some("bb")), (&all[2..4], false));
+        assert_eq!(paginate(&all, Some(0), None), (&all[0..0], true));
+        assert_eq!(paginate(&all, Some(10), Some("d")), (&all[4..4], false));
+    }
+}

@@ -1,0 +1,88 @@
+//! The `portcullis` command: serve the proxy, or check a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis::config::Config;
+
+/// A caching pull-through OCI registry proxy.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file (default: ./proxy.toml, else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and exit (non-zero with a message on error).
+    Check {
+        /// Configuration file (default: ./proxy.toml, else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let config = match path {
+        Some(p) => Config::load(&p)?,
+        None if std::path::Path::new("proxy.toml").exists() => Config::load(std::path::Path::new("proxy.toml"))?,
+        None => Config::embedded()?,
+    };
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => load(config).map(|c| {
+            println!("configuration OK: {} upstream(s), storage at {}", c.upstreams.len(), c.storage.path.display());
+        }),
+        Command::Serve { config } => load(config).and_then(serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let api = portcullis::server::build(&config).await?;
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
+        eprintln!("portcullis listening on {addr}");
+        portcullis::server::run(listener, api, config.server.shutdown_grace.0, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,146 @@
+//! Manifest media types and the few manifest fields the proxy reads.
+
+use serde::Deserialize;
+
+use crate::error::{Code, RegistryError};
+use crate::names::Digest;
+
+/// The largest manifest accepted, from upstreams and from clients.
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker schema 2 manifest.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker schema 2 manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Every manifest media type the proxy serves, as sent in `Accept` to upstreams.
+pub const ALL_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
+
+/// Whether a media type is an index (a list of manifests).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST
+}
+
+/// A content descriptor.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// The media type of the referenced content.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: i64,
+    /// The artifact type, for referrers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The platform of an index entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+/// The platform of an index entry.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct Platform {
+    /// CPU architecture, e.g. `amd64`.
+    pub architecture: String,
+    /// Operating system, e.g. `linux`.
+    pub os: String,
+    /// CPU variant, e.g. `v8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// The fields of an image manifest or index the proxy uses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// 2 for every supported format.
+    pub schema_version: i64,
+    /// The declared media type (optional in OCI).
+    #[serde(default)]
+    pub media_type: Option<String>,
+    /// Config descriptor (image manifests).
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    /// Layers (image manifests).
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    /// Child manifests (indexes).
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    /// The manifest this one refers to.
+    #[serde(default)]
+    pub subject: Option<Descriptor>,
+    /// The artifact type.
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Manifest {
+    /// Parses manifest bytes, rejecting what is not a schema 2 manifest or index.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, RegistryError> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| RegistryError::of(Code::ManifestInvalid, format!("manifest is not valid: {e}")))?;
+        if m.schema_version != 2 {
+            return Err(RegistryError::of(Code::ManifestInvalid, "only schemaVersion 2 manifests are supported"));
+        }
+        Ok(m)
+    }
+
+    /// The media type: the declared one, else inferred from the structure.
+    pub fn media_type(&self) -> &str {
+        match &self.media_type {
+            Some(t) if !t.is_empty() => t,
+            _ if !self.manifests.is_empty() || self.config.is_none() => OCI_INDEX,
+            _ => OCI_MANIFEST,
+        }
+    }
+}
+
+/// Whether a client `Accept` header admits a media type (no header: everything).
+pub fn accepts(accept: &[String], media_type: &str) -> bool {
+    if accept.is_empty() {
+        return true;
+    }
+    accept.iter().flat_map(|h| h.split(',')).any(|item| {
+        let t = item.split(';').next().unwrap_or("").trim();
+        t == media_type || t == "*/*" || t == "application/*"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_inference() {
+        let m = Manifest::parse(br#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#).unwrap();
+        assert_eq!(m.media_type(), OCI_MANIFEST);
+        let m = Manifest::parse(br#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        assert_eq!(m.media_type(), OCI_INDEX);
+        let m = Manifest::parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#).unwrap();
+        assert!(is_index(m.media_type()));
+        assert!(Manifest::parse(br#"{"schemaVersion":1}"#).is_err());
+        assert!(Manifest::parse(b"[[[").is_err());
+    }
+
+    #[test]
+    fn accept_header() {
+        let a = vec![format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.9")];
+        assert!(accepts(&a, OCI_MANIFEST));
+        assert!(!accepts(&a, OCI_INDEX));
+        assert!(accepts(&[], OCI_INDEX));
+        assert!(accepts(&["*/*".into()], OCI_INDEX));
+    }
+}

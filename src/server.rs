@@ -1,0 +1,71 @@
+//! Serving the API on a listener, with graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::http::Api;
+use crate::store::fs::FsStore;
+use crate::store::Store;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the API from a configuration: opens the store and indexes it.
+pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
+    let store: Arc<dyn Store> = Arc::new(FsStore::open(&config.storage.path).map_err(|e| {
+        anyhow::anyhow!("cannot open storage at {}: {e}", config.storage.path.display())
+    })?);
+    let cache = Cache::new(config, store).await?;
+    Ok(Arc::new(Api::new(cache)))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to `grace`.
+pub async fn run(listener: TcpListener, api: Arc<Api>, grace: Duration, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let api = Arc::clone(&api);
+                let service = service_fn(move |req| {
+                    let api = Arc::clone(&api);
+                    async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down; draining in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}

@@ -1,0 +1,241 @@
+//! The local-disk store: `blobs/<alg>/<hex>`, `meta/<key>`, `tmp/` for spool files.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{BlobInfo, ByteStream, Store};
+use crate::names::Digest;
+
+/// The size of each chunk read from disk and sent to a client.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Content and metadata in a directory on local disk.
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store under `root`, sweeping spool files left by a crash.
+    pub fn open(root: &Path) -> io::Result<FsStore> {
+        for dir in ["blobs/sha256", "blobs/sha512", "meta", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let store = FsStore { root: root.to_path_buf() };
+        store.sweep_spool()?;
+        Ok(store)
+    }
+
+    /// Removes every leftover spool file: none of them was ever visible as content.
+    fn sweep_spool(&self) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.root.join("tmp"))? {
+            let path = entry?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover spool file");
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+    }
+
+    fn meta_path(&self, key: &str) -> io::Result<PathBuf> {
+        let rel = Path::new(key);
+        let safe = !key.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsafe metadata key {key:?}")));
+        }
+        Ok(self.root.join("meta").join(rel))
+    }
+}
+
+/// Writes a file atomically: a spool file, fsync, rename, fsync of the directory.
+pub async fn write_atomic(spool_dir: &Path, path: &Path, value: &[u8]) -> io::Result<()> {
+    let tmp = spool_dir.join(format!("meta-{}", uuid::Uuid::new_v4()));
+    let (tmp2, path2, value) = (tmp.clone(), path.to_path_buf(), value.to_vec());
+    let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp2)?;
+        f.write_all(&value)?;
+        f.sync_all()?;
+        let parent = path2.parent().expect("record paths have a parent");
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(&tmp2, &path2)?;
+        std::fs::File::open(parent)?.sync_all()
+    })
+    .await
+    .map_err(io::Error::other)?;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+fn not_found_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FsStore {
+    async fn blob_size(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        Ok(not_found_is_none(tokio::fs::metadata(self.blob_path(digest)).await)?.map(|m| m.len()))
+    }
+
+    async fn read_blob(&self, digest: &Digest, offset: u64, len: Option<u64>) -> io::Result<Option<ByteStream>> {
+        let Some(mut file) = not_found_is_none(tokio::fs::File::open(self.blob_path(digest)).await)? else {
+            return Ok(None);
+        };
+        if offset > 0 {
+            file.seek(io::SeekFrom::Start(offset)).await?;
+        }
+        let stream = match len {
+            Some(n) => ReaderStream::with_capacity(file.take(n), READ_CHUNK).boxed(),
+            None => ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
+        };
+        Ok(Some(stream))
+    }
+
+    async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
+        Ok(not_found_is_none(tokio::fs::read(self.blob_path(digest)).await)?.map(Bytes::from))
+    }
+
+    async fn ingest(&self, file: &Path, digest: &Digest) -> io::Result<()> {
+        let target = self.blob_path(digest);
+        if tokio::fs::try_exists(&target).await? {
+            return tokio::fs::remove_file(file).await;
+        }
+        tokio::fs::rename(file, &target).await
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
+        not_found_is_none(tokio::fs::remove_file(self.blob_path(digest)).await).map(|_| ())
+    }
+
+    async fn list_blobs(&self) -> io::Result<Vec<BlobInfo>> {
+        let root = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for alg in ["sha256", "sha512"] {
+                for entry in std::fs::read_dir(root.join(alg))? {
+                    let entry = entry?;
+                    let name = format!("{alg}:{}", entry.file_name().to_string_lossy());
+                    let Ok(digest) = name.parse::<Digest>() else { continue };
+                    let meta = entry.metadata()?;
+                    let last_access = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.push(BlobInfo { digest, size: meta.len(), last_access });
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn touch(&self, digest: &Digest) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || filetime::set_file_mtime(&path, filetime::FileTime::now()))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn get_meta(&self, key: &str) -> io::Result<Option<Bytes>> {
+        Ok(not_found_is_none(tokio::fs::read(self.meta_path(key)?).await)?.map(Bytes::from))
+    }
+
+    async fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        write_atomic(&self.spool_dir(), &self.meta_path(key)?, value).await
+    }
+
+    async fn delete_meta(&self, key: &str) -> io::Result<()> {
+        not_found_is_none(tokio::fs::remove_file(self.meta_path(key)?).await).map(|_| ())
+    }
+
+    async fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.meta_path(prefix)?;
+        let Some(mut rd) = not_found_is_none(tokio::fs::read_dir(dir).await)? else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = rd.next_entry().await? {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    async fn ready(&self) -> io::Result<()> {
+        let probe = self.spool_dir().join(format!("ready-{}", uuid::Uuid::new_v4()));
+        tokio::fs::write(&probe, b"ok").await?;
+        tokio::fs::remove_file(&probe).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest_of(b: &[u8]) -> Digest {
+        Digest::sha256_of(b)
+    }
+
+    #[tokio::test]
+    async fn ingest_read_range_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let d = digest_of(b"hello world");
+        assert!(store.blob_size(&d).await.unwrap().is_none());
+        let spool = store.spool_dir().join("x");
+        std::fs::write(&spool, b"hello world").unwrap();
+        store.ingest(&spool, &d).await.unwrap();
+        assert!(!spool.exists());
+        assert_eq!(store.blob_size(&d).await.unwrap(), Some(11));
+        let mut s = store.read_blob(&d, 6, Some(3)).await.unwrap().unwrap();
+        let mut got = Vec::new();
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(got, b"wor");
+        assert_eq!(store.list_blobs().await.unwrap().len(), 1);
+        store.delete_blob(&d).await.unwrap();
+        assert!(store.read_small(&d).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn meta_records_and_unsafe_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        store.put_meta("tags/up/a/b/v1", b"x").await.unwrap();
+        store.put_meta("tags/up/a/b/v2", b"y").await.unwrap();
+        assert_eq!(store.get_meta("tags/up/a/b/v1").await.unwrap().unwrap(), &b"x"[..]);
+        assert_eq!(store.list_meta("tags/up/a/b").await.unwrap(), vec!["v1", "v2"]);
+        for bad in ["../escape", "/abs", "a/../../b", ""] {
+            assert!(store.put_meta(bad, b"z").await.is_err(), "{bad}");
+        }
+        assert!(!dir.path().join("escape").exists());
+    }
+
+    #[tokio::test]
+    async fn leftover_spool_files_are_swept_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(FsStore::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("tmp/partial"), b"half a blob").unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(store.spool_dir()).unwrap().count(), 0);
+    }
+}

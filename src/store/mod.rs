@@ -1,0 +1,74 @@
+//! Content-addressed storage of blobs and manifests, plus small metadata records.
+//!
+//! The [`Store`] trait is what the cache layer talks to; [`fs::FsStore`] keeps everything on
+//! local disk. Content enters a store only through [`Store::ingest`], which takes a local file
+//! whose digest the caller has already verified: a store never holds a byte that does not
+//! match its digest, and never shows a partial blob.
+
+pub mod fs;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::names::Digest;
+
+/// A stream of a blob's bytes in bounded chunks.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// What a store knows about one blob.
+#[derive(Debug, Clone)]
+pub struct BlobInfo {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last read (approximate: updated at most once a minute).
+    pub last_access: SystemTime,
+}
+
+/// Storage of verified content and metadata; implemented by local disk, later object storage.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The size of a stored blob, or `None` when absent.
+    async fn blob_size(&self, digest: &Digest) -> io::Result<Option<u64>>;
+
+    /// Streams `len` bytes (all when `None`) of a blob from `offset`, or `None` when absent.
+    async fn read_blob(&self, digest: &Digest, offset: u64, len: Option<u64>) -> io::Result<Option<ByteStream>>;
+
+    /// Reads a whole small blob (a manifest) into memory, or `None` when absent.
+    async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>>;
+
+    /// Moves a local file whose content the caller verified to match `digest` into the store.
+    async fn ingest(&self, file: &Path, digest: &Digest) -> io::Result<()>;
+
+    /// Removes a blob.
+    async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Lists every stored blob, for the eviction index.
+    async fn list_blobs(&self) -> io::Result<Vec<BlobInfo>>;
+
+    /// Records that a blob was read (for least-recently-used eviction across restarts).
+    async fn touch(&self, digest: &Digest) -> io::Result<()>;
+
+    /// Reads a metadata record.
+    async fn get_meta(&self, key: &str) -> io::Result<Option<Bytes>>;
+
+    /// Writes a metadata record atomically.
+    async fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()>;
+
+    /// Removes a metadata record.
+    async fn delete_meta(&self, key: &str) -> io::Result<()>;
+
+    /// Lists the record names directly under a key prefix (like a directory listing).
+    async fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>>;
+
+    /// A local directory for spool files that will be ingested (same filesystem when possible).
+    fn spool_dir(&self) -> PathBuf;
+
+    /// Whether the store can currently be written (for readiness).
+    async fn ready(&self) -> io::Result<()>;
+}

@@ -1,0 +1,364 @@
+//! The client of upstream registries: token and basic auth, timeouts, retries, redirects.
+
+pub mod auth;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use http::{header, HeaderMap, Method, StatusCode};
+
+use crate::config::UpstreamConfig;
+use crate::error::{Code, RegistryError, Result};
+use crate::manifest::{self, MAX_MANIFEST_SIZE};
+use crate::names::{Digest, RepoName};
+use crate::store::ByteStream;
+use auth::{Challenge, Token};
+
+/// A manifest fetched from an upstream.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The exact bytes.
+    pub bytes: Bytes,
+    /// The media type the upstream declared.
+    pub media_type: String,
+    /// The digest computed over the bytes.
+    pub digest: Digest,
+}
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`, when the upstream sends it.
+    pub digest: Option<Digest>,
+}
+
+/// A blob body being fetched from an upstream.
+pub struct FetchedBlob {
+    /// `Content-Length`, when known.
+    pub size: Option<u64>,
+    /// The body, in chunks.
+    pub body: ByteStream,
+}
+
+/// One upstream registry.
+pub struct Upstream {
+    /// The namespace clients use for it.
+    pub name: String,
+    base: url::Url,
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+    tokens: moka::future::Cache<String, Token>,
+    retries: u32,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client for one `[[upstream]]` entry.
+    pub fn new(config: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout.0)
+            .read_timeout(config.timeout.0)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let credentials = config.username.clone().map(|u| (u, config.password.clone().unwrap_or_default()));
+        Ok(Upstream {
+            name: config.name.clone(),
+            base: config.url.clone(),
+            http: builder.build()?,
+            credentials,
+            tokens: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
+            retries: config.retries,
+            timeout: config.timeout.0,
+        })
+    }
+
+    fn url(&self, repo: &RepoName, tail: &str) -> String {
+        let base = self.base.as_str().trim_end_matches('/');
+        format!("{base}/v2/{repo}/{tail}")
+    }
+
+    /// GETs a manifest; `None` when the upstream does not have it.
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> Result<Option<FetchedManifest>> {
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let Some(resp) = self.send(Method::GET, &url, repo, accept_manifests()).await? else {
+            return Ok(None);
+        };
+        let declared = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+            return Err(too_large());
+        }
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let parsed = manifest::Manifest::parse(&bytes)
+            .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid manifest: {}", e.message)))?;
+        let media_type = match declared.as_deref().map(|t| t.split(';').next().unwrap_or("").trim()) {
+            Some(t) if manifest::ALL_TYPES.contains(&t) => t.to_string(),
+            _ => parsed.media_type().to_string(),
+        };
+        let digest = Digest::sha256_of(&bytes);
+        Ok(Some(FetchedManifest { bytes, media_type, digest }))
+    }
+
+    /// HEADs a manifest to learn its current digest; `None` when absent upstream.
+    pub async fn head_manifest(&self, repo: &RepoName, reference: &str) -> Result<Option<ManifestHead>> {
+        let url = self.url(repo, &format!("manifests/{reference}"));
+        let Some(resp) = self.send(Method::HEAD, &url, repo, accept_manifests()).await? else {
+            return Ok(None);
+        };
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(Some(ManifestHead { digest }))
+    }
+
+    /// GETs a blob as a stream; `None` when absent upstream.
+    pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<FetchedBlob>> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let Some(resp) = self.send(Method::GET, &url, repo, HeaderMap::new()).await? else {
+            return Ok(None);
+        };
+        let size = resp.content_length();
+        let body = resp.bytes_stream().map_err(std::io::Error::other).boxed();
+        Ok(Some(FetchedBlob { size, body }))
+    }
+
+    /// HEADs a blob for its size; `None` when absent upstream.
+    pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let resp = self.send(Method::HEAD, &url, repo, HeaderMap::new()).await?;
+        Ok(resp.map(|r| header_len(r.headers()).unwrap_or(0)))
+    }
+
+    /// Lists all tags of a repository (following `Link` pages); `None` when absent upstream.
+    pub async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(repo, "tags/list");
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            let Some(resp) = self.send(Method::GET, &url, repo, HeaderMap::new()).await? else {
+                return Ok(None);
+            };
+            let next = resp.headers().get(header::LINK).and_then(|v| v.to_str().ok()).and_then(parse_next_link);
+            let body = read_limited(resp, 16 << 20).await?;
+            let list: TagList = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid tag list: {e}")))?;
+            all.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = self.base.join(&n).map_err(|e| RegistryError::upstream(format!("bad Link: {e}")))?.into(),
+                None => break,
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// Sends an idempotent request with auth and retries; `Ok(None)` for 404.
+    async fn send(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap) -> Result<Option<reqwest::Response>> {
+        let scope = format!("repository:{repo}:pull");
+        let mut auth = self.cached_auth(&scope).await;
+        let mut attempt = 0;
+        let mut authenticated_once = false;
+        loop {
+            let mut req = self.http.request(method.clone(), url).headers(headers.clone());
+            if let Some(a) = &auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let result = tokio::time::timeout(self.timeout, req.send()).await;
+            let resp = match result {
+                Err(_) => Err(RegistryError::upstream_timeout(format!("upstream {} did not answer in time", self.name))),
+                Ok(Err(e)) => Err(transport_error(&self.name, &e)),
+                Ok(Ok(r)) => Ok(r),
+            };
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) if attempt < self.retries => {
+                    attempt += 1;
+                    tracing::debug!(upstream = %self.name, error = %e.message, attempt, "retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match resp.status() {
+                s if s.is_success() => return Ok(Some(resp)),
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED if !authenticated_once => {
+                    authenticated_once = true;
+                    auth = Some(self.authenticate(resp.headers(), &scope).await?);
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    return Err(RegistryError::of(
+                        Code::NameUnknown,
+                        format!("upstream {} refused access to {repo} (missing or requires credentials)", self.name),
+                    ));
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    return Err(RegistryError::of(Code::TooManyRequests, format!("upstream {} is rate limiting", self.name)));
+                }
+                s if s.is_server_error() && attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                s => return Err(RegistryError::upstream(format!("upstream {} answered {s}", self.name))),
+            }
+        }
+    }
+
+    async fn cached_auth(&self, scope: &str) -> Option<String> {
+        match self.tokens.get(scope).await {
+            Some(t) if t.expires > Instant::now() => Some(format!("Bearer {}", t.value)),
+            _ => None,
+        }
+    }
+
+    /// Answers a 401 challenge: a bearer token from the realm, or basic credentials.
+    async fn authenticate(&self, headers: &HeaderMap, scope: &str) -> Result<String> {
+        let challenge = headers
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_challenge);
+        match challenge {
+            Some(Challenge::Basic) => match &self.credentials {
+                Some((u, p)) => Ok(basic_header(u, p)),
+                None => Err(RegistryError::of(
+                    Code::NameUnknown,
+                    format!("upstream {} requires credentials; set username and password_file", self.name),
+                )),
+            },
+            Some(Challenge::Bearer { realm, service, scope: challenge_scope }) => {
+                let scope = challenge_scope.unwrap_or_else(|| scope.to_string());
+                let token = self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                let header = format!("Bearer {}", token.value);
+                self.tokens.insert(scope, token).await;
+                Ok(header)
+            }
+            None => Err(RegistryError::upstream(format!("upstream {} sent 401 without a usable challenge", self.name))),
+        }
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
+        let mut url = url::Url::parse(realm)
+            .map_err(|e| RegistryError::upstream(format!("upstream {} sent a bad token realm: {e}", self.name)))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = self.http.get(url);
+        if let Some((u, p)) = &self.credentials {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| RegistryError::upstream_timeout(format!("token endpoint of {} did not answer", self.name)))?
+            .map_err(|e| transport_error(&self.name, &e))?;
+        if !resp.status().is_success() {
+            return Err(RegistryError::of(
+                Code::NameUnknown,
+                format!("token endpoint of {} refused: {}", self.name, resp.status()),
+            ));
+        }
+        let body = read_limited(resp, 1 << 20).await?;
+        auth::parse_token(&body).ok_or_else(|| RegistryError::upstream(format!("token endpoint of {} sent no token", self.name)))
+    }
+}
+
+fn accept_manifests() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT, manifest::ALL_TYPES.join(", ").parse().expect("static header"));
+    h
+}
+
+fn basic_header(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 4u64.pow(attempt.saturating_sub(1).min(3)))
+}
+
+fn too_large() -> RegistryError {
+    RegistryError::new(
+        Code::ManifestInvalid,
+        StatusCode::BAD_GATEWAY,
+        format!("upstream manifest exceeds the {} MiB limit", MAX_MANIFEST_SIZE >> 20),
+    )
+}
+
+fn header_len(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn transport_error(name: &str, e: &reqwest::Error) -> RegistryError {
+    if e.is_timeout() {
+        RegistryError::upstream_timeout(format!("upstream {name} timed out"))
+    } else {
+        RegistryError::upstream(format!("upstream {name} unreachable: {}", error_chain(e)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Reads a whole body, failing once it exceeds `limit` bytes.
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes> {
+    let mut body = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::upstream(format!("upstream body failed: {}", error_chain(&e))))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Extracts the target of `Link: <...>; rel="next"`.
+pub fn parse_next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            parse_next_link(r#"</v2/a/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?last=b&n=2")
+        );
+        assert_eq!(parse_next_link(r#"</x>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert!(backoff(1) < backoff(2));
+        assert!(backoff(10) <= Duration::from_millis(6400));
+    }
+}

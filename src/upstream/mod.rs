@@ -235,10 +235,11 @@ impl Upstream {
                 )),
             },
             Some(Challenge::Bearer { realm, service, scope: challenge_scope }) => {
-                let scope = challenge_scope.unwrap_or_else(|| scope.to_string());
-                let token = self.fetch_token(&realm, service.as_deref(), &scope).await?;
+                let asked = challenge_scope.unwrap_or_else(|| scope.to_string());
+                let token = self.fetch_token(&realm, service.as_deref(), &asked).await?;
                 let header = format!("Bearer {}", token.value);
-                self.tokens.insert(scope, token).await;
+                // cached under the scope this request needs, which is what later lookups use
+                self.tokens.insert(scope.to_string(), token).await;
                 Ok(header)
             }
             None => Err(RegistryError::upstream(format!("upstream {} sent 401 without a usable challenge", self.name))),

@@ -1,0 +1,167 @@
+//! A deliberately lying upstream for fault cases: wrong bytes, truncated bodies, stalls, and a
+//! bearer-token challenge. Everything else runs against the real docker-registry.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+
+/// How the liar answers for one blob.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Serve these bytes honestly.
+    Good(Vec<u8>),
+    /// Serve these other bytes (same length) under the digest.
+    Wrong(Vec<u8>),
+    /// Announce the full length, send half, close.
+    Truncated(Vec<u8>),
+    /// Announce the full length, send half, then stall for a minute.
+    Stall(Vec<u8>),
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, (String, Vec<u8>)>,
+    blobs: HashMap<String, Behaviour>,
+    hits: HashMap<String, usize>,
+    token_required: bool,
+}
+
+/// A running liar on a loopback port.
+pub struct Liar {
+    pub addr: String,
+    state: Arc<Mutex<State>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Liar {
+    /// Starts the liar.
+    pub fn start() -> Liar {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (st, a) = (state.clone(), addr.clone());
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (st, a) = (st.clone(), a.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (st, a) = (st.clone(), a.clone());
+                        async move { Ok::<_, Infallible>(answer(&st, &a, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Liar { addr, state, _runtime: runtime }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves a manifest for `repo:reference`.
+    pub fn manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+        let mut s = self.state.lock().unwrap();
+        s.manifests.insert(format!("{repo}:{reference}"), (media_type.into(), bytes.to_vec()));
+    }
+
+    /// Sets how a blob is answered.
+    pub fn blob(&self, digest: &str, behaviour: Behaviour) {
+        self.state.lock().unwrap().blobs.insert(digest.into(), behaviour);
+    }
+
+    /// Requires a bearer token (from `/token`) on every `/v2/<repo>` request.
+    pub fn require_token(&self) {
+        self.state.lock().unwrap().token_required = true;
+    }
+
+    /// How many requests for paths containing `needle` were made.
+    pub fn hits(&self, needle: &str) -> usize {
+        self.state.lock().unwrap().hits.iter().filter(|(k, _)| k.contains(needle)).map(|(_, v)| v).sum()
+    }
+}
+
+fn full(status: u16, bytes: impl Into<Bytes>) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed())
+        .unwrap()
+}
+
+fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>) -> Response<BoxBody> {
+    let path = req.uri().path().to_string();
+    let mut s = state.lock().unwrap();
+    *s.hits.entry(format!("{} {}", req.method(), path)).or_default() += 1;
+    if path == "/token" {
+        return full(200, r#"{"token":"good-token","expires_in":300}"#);
+    }
+    if path == "/v2/" {
+        return full(200, "{}");
+    }
+    let authorised = req.headers().get("authorization").is_some_and(|v| v == "Bearer good-token");
+    if s.token_required && !authorised {
+        let mut r = full(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#);
+        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="liar",scope="repository:x:pull""#);
+        r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+        return r;
+    }
+    let rest = path.trim_start_matches("/v2/");
+    if let Some((repo, reference)) = rest.split_once("/manifests/") {
+        return match s.manifests.get(&format!("{repo}:{reference}")) {
+            Some((mt, bytes)) => {
+                let mut r = full(200, bytes.clone());
+                r.headers_mut().insert("content-type", mt.parse().unwrap());
+                r.headers_mut().insert("docker-content-digest", super::sha256(bytes).parse().unwrap());
+                r
+            }
+            None => full(404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#),
+        };
+    }
+    if let Some((_, digest)) = rest.split_once("/blobs/") {
+        let Some(b) = s.blobs.get(digest).cloned() else {
+            return full(404, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#);
+        };
+        drop(s);
+        return blob_response(b);
+    }
+    full(404, "")
+}
+
+fn blob_response(b: Behaviour) -> Response<BoxBody> {
+    let (len, first, rest_mode) = match b {
+        Behaviour::Good(v) | Behaviour::Wrong(v) => return full(200, v),
+        Behaviour::Truncated(v) => (v.len(), v[..v.len() / 2].to_vec(), false),
+        Behaviour::Stall(v) => (v.len(), v[..v.len() / 2].to_vec(), true),
+    };
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let first = first.clone();
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(first))), 1)),
+                1 if rest_mode => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    None
+                }
+                _ => Some((Err(std::io::Error::other("cut")), 2)),
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-length", len)
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}

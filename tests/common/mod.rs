@@ -1,0 +1,347 @@
+//! Test fixtures: a real upstream registry (Debian's docker-registry), the real proxy binary,
+//! OCI image layouts built from scratch, and the real clients (skopeo, podman).
+#![allow(dead_code)]
+
+pub mod image;
+pub mod liar;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use image::{build_image, ImageSpec, OciImage};
+
+/// A free loopback port (bound and released; the caller binds it again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `check` is true or the deadline passes.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn http_ok(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null", "--max-time", "2", url])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Debian's docker-registry on a loopback port, with its access log in `dir/registry.log`.
+pub struct Registry {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    extra_config: String,
+}
+
+impl Registry {
+    /// Starts a plain registry (deletes enabled) storing under `dir`.
+    pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "")
+    }
+
+    /// Starts a registry with extra YAML appended at the top level (e.g. an `auth:` block).
+    pub fn start_with(dir: &Path, extra_config: &str) -> Registry {
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: extra_config.into() };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{}\n  secret: test-secret\n{}",
+            self.dir.join("storage").display(),
+            self.port,
+            self.extra_config
+        );
+        std::fs::write(self.dir.join("config.yml"), config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry is installed (tests/setup.sh)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("docker-registry to answer", Duration::from_secs(15), || {
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--max-time", "2", &format!("http://127.0.0.1:{port}/v2/")])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// Stops the registry (the proxy's upstream goes away).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The access log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many requests with this method whose path contains `needle` the registry served.
+    pub fn count(&self, method: &str, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(&format!("\"{method} /v2/")) && l.contains(needle)).count()
+    }
+
+    /// Pushes an OCI layout image to `repo:tag` here with skopeo.
+    pub fn push(&self, image: &OciImage, repo_tag: &str) {
+        skopeo(&[
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{}", image.dir.display(), image.tag),
+            &format!("docker://{}/{repo_tag}", self.host()),
+        ])
+        .success();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The portcullis binary under test, with its log in `dir/proxy.log`.
+pub struct Proxy {
+    pub dir: PathBuf,
+    pub addr: String,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Proxy {
+    /// Writes `config` (TOML, without `[server]`) to `dir/proxy.toml` and starts the proxy on it.
+    pub fn start(dir: &Path, config: &str) -> Proxy {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("proxy.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{config}").unwrap();
+        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path };
+        p.spawn();
+        p
+    }
+
+    /// A proxy with one upstream named `name` pointing at `url`, plus extra TOML.
+    pub fn for_upstream(dir: &Path, name: &str, url: &str, extra: &str) -> Proxy {
+        Proxy::start(
+            dir,
+            &format!("[storage]\npath = \"data\"\n{extra}\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\nretries = 1\n"),
+        )
+    }
+
+    fn spawn(&mut self) {
+        let log_path = self.dir.join("proxy.log");
+        let start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let mut addr = None;
+        wait_for("the proxy to listen", Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            addr = text[start as usize..]
+                .lines()
+                .find_map(|l| l.strip_prefix("portcullis listening on ").map(str::to_string));
+            addr.is_some()
+        });
+        self.addr = addr.unwrap();
+        assert!(http_ok(&format!("http://{}/v2/", self.addr)), "proxy answers /v2/");
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the proxy with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the proxy again on the same configuration and storage (a new port).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Whether the store holds a blob with this digest.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let (alg, hex) = digest.split_once(':').unwrap();
+        self.data().join("blobs").join(alg).join(hex).exists()
+    }
+
+    /// Files left in the spool directory (partial downloads).
+    pub fn spool_files(&self) -> usize {
+        std::fs::read_dir(self.data().join("tmp")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The outcome of a client command.
+pub struct Outcome {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Panics with the client's output unless it succeeded.
+    pub fn success(self) -> Outcome {
+        assert!(self.ok, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+}
+
+fn run(cmd: &mut Command) -> Outcome {
+    let out = cmd.output().expect("client is installed (tests/setup.sh)");
+    Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs skopeo with an accept-anything policy.
+pub fn skopeo(args: &[&str]) -> Outcome {
+    let policy = std::env::temp_dir().join("portcullis-test-policy.json");
+    if !policy.exists() {
+        let tmp = policy.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+        std::fs::rename(&tmp, &policy).unwrap();
+    }
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--policy").arg(&policy).args(args);
+    run(&mut cmd)
+}
+
+/// Copies `docker://<src>` to a fresh OCI layout under `dest` with skopeo (plain http source).
+pub fn skopeo_pull(src: &str, dest: &Path) -> Outcome {
+    let _ = std::fs::remove_dir_all(dest);
+    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{src}"), &format!("oci:{}:pulled", dest.display())])
+}
+
+/// Runs podman with throwaway storage under `root`, using `registries_conf`.
+pub fn podman(root: &Path, registries_conf: &Path, args: &[&str]) -> Outcome {
+    let policy = root.join("policy.json");
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_REGISTRIES_CONF", registries_conf)
+        .env("HOME", root)
+        .arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"])
+        .arg("--tmpdir")
+        .arg(root.join("tmp"));
+    if args.first() == Some(&"pull") {
+        cmd.arg("pull").arg("--signature-policy").arg(&policy).args(&args[1..]);
+    } else {
+        cmd.args(args);
+    }
+    run(&mut cmd)
+}
+
+/// An HTTP client for direct API checks.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// The SHA-256 digest of bytes, `sha256:<hex>`.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The `errors[0].code` of an OCI error body.
+pub fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not OCI error JSON: {body:?}"));
+    v["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+}
+
+/// Sends a request line exactly as written (no client-side path normalisation) and returns
+/// the status, the headers (lower-cased names) and the body.
+pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}

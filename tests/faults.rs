@@ -1,0 +1,130 @@
+//! A lying upstream: wrong bytes, truncated bodies, stalls, token auth. The client gets an
+//! error, nothing is cached, and the next request tries the upstream again.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::liar::{Behaviour, Liar};
+use common::*;
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Reads a whole response body; Err when the transfer was cut short.
+fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut r = http().get(url).send().map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+fn setup() -> (tempfile::TempDir, Liar, Proxy) {
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "liar", &liar.url(), "");
+    (t, liar, proxy)
+}
+
+fn assert_fails_and_caches_nothing(behaviour: fn(Vec<u8>) -> Behaviour, size: usize) {
+    let (_t, liar, proxy) = setup();
+    let good = image::noise("real", size);
+    let digest = sha256(&good);
+    liar.blob(&digest, behaviour(good.clone()));
+    let url = format!("{}/v2/liar/r/blobs/{digest}", proxy.url());
+    let started = Instant::now();
+    match fetch(&url) {
+        Ok((status, body)) => {
+            assert!(status >= 500 || body != good, "a bad upstream body must never reach the client whole");
+            assert_ne!(sha256(&body), digest);
+            assert!(status != 200 || body.len() < good.len(), "status {status}, {} bytes", body.len());
+        }
+        Err(_) => {} // the response was aborted: the client saw the failure
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "the failure is reported promptly");
+    wait_for("the failed fill to clean up", Duration::from_secs(10), || proxy.spool_files() == 0);
+    assert!(!proxy.has_blob(&digest), "nothing is cached");
+
+    // the next request retries the upstream, which now tells the truth
+    liar.blob(&digest, Behaviour::Good(good.clone()));
+    let (status, body) = fetch(&url).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, good);
+    assert_eq!(liar.hits(&format!("GET /v2/r/blobs/{digest}")), 2);
+    assert!(proxy.has_blob(&digest));
+}
+
+#[test]
+fn wrong_bytes_are_never_cached() {
+    assert_fails_and_caches_nothing(|mut v| {
+        v[1000] ^= 0xff;
+        Behaviour::Wrong(v)
+    }, 3 << 20);
+}
+
+#[test]
+fn small_wrong_blob_is_refused() {
+    assert_fails_and_caches_nothing(|mut v| {
+        v[0] ^= 1;
+        Behaviour::Wrong(v)
+    }, 100);
+}
+
+#[test]
+fn truncated_bodies_are_never_cached() {
+    assert_fails_and_caches_nothing(Behaviour::Truncated, 2 << 20);
+}
+
+#[test]
+fn stalled_bodies_time_out_and_are_never_cached() {
+    assert_fails_and_caches_nothing(Behaviour::Stall, 2 << 20);
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_digest_is_refused() {
+    let (_t, liar, proxy) = setup();
+    let real = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let claimed = sha256(b"something else");
+    liar.manifest("r", &claimed, MANIFEST_TYPE, real);
+    let r = http().get(format!("{}/v2/liar/r/manifests/{claimed}", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(&r.text().unwrap()), "DIGEST_INVALID");
+    assert!(!proxy.has_blob(&claimed));
+    assert!(!proxy.has_blob(&sha256(real)));
+}
+
+#[test]
+fn manifests_over_four_mib_are_refused() {
+    let (_t, liar, proxy) = setup();
+    let pad = "x".repeat(5 << 20);
+    let huge = format!(r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","annotations":{{"pad":"{pad}"}},"layers":[]}}"#);
+    liar.manifest("r", "huge", MANIFEST_TYPE, huge.as_bytes());
+    let r = http().get(format!("{}/v2/liar/r/manifests/huge", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(&r.text().unwrap()), "MANIFEST_INVALID");
+}
+
+#[test]
+fn bearer_token_challenges_are_answered_and_tokens_reused() {
+    let (_t, liar, proxy) = setup();
+    liar.require_token();
+    let data = image::noise("tok", 5000);
+    let digest = sha256(&data);
+    liar.blob(&digest, Behaviour::Good(data.clone()));
+    let (status, body) = fetch(&format!("{}/v2/liar/r/blobs/{digest}", proxy.url())).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, data);
+    let r = http().head(format!("{}/v2/liar/r/blobs/{}", proxy.url(), sha256(b"nope"))).send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(liar.hits("/token"), 1, "the token is cached and reused");
+}
+
+#[test]
+fn unreachable_upstream_is_a_gateway_error() {
+    let t = tempfile::tempdir().unwrap();
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "gone", &format!("http://127.0.0.1:{}", free_port()), "");
+    let r = http().get(format!("{}/v2/gone/r/manifests/v1", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(&r.text().unwrap()), "UNAVAILABLE");
+}

@@ -50,9 +50,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Check { config } => load(config).map(|c| {
-            println!("configuration OK: {} upstream(s), storage at {}", c.upstreams.len(), c.storage.path.display());
-        }),
+        Command::Check { config } => load(config).and_then(check),
         Command::Serve { config } => load(config).and_then(serve),
     };
     match result {
@@ -62,6 +60,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Validates what loading cannot: every upstream client can be built (CA files parse).
+fn check(config: Config) -> anyhow::Result<()> {
+    for (i, u) in config.upstreams.iter().enumerate() {
+        portcullis::upstream::Upstream::new(u).with_context(|| format!("upstream[{i}] ({})", u.name))?;
+    }
+    println!("configuration OK: {} upstream(s), storage at {}", config.upstreams.len(), config.storage.path.display());
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

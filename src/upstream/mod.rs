@@ -62,7 +62,11 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::limited(5))
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {
-            for cert in reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)? {
+            let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)?;
+            if certs.is_empty() {
+                anyhow::bail!("ca_file {}: no PEM certificate in it", ca.display());
+            }
+            for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }

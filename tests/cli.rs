@@ -1,0 +1,92 @@
+//! The command line: `check` on every shipped configuration and on broken ones, `--version`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn portcullis(args: &[&str], dir: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(args).current_dir(dir).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_shipped_proxy_config_checks_out() {
+    let mut files = vec![root().join("proxy.toml")];
+    for entry in std::fs::read_dir(root().join("examples")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("proxy") && p.extension().is_some_and(|e| e == "toml") {
+            files.push(p);
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let (ok, stdout, stderr) = portcullis(&["check", "--config", f.to_str().unwrap()], root());
+        assert!(ok, "{}: {stderr}", f.display());
+        assert!(stdout.contains("configuration OK"), "{stdout}");
+    }
+}
+
+#[test]
+fn client_configs_point_at_the_proxy() {
+    let conf: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/registries.conf")).unwrap()).unwrap();
+    let mirror = &conf["registry"][0]["mirror"][0]["location"];
+    assert_eq!(mirror.as_str(), Some("127.0.0.1:5000/docker.io"));
+    let conf: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/registries-location.conf")).unwrap()).unwrap();
+    assert_eq!(conf["registry"][0]["location"].as_str(), Some("127.0.0.1:5000/docker.io"));
+    let hosts: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/hosts.toml")).unwrap()).unwrap();
+    assert_eq!(hosts["host"]["http://127.0.0.1:5000"]["capabilities"][0].as_str(), Some("pull"));
+}
+
+#[test]
+fn embedded_defaults_are_used_without_a_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (ok, stdout, _) = portcullis(&["check"], t.path());
+    assert!(ok);
+    assert!(stdout.contains("4 upstream(s)"), "{stdout}");
+}
+
+#[test]
+fn broken_configs_name_the_file_the_key_and_the_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"localhost\"\n", "server.listen", "invalid socket address"),
+        ("[storage]\nmax_size = \"big\"\n", "storage.max_size", "invalid size"),
+        ("[cache]\ntag_ttl = \"forever\"\n", "cache.tag_ttl", "invalid duration"),
+        ("[cache]\nttl = \"5m\"\n", "cache", "unknown field `ttl`"),
+        ("[[upstream]]\nname = \"hub\"\n", "upstream", "missing field `url`"),
+        ("[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"nope.pem\"\n", "upstream[0].ca_file", "cannot read"),
+        ("[server\nlisten=1", "-", "parse error"),
+    ];
+    for (i, (text, key, problem)) in cases.iter().enumerate() {
+        let file = t.path().join(format!("bad{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (ok, _, stderr) = portcullis(&["check", "--config", file.to_str().unwrap()], t.path());
+        assert!(!ok, "{text}");
+        assert!(stderr.contains(&format!("bad{i}.toml")), "names the file: {stderr}");
+        assert!(stderr.contains(key), "names the key {key}: {stderr}");
+        assert!(stderr.contains(problem), "says {problem}: {stderr}");
+    }
+    let (ok, _, stderr) = portcullis(&["check", "--config", "/nonexistent/proxy.toml"], t.path());
+    assert!(!ok && stderr.contains("/nonexistent/proxy.toml") && stderr.contains("cannot read"), "{stderr}");
+    // a CA file that exists but holds no certificate is caught by check, naming the upstream
+    std::fs::write(t.path().join("junk.pem"), "not a certificate").unwrap();
+    std::fs::write(t.path().join("ca.toml"), "[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"junk.pem\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "ca.toml"], t.path());
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("upstream[0]"), "{stderr}");
+}
+
+#[test]
+fn version_and_help() {
+    let (ok, stdout, _) = portcullis(&["--version"], root());
+    assert!(ok && stdout.starts_with("portcullis "), "{stdout}");
+    for sub in ["serve", "check"] {
+        let (ok, stdout, _) = portcullis(&[sub, "--help"], root());
+        assert!(ok && stdout.contains("--config"), "{stdout}");
+    }
+}

@@ -128,3 +128,68 @@ fn unreachable_upstream_is_a_gateway_error() {
     assert_eq!(r.status(), 502);
     assert_eq!(error_code(&r.text().unwrap()), "UNAVAILABLE");
 }
+
+#[test]
+fn server_errors_are_retried_for_idempotent_requests() {
+    let (_t, liar, proxy) = setup();
+    let data = image::noise("retry", 4000);
+    let digest = sha256(&data);
+    liar.blob(&digest, Behaviour::FailFirst(1, data.clone()));
+    let (status, body) = fetch(&format!("{}/v2/liar/r/blobs/{digest}", proxy.url())).unwrap();
+    assert_eq!((status, body == data), (200, true));
+    assert_eq!(liar.hits(&format!("GET /v2/r/blobs/{digest}")), 2, "one failure, one retry");
+}
+
+#[test]
+fn redirects_to_object_storage_do_not_carry_the_registry_token() {
+    let (_t, registry, proxy) = setup();
+    registry.require_token();
+    let storage = Liar::start();
+    let data = image::noise("redirected", 70_000);
+    let digest = sha256(&data);
+    storage.blob("object-1", Behaviour::Good(data.clone()));
+    registry.blob(&digest, Behaviour::Redirect(format!("{}/objects/object-1", storage.url())));
+    let (status, body) = fetch(&format!("{}/v2/liar/r/blobs/{digest}", proxy.url())).unwrap();
+    assert_eq!((status, body == data), (200, true));
+    let at_registry = registry.authorizations(&format!("/blobs/{digest}"));
+    assert!(at_registry.contains(&Some("Bearer good-token".into())), "the registry got its token: {at_registry:?}");
+    assert_eq!(storage.authorizations("/objects/"), vec![None], "object storage got no Authorization");
+    assert!(proxy.has_blob(&digest));
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn memory_does_not_grow_with_blob_size() {
+    let (_t, liar, proxy) = setup();
+    let data = image::noise("big", 160 << 20);
+    let digest = sha256(&data);
+    liar.blob(&digest, Behaviour::Good(data));
+    let url = format!("{}/v2/liar/r/blobs/{digest}", proxy.url());
+    for _ in 0..2 {
+        // cold (teed from the download), then warm (from disk)
+        let mut r = http().get(&url).send().unwrap();
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        std::io::copy(&mut r, &mut HashWriter(&mut hasher)).unwrap();
+        assert_eq!(format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher))), digest);
+    }
+    let peak = peak_rss(proxy.pid());
+    assert!(peak < 100 << 20, "peak RSS {} MiB while streaming a 160 MiB blob twice", peak >> 20);
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

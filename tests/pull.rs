@@ -311,3 +311,74 @@ fn bad_input_gets_oci_errors_and_never_a_server_error() {
     let r = http().get(format!("{}/readyz", proxy.url())).send().unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[test]
+fn upstream_basic_auth_uses_the_configured_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let up = t.path().join("upstream");
+    std::fs::create_dir_all(&up).unwrap();
+    let hash = bcrypt::hash("s3cret-pw", 5).unwrap();
+    std::fs::write(up.join("htpasswd"), format!("puller:{hash}\n")).unwrap();
+    let reg = Registry::start_with(
+        &up,
+        &format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", up.join("htpasswd").display()),
+    );
+    let img = image(&t.path().join("img"), "auth", &[2000], "v1");
+    skopeo(&[
+        "copy", "-q", "--dest-tls-verify=false", "--dest-creds", "puller:s3cret-pw",
+        &format!("oci:{}:v1", img.dir.display()), &format!("docker://{}/locked/app:v1", reg.host()),
+    ])
+    .success();
+
+    std::fs::write(t.path().join("pw"), "s3cret-pw\n").unwrap();
+    let proxy = Proxy::for_upstream(
+        &t.path().join("proxy"), "up", &reg.url(), "",
+    );
+    let anonymous = http().get(format!("{}/v2/up/locked/app/manifests/v1", proxy.url())).send().unwrap();
+    assert_eq!(anonymous.status(), 404, "without credentials the upstream refuses");
+    assert_eq!(error_code(&anonymous.text().unwrap()), "NAME_UNKNOWN");
+    drop(proxy);
+
+    let proxy = Proxy::start(
+        &t.path().join("proxy2"),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\nusername = \"puller\"\npassword_file = \"{}\"\n",
+            reg.url(),
+            t.path().join("pw").display()
+        ),
+    );
+    let out = t.path().join("pulled");
+    skopeo_pull(&format!("{}/up/locked/app:v1", proxy.addr), &out).success();
+    assert_eq!(std::fs::read(image::blob_path(&out, &img.layers[0])).unwrap(), img.blob(&img.layers[0]));
+    assert!(!proxy.log().contains("s3cret-pw"), "the password is never logged");
+}
+
+#[test]
+fn concurrent_gets_of_a_missing_manifest_and_tag_make_one_upstream_fetch() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "herd-m", &[100], "v1");
+    let img2 = image(&t.path().join("img2"), "herd-m2", &[100], "v2");
+    reg.push(&img, "herd/m:v1");
+    reg.push(&img2, "herd/m:v2");
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
+    for (reference, expected) in [("v1".to_string(), &img.digest), (img2.digest.clone(), &img2.digest)] {
+        let url = format!("{}/v2/up/herd/m/manifests/{reference}", proxy.url());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(30));
+        let handles: Vec<_> = (0..30)
+            .map(|_| {
+                let (url, barrier) = (url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let r = http().get(&url).send().unwrap();
+                    assert_eq!(r.status(), 200);
+                    sha256(&r.bytes().unwrap())
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(&h.join().unwrap(), expected);
+        }
+        assert_eq!(reg.count("GET", &format!("/manifests/{reference}")), 1, "one upstream GET for {reference}");
+    }
+}

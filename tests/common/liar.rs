@@ -16,6 +16,10 @@ use hyper::{Request, Response};
 pub enum Behaviour {
     /// Serve these bytes honestly.
     Good(Vec<u8>),
+    /// Answer 503 this many times, then serve these bytes.
+    FailFirst(usize, Vec<u8>),
+    /// Redirect (307) to this absolute URL.
+    Redirect(String),
     /// Serve these other bytes (same length) under the digest.
     Wrong(Vec<u8>),
     /// Announce the full length, send half, close.
@@ -31,6 +35,7 @@ struct State {
     manifests: HashMap<String, (String, Vec<u8>)>,
     blobs: HashMap<String, Behaviour>,
     hits: HashMap<String, usize>,
+    authorizations: Vec<(String, Option<String>)>,
     token_required: bool,
 }
 
@@ -88,6 +93,12 @@ impl Liar {
         self.state.lock().unwrap().token_required = true;
     }
 
+    /// The `Authorization` header (if any) of every request for a path containing `needle`.
+    pub fn authorizations(&self, needle: &str) -> Vec<Option<String>> {
+        let s = self.state.lock().unwrap();
+        s.authorizations.iter().filter(|(p, _)| p.contains(needle)).map(|(_, a)| a.clone()).collect()
+    }
+
     /// How many requests for paths containing `needle` were made.
     pub fn hits(&self, needle: &str) -> usize {
         self.state.lock().unwrap().hits.iter().filter(|(k, _)| k.contains(needle)).map(|(_, v)| v).sum()
@@ -105,11 +116,20 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
     let path = req.uri().path().to_string();
     let mut s = state.lock().unwrap();
     *s.hits.entry(format!("{} {}", req.method(), path)).or_default() += 1;
+    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap_or("").to_string());
+    s.authorizations.push((path.clone(), auth));
     if path == "/token" {
         return full(200, r#"{"token":"good-token","expires_in":300}"#);
     }
     if path == "/v2/" {
         return full(200, "{}");
+    }
+    if let Some(name) = path.strip_prefix("/objects/") {
+        let found = s.blobs.get(name).cloned();
+        return match found {
+            Some(Behaviour::Good(v)) => full(200, v),
+            _ => full(404, ""),
+        };
     }
     let authorised = req.headers().get("authorization").is_some_and(|v| v == "Bearer good-token");
     if s.token_required && !authorised {
@@ -131,9 +151,21 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         };
     }
     if let Some((_, digest)) = rest.split_once("/blobs/") {
-        let Some(b) = s.blobs.get(digest).cloned() else {
+        let Some(mut b) = s.blobs.get(digest).cloned() else {
             return full(404, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#);
         };
+        if let Behaviour::FailFirst(n, v) = &b {
+            if *n > 0 {
+                s.blobs.insert(digest.to_string(), Behaviour::FailFirst(n - 1, v.clone()));
+                return full(503, "busy");
+            }
+            b = Behaviour::Good(v.clone());
+        }
+        if let Behaviour::Redirect(to) = &b {
+            let mut r = full(307, "");
+            r.headers_mut().insert("location", to.parse().unwrap());
+            return r;
+        }
         drop(s);
         return blob_response(b);
     }
@@ -143,6 +175,7 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
 fn blob_response(b: Behaviour) -> Response<BoxBody> {
     let (len, first, rest_mode) = match b {
         Behaviour::Good(v) | Behaviour::Wrong(v) => return full(200, v),
+        Behaviour::FailFirst(..) | Behaviour::Redirect(_) => unreachable!("answered above"),
         Behaviour::Truncated(v) => (v.len(), v[..v.len() / 2].to_vec(), false),
         Behaviour::Stall(v) => (v.len(), v[..v.len() / 2].to_vec(), true),
     };

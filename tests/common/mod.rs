@@ -201,6 +201,11 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
+    /// The proxy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("proxy running").id()
+    }
+
     /// Kills the proxy with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -76,6 +76,41 @@ pub struct CacheConfig {
     /// `memory = "64MiB"`: manifests kept in memory (all content also lives on disk).
     #[serde(default = "default_cache_memory")]
     pub memory: ByteSize,
+    /// `attachment_ttl = "1m"`: how long an attachment found missing upstream stays missing.
+    #[serde(default = "default_attachment_ttl")]
+    pub attachment_ttl: HumanDuration,
+    /// `attachment_wait = "10s"`: how long the referrers endpoint waits for attachments to resolve.
+    #[serde(default = "default_attachment_wait")]
+    pub attachment_wait: HumanDuration,
+}
+
+/// The kinds of cosign attachment fetched next to each image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentKind {
+    /// `sha256-<hex>.sig`: signatures.
+    Sig,
+    /// `sha256-<hex>.att`: attestations.
+    Att,
+    /// `sha256-<hex>.sbom`: SBOMs.
+    Sbom,
+    /// OCI 1.1 referrers (API, else the `sha256-<hex>` tag).
+    Referrers,
+}
+
+impl AttachmentKind {
+    /// Every kind, the default.
+    pub const ALL: [AttachmentKind; 4] = [AttachmentKind::Sig, AttachmentKind::Att, AttachmentKind::Sbom, AttachmentKind::Referrers];
+
+    /// The tag suffix of a tag-scheme kind.
+    pub fn suffix(self) -> Option<&'static str> {
+        match self {
+            AttachmentKind::Sig => Some(".sig"),
+            AttachmentKind::Att => Some(".att"),
+            AttachmentKind::Sbom => Some(".sbom"),
+            AttachmentKind::Referrers => None,
+        }
+    }
 }
 
 /// One `[[upstream]]` registry.
@@ -104,6 +139,10 @@ pub struct UpstreamConfig {
     pub retries: u32,
     /// `ca_file = "certs/ca.pem"`: extra PEM root certificates to trust for this upstream.
     pub ca_file: Option<PathBuf>,
+    /// `attachments = ["sig", "att", "sbom", "referrers"]`: what to fetch next to each image
+    /// (all by default; `[]` turns attachment fetching off).
+    #[serde(default = "default_attachments")]
+    pub attachments: Vec<AttachmentKind>,
     /// The password read from `password_file` at load time (never logged).
     #[serde(skip)]
     pub password: Option<String>,
@@ -133,6 +172,15 @@ fn default_tag_ttl() -> HumanDuration {
 fn default_cache_memory() -> ByteSize {
     ByteSize(64 << 20)
 }
+fn default_attachment_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_attachment_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_attachments() -> Vec<AttachmentKind> {
+    AttachmentKind::ALL.to_vec()
+}
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
 }
@@ -155,7 +203,12 @@ impl Default for StorageConfig {
 }
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { tag_ttl: default_tag_ttl(), memory: default_cache_memory() }
+        CacheConfig {
+            tag_ttl: default_tag_ttl(),
+            memory: default_cache_memory(),
+            attachment_ttl: default_attachment_ttl(),
+            attachment_wait: default_attachment_wait(),
+        }
     }
 }
 
@@ -341,6 +394,7 @@ mod tests {
             url = "https://registry-1.docker.io"
             aliases = ["index.docker.io"]
             timeout = "5s"
+            attachments = ["sig", "referrers"]
             "#,
         )
         .unwrap();
@@ -349,6 +403,8 @@ mod tests {
         assert_eq!(c.cache.tag_ttl.0, Duration::from_secs(90));
         assert_eq!(c.upstream("index.docker.io").unwrap().name, "docker.io");
         assert_eq!(c.upstreams[0].timeout.0, Duration::from_secs(5));
+        assert_eq!(c.upstreams[0].attachments, vec![AttachmentKind::Sig, AttachmentKind::Referrers]);
+        assert_eq!(c.cache.attachment_ttl.0, Duration::from_secs(60));
     }
 
     #[test]
@@ -378,6 +434,9 @@ mod tests {
 
         let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
         assert_eq!(e.key, "upstream[0].password_file");
+
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nattachments = [\"sigs\"]\n").unwrap_err();
+        assert_eq!(e.key, "upstream[0].attachments[0]", "{e}");
 
         let e = parse("[server\n").unwrap_err();
         assert_eq!(e.key, "-");

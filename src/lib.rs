@@ -4,12 +4,14 @@
 //! - [`config`]: `proxy.toml`, typed and validated.
 //! - [`http`]: the registry API surface; parses routes and maps errors, nothing more.
 //! - [`cache`]: the pull-through logic: local store first, else one shared upstream fetch.
+//! - [`attachments`]: cosign signatures, attestations, SBOMs and OCI referrers next to images.
 //! - [`upstream`]: the client of upstream registries (auth, retries, timeouts).
 //! - [`store`]: content-addressed storage of verified bytes, behind a trait.
 //! - [`manifest`], [`names`]: manifest media types and validated names, digests, references.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`server`]: serving the API on a listener with graceful shutdown.
 
+pub mod attachments;
 pub mod cache;
 pub mod config;
 pub mod error;

@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::attachments::Attachments;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Api;
@@ -25,7 +26,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
         anyhow::anyhow!("cannot open storage at {}: {e}", config.storage.path.display())
     })?);
     let cache = Cache::new(config, store).await?;
-    Ok(Arc::new(Api::new(cache)))
+    let attachments = Attachments::new(config, Arc::clone(&cache));
+    Ok(Arc::new(Api::new(cache, attachments)))
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to `grace`.

@@ -102,6 +102,7 @@ pub struct Cache {
     idle_timeout: Duration,
     manifests: moka::future::Cache<Digest, Bytes>,
     tags: moka::future::Cache<TagKey, TagRecord>,
+    missing: moka::future::Cache<TagKey, ()>,
     manifest_flights: SingleFlight<Digest, Result<(Bytes, CacheStatus)>>,
     tag_flights: SingleFlight<TagKey, Result<(TagRecord, CacheStatus)>>,
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
@@ -135,6 +136,10 @@ impl Cache {
                 .max_capacity(memory)
                 .build(),
             tags: moka::future::Cache::builder().max_capacity(100_000).build(),
+            missing: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(config.cache.attachment_ttl.0)
+                .build(),
             manifest_flights: SingleFlight::default(),
             tag_flights: SingleFlight::default(),
             fills: Mutex::default(),
@@ -247,6 +252,10 @@ impl Cache {
 
     /// Resolves a tag to a digest: fresh record, else revalidate (shared), else stale.
     async fn resolve_tag(&self, upstream: &Arc<Upstream>, key: TagKey) -> Result<(TagRecord, CacheStatus)> {
+        if self.missing.contains_key(&key) {
+            let (_, repo, tag) = &key;
+            return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
+        }
         let known = self.load_tag(&key).await?;
         if let Some(r) = &known {
             if now_secs().saturating_sub(r.checked_at) < self.tag_ttl.as_secs().max(1) {
@@ -270,6 +279,9 @@ impl Cache {
         };
         let Some(head) = head else {
             self.forget_tag(key).await?;
+            if is_attachment_tag(tag.as_str()) {
+                self.missing.insert(key.clone(), ()).await;
+            }
             return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
         };
         if let (Some(k), Some(d)) = (&known, &head.digest) {
@@ -426,6 +438,64 @@ impl Cache {
         }
     }
 
+    /// Makes sure a blob is in the store: fetched once from the upstream if missing.
+    pub async fn ensure_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let upstream = self.upstream(ns)?;
+        if self.store.blob_size(digest).await?.is_some() {
+            return Ok(());
+        }
+        let fill = self.join_fill(&upstream, repo, digest);
+        let mut rx = fill.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                FillState::Complete { .. } => return Ok(()),
+                FillState::NotFound => return Err(blob_unknown(digest)),
+                FillState::Failed(e) => return Err(e),
+                FillState::Starting | FillState::Streaming { .. } => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(RegistryError::internal("blob fill vanished"));
+            }
+        }
+    }
+
+    /// The upstream's OCI referrers of a digest (`None` where it has no referrers API);
+    /// kept on disk and served from there when the upstream fails.
+    pub async fn upstream_referrers(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<manifest::Descriptor>>> {
+        let upstream = self.upstream(ns)?;
+        let key = format!("referrers/{}/{repo}/_referrers/{}", upstream.name, digest.tag_prefix());
+        let raw = match upstream.get_referrers(repo, digest).await {
+            Ok(Some(bytes)) => {
+                self.store.put_meta(&key, &bytes).await?;
+                Some(bytes)
+            }
+            Ok(None) => None,
+            Err(e) if e.is_upstream_failure() => self.store.get_meta(&key).await?,
+            Err(e) => return Err(e),
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        let index = Manifest::parse(&raw).map_err(|e| RegistryError::upstream(format!("upstream referrers list is invalid: {}", e.message)))?;
+        Ok(Some(index.manifests))
+    }
+
+    /// The upstream's atomic signatures of a digest (`{"signatures":[...]}`), mirrored to disk;
+    /// an empty list where the upstream offers none.
+    pub async fn atomic_signatures(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Bytes> {
+        let upstream = self.upstream(ns)?;
+        let key = format!("signatures/{}/{repo}/_signatures/{}", upstream.name, digest.tag_prefix());
+        let fetched = match upstream.get_signatures(repo, digest).await {
+            Ok(Some(bytes)) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["signatures"].is_array()) => {
+                self.store.put_meta(&key, &bytes).await?;
+                Some(bytes)
+            }
+            Ok(_) => None,
+            Err(e) if e.is_upstream_failure() => self.store.get_meta(&key).await?,
+            Err(e) => return Err(e),
+        };
+        Ok(fetched.unwrap_or_else(|| Bytes::from_static(br#"{"signatures":[]}"#)))
+    }
+
     /// Lists a repository's tags: the upstream's, or the locally known ones when it fails.
     pub async fn tags(&self, ns: &str, repo: &RepoName) -> Result<Vec<String>> {
         let upstream = self.upstream(ns)?;
@@ -482,6 +552,13 @@ impl Cache {
     }
 }
 
+/// Whether a tag names a cosign attachment or a referrers fallback index: `sha256-<hex>[.kind]`.
+pub fn is_attachment_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
 fn served(bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
     let media_type = Manifest::parse(&bytes)?.media_type().to_string();
     Ok(ServedManifest { bytes, media_type, digest, status })
@@ -534,6 +611,17 @@ pub fn platform_fallback(index: &Manifest) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachment_tags() {
+        let hex = "a".repeat(64);
+        for ok in ["", ".sig", ".att", ".sbom"] {
+            assert!(is_attachment_tag(&format!("sha256-{hex}{ok}")));
+        }
+        assert!(!is_attachment_tag(&format!("sha256-{hex}.foo")));
+        assert!(!is_attachment_tag("sha256-abc.sig"));
+        assert!(!is_attachment_tag("latest"));
+    }
 
     #[test]
     fn ranges() {

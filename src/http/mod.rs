@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::attachments::Attachments;
 use crate::cache::{ByteRange, Cache, CacheStatus};
 use crate::error::{Code, RegistryError, Result};
 use body::{Body, RequestLog};
@@ -21,6 +22,7 @@ const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/
 /// The registry API over the pull-through cache.
 pub struct Api {
     cache: Arc<Cache>,
+    attachments: Arc<Attachments>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -36,9 +38,9 @@ impl From<Response<Body>> for Reply {
 }
 
 impl Api {
-    /// Builds the API over a cache.
-    pub fn new(cache: Arc<Cache>) -> Api {
-        Api { cache }
+    /// Builds the API over a cache and the attachment resolver.
+    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>) -> Api {
+        Api { cache, attachments }
     }
 
     /// Answers one request; never fails (errors become OCI error responses).
@@ -63,11 +65,17 @@ impl Api {
         let method = req.method();
         let read = method == Method::GET || method == Method::HEAD;
         match route {
-            Route::Base | Route::Health if read => Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into()),
+            Route::Base if read => {
+                let mut r = json(StatusCode::OK, Bytes::from_static(b"{}"), method);
+                r.headers_mut().insert("x-registry-supports-signatures", HeaderValue::from_static("1"));
+                Ok(r.into())
+            }
+            Route::Health if read => Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into()),
             Route::Ready if read => self.ready(method).await,
             Route::Manifest { name, reference } if read => {
                 let accept = header_values(req.headers(), header::ACCEPT);
                 let m = self.cache.manifest_for(&name.namespace, &name.repo, &reference, &accept).await?;
+                self.attachments.prefetch(&name.namespace, &name.repo, &reference, &m).await;
                 let r = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, &m.media_type)
@@ -79,8 +87,10 @@ impl Api {
             }
             Route::Blob { name, digest } if read => self.blob(req, &name, &digest).await,
             Route::Tags { name } if read => self.tags(req, &name).await,
-            Route::Referrers { .. } | Route::Signatures { .. } if read => {
-                Err(RegistryError::of(Code::Unsupported, "this endpoint is not served yet"))
+            Route::Referrers { name, digest } if read => self.referrers(req, &name, &digest).await,
+            Route::Signatures { name, digest } if read => {
+                let list = self.cache.atomic_signatures(&name.namespace, &name.repo, &digest).await?;
+                Ok(json(StatusCode::OK, list, method).into())
             }
             Route::Upload { .. } => Err(RegistryError::of(Code::Unsupported, "pushing is not supported")),
             _ => Err(RegistryError::of(Code::Unsupported, format!("method {method} not allowed here"))),
@@ -126,6 +136,23 @@ impl Api {
         }
         let response = r.body(Body::stream(blob.body)).map_err(RegistryError::internal)?;
         Ok(Reply { response, cache: Some(blob.status) })
+    }
+
+    async fn referrers<B>(&self, req: &Request<B>, name: &Name, digest: &crate::names::Digest) -> Result<Reply> {
+        // media types hold no spaces: a '+' sent unencoded (decoded as a space) is a '+'
+        let filter = query_param(req.uri().query(), "artifactType").map(|t| t.replace(' ', "+"));
+        let list = self.attachments.referrers(&name.namespace, &name.repo, digest, filter.as_deref()).await?;
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_INDEX,
+            "manifests": list,
+        });
+        let mut r = json(StatusCode::OK, Bytes::from(body.to_string()), req.method());
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::manifest::OCI_INDEX));
+        if filter.is_some() {
+            r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+        }
+        Ok(r.into())
     }
 
     async fn tags<B>(&self, req: &Request<B>, name: &Name) -> Result<Reply> {

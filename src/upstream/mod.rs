@@ -140,6 +140,28 @@ impl Upstream {
         Ok(resp.map(|r| header_len(r.headers()).unwrap_or(0)))
     }
 
+    /// GETs the OCI 1.1 referrers index of a digest; `None` where the API is not offered.
+    pub async fn get_referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Bytes>> {
+        let url = self.url(repo, &format!("referrers/{digest}"));
+        let mut accept = HeaderMap::new();
+        accept.insert(header::ACCEPT, manifest::OCI_INDEX.parse().expect("static header"));
+        // registries without the API answer 404, 400 or 405 for the unknown route
+        match self.send_with(Method::GET, &url, repo, accept, Absent::AnyClientError).await? {
+            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// GETs the atomic signatures extension list of a digest; `None` where not offered.
+    pub async fn get_signatures(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Bytes>> {
+        let base = self.base.as_str().trim_end_matches('/');
+        let url = format!("{base}/extensions/v2/{repo}/signatures/{digest}");
+        match self.send_with(Method::GET, &url, repo, HeaderMap::new(), Absent::AnyClientError).await? {
+            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Lists all tags of a repository (following `Link` pages); `None` when absent upstream.
     pub async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
         #[derive(serde::Deserialize)]
@@ -167,6 +189,11 @@ impl Upstream {
 
     /// Sends an idempotent request with auth and retries; `Ok(None)` for 404.
     async fn send(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap) -> Result<Option<reqwest::Response>> {
+        self.send_with(method, url, repo, headers, Absent::NotFound).await
+    }
+
+    /// Like `send`, choosing which answers mean "not there".
+    async fn send_with(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap, absent: Absent) -> Result<Option<reqwest::Response>> {
         let scope = format!("repository:{repo}:pull");
         let mut auth = self.cached_auth(&scope).await;
         let mut attempt = 0;
@@ -195,6 +222,12 @@ impl Upstream {
             match resp.status() {
                 s if s.is_success() => return Ok(Some(resp)),
                 StatusCode::NOT_FOUND => return Ok(None),
+                s if absent == Absent::AnyClientError
+                    && s.is_client_error()
+                    && !matches!(s, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS) =>
+                {
+                    return Ok(None)
+                }
                 StatusCode::UNAUTHORIZED if !authenticated_once => {
                     authenticated_once = true;
                     auth = Some(self.authenticate(resp.headers(), &scope).await?);
@@ -277,6 +310,15 @@ impl Upstream {
         let body = read_limited(resp, 1 << 20).await?;
         auth::parse_token(&body).ok_or_else(|| RegistryError::upstream(format!("token endpoint of {} sent no token", self.name)))
     }
+}
+
+/// Which upstream answers mean that the thing asked for is not there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// Only 404.
+    NotFound,
+    /// Any 4xx except auth and rate limiting (optional APIs the upstream may not offer).
+    AnyClientError,
 }
 
 fn accept_manifests() -> HeaderMap {

@@ -128,3 +128,41 @@ pub fn build_image(dir: &Path, spec: &ImageSpec) -> OciImage {
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     OciImage { dir: dir.to_path_buf(), tag: spec.tag.to_string(), digest, manifest, config_digest, layers }
 }
+
+/// A multi-platform image (an OCI index over one image per platform) written as an OCI layout.
+pub struct OciIndex {
+    pub dir: PathBuf,
+    pub tag: String,
+    /// The index digest.
+    pub digest: String,
+    /// The platform manifests' digests, in order.
+    pub children: Vec<String>,
+}
+
+/// Writes an OCI layout holding an index over one small image per `os/arch` platform.
+pub fn build_index(dir: &Path, seed: &str, platforms: &[&str], tag: &str) -> OciIndex {
+    let mut entries = Vec::new();
+    let mut children = Vec::new();
+    for p in platforms {
+        let (os, arch) = p.split_once('/').unwrap();
+        let child = build_image(dir, &ImageSpec { seed: &format!("{seed}-{p}"), layers: &[2048], tag });
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child.digest,
+            "size": child.manifest.len(), "platform": {"os": os, "architecture": arch},
+        }));
+        children.push(child.digest);
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})
+        .to_string()
+        .into_bytes();
+    let digest = write_blob(dir, &index);
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    OciIndex { dir: dir.to_path_buf(), tag: tag.to_string(), digest, children }
+}

@@ -350,3 +350,53 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, S
         .collect();
     (status, headers, body.to_string())
 }
+
+/// The cosign binary: on PATH, else where tests/setup.sh puts it.
+pub fn cosign_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("COSIGN") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("cosign")).find(|p| p.exists()));
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let tools = std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools"));
+        PathBuf::from(tools).join("bin/cosign")
+    })
+}
+
+/// Runs cosign in `dir` with the test passphrase, plain-http registries and no transparency log.
+pub fn cosign(dir: &Path, args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(cosign_bin());
+    cmd.current_dir(dir)
+        .env("COSIGN_PASSWORD", "test-passphrase")
+        .env("COSIGN_YES", "true")
+        .env("HOME", dir)
+        .args(args);
+    run(&mut cmd)
+}
+
+/// Makes a cosign key pair (`cosign.key`, `cosign.pub`) in `dir`.
+pub fn cosign_keys(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    cosign(dir, &["generate-key-pair"]).success();
+}
+
+/// Flags that let cosign talk to plain-http loopback registries without a transparency log.
+pub const COSIGN_LOCAL: [&str; 2] = ["--allow-http-registry", "--allow-insecure-registry"];
+
+/// `cosign sign --key <dir>/cosign.key` of `reference`, offline.
+pub fn cosign_sign(dir: &Path, reference: &str) {
+    let mut args = vec!["sign", "--key", "cosign.key", "--tlog-upload=false"];
+    args.extend(COSIGN_LOCAL);
+    args.push(reference);
+    cosign(dir, &args).success();
+}
+
+/// `cosign verify --key <dir>/<key>` of `reference`.
+pub fn cosign_verify(dir: &Path, key: &str, reference: &str) -> Outcome {
+    let mut args = vec!["verify", "--key", key, "--insecure-ignore-tlog"];
+    args.extend(COSIGN_LOCAL);
+    args.push(reference);
+    cosign(dir, &args)
+}

@@ -377,3 +377,49 @@ fn attachment_kinds_are_configurable_per_upstream() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(reg.count("HEAD", ".sig") + reg.count("GET", ".sig"), by_cosign, "nothing is fetched when attachments are off");
 }
+
+#[test]
+fn signatures_in_the_containers_image_format_are_served_byte_identical_and_verify() {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::EncodePublicKey;
+
+    let s = setup("");
+    let img = s.image("demo/cimage", "cimage");
+    let key = p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+    let pem = key.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    std::fs::write(s.keys.join("cimage.pub"), pem).unwrap();
+    // what containers/image writes: the tag in the identity, a creator and timestamp
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{}/demo/cimage:v1"}},"image":{{"docker-manifest-digest":"{}"}},"type":"cosign container image signature"}},"optional":{{"creator":"containers/image test","timestamp":1795610943}}}}"#,
+        s.reg.host(),
+        img.digest
+    );
+    let signature: p256::ecdsa::Signature = key.sign(payload.as_bytes());
+    let sig_b64 = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    let repo = "demo/cimage";
+    let payload_digest = push_blob(&s.reg, repo, payload.as_bytes());
+    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{payload_digest}"]}}}}"#);
+    let config_digest = push_blob(&s.reg, repo, config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"{payload_digest}","size":{},"annotations":{{"dev.cosignproject.cosign/signature":"{sig_b64}"}}}}]}}"#,
+        config.len(),
+        payload.len()
+    );
+    let sig_tag = format!("{}.sig", img.digest.replace(':', "-"));
+    push_manifest(&s.reg, repo, &sig_tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+
+    s.pull_and_settle(repo, &img.digest);
+    let r = http()
+        .get(format!("{}/v2/up/{repo}/manifests/{sig_tag}", s.proxy.url()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["docker-content-digest"], sha256(manifest.as_bytes()).as_str());
+    assert_eq!(r.bytes().unwrap().as_ref(), manifest.as_bytes(), "the .sig manifest is served byte for byte");
+    let blob = http().get(format!("{}/v2/up/{repo}/blobs/{payload_digest}", s.proxy.url())).send().unwrap().bytes().unwrap();
+    assert_eq!(blob.as_ref(), payload.as_bytes(), "the payload is served byte for byte");
+    let out = cosign_verify(&s.keys, "cimage.pub", &s.proxy_ref(repo, "v1"));
+    assert!(out.ok, "cosign verifies the containers/image signature through the proxy: {}", out.stderr);
+    assert!(!cosign_verify(&s.keys, "cosign.pub", &s.proxy_ref(repo, "v1")).ok, "another key does not");
+}

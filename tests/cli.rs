@@ -90,3 +90,13 @@ fn version_and_help() {
         assert!(ok && stdout.contains("--config"), "{stdout}");
     }
 }
+
+#[test]
+fn signature_client_configs_name_the_proxy() {
+    let policy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("examples/policy.json")).unwrap()).unwrap();
+    let scope = &policy["transports"]["docker"]["docker.io/myorg"][0];
+    assert_eq!(scope["type"], "sigstoreSigned");
+    assert_eq!(policy["default"][0]["type"], "reject");
+    let regd = std::fs::read_to_string(root().join("examples/registries.d/portcullis.yaml")).unwrap();
+    assert!(regd.contains("  127.0.0.1:5000:\n    use-sigstore-attachments: true"), "{regd}");
+}

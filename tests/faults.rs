@@ -193,3 +193,21 @@ impl std::io::Write for HashWriter<'_> {
         Ok(())
     }
 }
+
+#[test]
+fn atomic_signatures_are_mirrored_and_served_when_the_upstream_fails() {
+    let (_t, liar, proxy) = setup();
+    let digest = sha256(b"an image manifest");
+    let list = r#"{"signatures":[{"version":2,"type":"atomic","name":"sha256:x@abc","content":"c2lnbmVk"}]}"#;
+    liar.signatures(200, list);
+    let url = format!("{}/extensions/v2/liar/r/signatures/{digest}", proxy.url());
+    let r = http().get(&url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().unwrap(), serde_json::from_str::<serde_json::Value>(list).unwrap());
+    liar.signatures(503, "down");
+    let r = http().get(&url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["signatures"][0]["content"], "c2lnbmVk", "the mirrored copy is served");
+    let other = format!("{}/extensions/v2/liar/r/signatures/{}", proxy.url(), sha256(b"other"));
+    assert_eq!(http().get(other).send().unwrap().json::<serde_json::Value>().unwrap(), serde_json::json!({"signatures": []}));
+}

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
-export PATH="${PORTCULLIS_TOOLS:-$HOME/.cache/portcullis-tools}/bin:$PATH"
+export PATH="${PORTCULLIS_TOOLS:-${HOME:-/root}/.cache/portcullis-tools}/bin:$PATH"
 cargo test --locked --all-targets

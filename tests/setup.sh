@@ -4,7 +4,7 @@
 # (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; the wasm32-wasip2 Rust target.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-tools="${PORTCULLIS_TOOLS:-$HOME/.cache/portcullis-tools}"
+tools="${PORTCULLIS_TOOLS:-${HOME:-/root}/.cache/portcullis-tools}"
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 
 missing=()

@@ -36,6 +36,7 @@ struct State {
     blobs: HashMap<String, Behaviour>,
     hits: HashMap<String, usize>,
     authorizations: Vec<(String, Option<String>)>,
+    signatures: Option<(u16, String)>,
     token_required: bool,
 }
 
@@ -88,6 +89,11 @@ impl Liar {
         self.state.lock().unwrap().blobs.insert(digest.into(), behaviour);
     }
 
+    /// Answers the atomic signatures extension with this status and body.
+    pub fn signatures(&self, status: u16, body: &str) {
+        self.state.lock().unwrap().signatures = Some((status, body.to_string()));
+    }
+
     /// Requires a bearer token (from `/token`) on every `/v2/<repo>` request.
     pub fn require_token(&self) {
         self.state.lock().unwrap().token_required = true;
@@ -123,6 +129,12 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
     }
     if path == "/v2/" {
         return full(200, "{}");
+    }
+    if path.starts_with("/extensions/v2/") {
+        return match &s.signatures {
+            Some((status, body)) => full(*status, body.clone()),
+            None => full(404, ""),
+        };
     }
     if let Some(name) = path.strip_prefix("/objects/") {
         let found = s.blobs.get(name).cloned();

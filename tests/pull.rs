@@ -96,6 +96,23 @@ fn upstream_down_pulls_by_digest_and_recent_tag_still_work_also_after_restart() 
     assert!(!missing.ok);
 }
 
+/// GETs `url` from `n` threads released at once; the digests of the bodies.
+fn concurrent_gets(url: &str, n: usize) -> Vec<String> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, barrier) = (url.to_string(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = http().get(&url).send().unwrap();
+                assert_eq!(r.status(), 200);
+                sha256(&r.bytes().unwrap())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[test]
 fn fifty_concurrent_gets_of_a_missing_blob_make_one_upstream_fetch() {
     let t = tempfile::tempdir().unwrap();
@@ -105,20 +122,8 @@ fn fifty_concurrent_gets_of_a_missing_blob_make_one_upstream_fetch() {
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
     let layer = img.layers[0].clone();
     let url = format!("{}/v2/up/herd/app/blobs/{layer}", proxy.url());
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
-    let handles: Vec<_> = (0..50)
-        .map(|_| {
-            let (url, barrier) = (url.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let r = http().get(&url).send().unwrap();
-                assert_eq!(r.status(), 200);
-                sha256(&r.bytes().unwrap())
-            })
-        })
-        .collect();
-    for h in handles {
-        assert_eq!(h.join().unwrap(), layer, "every client got the right bytes");
+    for got in concurrent_gets(&url, 50) {
+        assert_eq!(got, layer, "every client got the right bytes");
     }
     assert_eq!(reg.count("GET", &format!("/blobs/{layer}")), 1, "exactly one upstream fetch");
     assert!(proxy.has_blob(&layer));
@@ -364,20 +369,8 @@ fn concurrent_gets_of_a_missing_manifest_and_tag_make_one_upstream_fetch() {
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
     for (reference, expected) in [("v1".to_string(), &img.digest), (img2.digest.clone(), &img2.digest)] {
         let url = format!("{}/v2/up/herd/m/manifests/{reference}", proxy.url());
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(30));
-        let handles: Vec<_> = (0..30)
-            .map(|_| {
-                let (url, barrier) = (url.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let r = http().get(&url).send().unwrap();
-                    assert_eq!(r.status(), 200);
-                    sha256(&r.bytes().unwrap())
-                })
-            })
-            .collect();
-        for h in handles {
-            assert_eq!(&h.join().unwrap(), expected);
+        for got in concurrent_gets(&url, 30) {
+            assert_eq!(&got, expected);
         }
         assert_eq!(reg.count("GET", &format!("/manifests/{reference}")), 1, "one upstream GET for {reference}");
     }

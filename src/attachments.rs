@@ -83,7 +83,15 @@ impl Attachments {
     }
 
     fn kinds_for(&self, ns: &str) -> &[AttachmentKind] {
+        if matches!(self.cache.namespace(ns), Ok((_, None))) {
+            return &AttachmentKind::ALL; // local namespaces: only local lookups
+        }
         self.cache.canonical_namespace(ns).and_then(|n| self.kinds.get(n)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Forgets the resolved set of an image (after something was pushed for it).
+    pub async fn invalidate(&self, ns: &str, repo: &RepoName, digest: &Digest) {
+        self.sets.invalidate(&(ns.to_string(), repo.clone(), digest.clone())).await;
     }
 
     /// Starts resolving an image's attachments in the background after it was served.
@@ -160,9 +168,14 @@ impl Attachments {
                 Vec::new()
             }
         };
-        let (tagged, referrers) = tokio::join!(tagged, referrers);
+        let pushed = async {
+            let name = self.cache.canonical_namespace(ns).unwrap_or(ns).to_string();
+            self.cache.records.referrers(&name, repo, digest).await.unwrap_or_default()
+        };
+        let (tagged, referrers, pushed) = tokio::join!(tagged, referrers, pushed);
         let mut items: Vec<Attachment> = tagged.into_iter().flatten().collect();
         items.extend(referrers);
+        items.extend(pushed.into_iter().map(|descriptor| Attachment { kind: Kind::Referrer, tag: None, descriptor }));
         tracing::debug!(%repo, %digest, found = items.len(), "attachments resolved");
         Ok(AttachmentSet { items })
     }

@@ -40,6 +40,17 @@ pub struct Config {
     /// `[[upstream]]`: the registries proxied, each addressed as `/v2/<name>/...`.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[[local]]`: namespaces hosting pushed images that have no upstream.
+    #[serde(default, rename = "local")]
+    pub locals: Vec<LocalConfig>,
+}
+
+/// One `[[local]]` namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// `name = "internal"`: clients push and pull `/v2/internal/<repo>/...`.
+    pub name: String,
 }
 
 /// `[server]` settings.
@@ -64,6 +75,9 @@ pub struct StorageConfig {
     /// `max_size = "20GiB"`: cached content beyond this is evicted, least recently used first.
     #[serde(default = "default_max_size")]
     pub max_size: ByteSize,
+    /// `upload_ttl = "24h"`: an unfinished upload session is removed after this long.
+    #[serde(default = "default_upload_ttl")]
+    pub upload_ttl: HumanDuration,
 }
 
 /// `[cache]` settings.
@@ -166,6 +180,9 @@ fn default_storage_path() -> PathBuf {
 fn default_max_size() -> ByteSize {
     ByteSize(20 << 30)
 }
+fn default_upload_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
 fn default_tag_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
@@ -198,7 +215,7 @@ impl Default for ServerConfig {
 }
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: default_storage_path(), max_size: default_max_size() }
+        StorageConfig { path: default_storage_path(), max_size: default_max_size(), upload_ttl: default_upload_ttl() }
     }
 }
 impl Default for CacheConfig {
@@ -298,6 +315,11 @@ impl Config {
         Config::from_toml_str(EMBEDDED_DEFAULTS, "<embedded defaults>", Path::new("."))
     }
 
+    /// Whether a namespace is a `[[local]]` one.
+    pub fn is_local(&self, name: &str) -> bool {
+        self.locals.iter().any(|l| l.name == name)
+    }
+
     /// Finds the upstream a client addresses by name or by one of its aliases.
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.name == name || u.aliases.iter().any(|a| a == name))
@@ -347,6 +369,15 @@ impl Config {
             }
             if u.timeout.0.is_zero() || u.connect_timeout.0.is_zero() {
                 return Err((key("timeout"), "timeouts must be larger than zero".into()));
+            }
+        }
+        for (i, l) in self.locals.iter().enumerate() {
+            let key = format!("local[{i}].name");
+            if !valid_namespace(&l.name) {
+                return Err((key, format!("{:?} is not a valid namespace: use lower-case letters, digits, '.', '_' and '-'", l.name)));
+            }
+            if !seen.insert(l.name.clone()) {
+                return Err((key, format!("{:?} is used by more than one upstream or local namespace", l.name)));
             }
         }
         Ok(())

@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod manifest;
 pub mod names;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod upstream;

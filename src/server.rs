@@ -14,6 +14,7 @@ use crate::attachments::Attachments;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Api;
+use crate::push::uploads::Uploads;
 use crate::store::fs::FsStore;
 use crate::store::Store;
 
@@ -27,7 +28,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
     })?);
     let cache = Cache::new(config, store).await?;
     let attachments = Attachments::new(config, Arc::clone(&cache));
-    Ok(Arc::new(Api::new(cache, attachments)))
+    let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
+    Ok(Arc::new(Api::new(cache, attachments, uploads)))
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to `grace`.

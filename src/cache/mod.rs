@@ -21,6 +21,7 @@ use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{self, Manifest};
 use crate::names::{Digest, Reference, RepoName, Tag};
 use crate::store::{ByteStream, Store};
+use crate::push::records::Records;
 use crate::upstream::{FetchedManifest, Upstream};
 use fill::{Fill, FillState};
 use lru::LruIndex;
@@ -98,6 +99,9 @@ pub struct Cache {
     store: Arc<dyn Store>,
     upstreams: HashMap<String, Arc<Upstream>>,
     aliases: HashMap<String, String>,
+    locals: std::collections::HashSet<String>,
+    /// What users pushed (tags, manifest links, referrers, pinned blobs).
+    pub records: Records,
     tag_ttl: Duration,
     idle_timeout: Duration,
     manifests: moka::future::Cache<Digest, Bytes>,
@@ -123,12 +127,17 @@ impl Cache {
             }
         }
         let idle_timeout = config.upstreams.iter().map(|u| u.timeout.0).max().unwrap_or(Duration::from_secs(30));
-        let lru = LruIndex::new(config.storage.max_size.0, store.list_blobs().await?);
+        let records = Records::new(Arc::clone(&store));
+        let pinned: std::collections::HashSet<Digest> = records.pinned().await?.into_iter().collect();
+        let cached = store.list_blobs().await?.into_iter().filter(|b| !pinned.contains(&b.digest)).collect();
+        let lru = LruIndex::new(config.storage.max_size.0, cached);
         let memory = config.cache.memory.0;
         Ok(Arc::new_cyclic(|weak| Cache {
             store,
             upstreams,
             aliases,
+            locals: config.locals.iter().map(|l| l.name.clone()).collect(),
+            records,
             tag_ttl: config.cache.tag_ttl.0,
             idle_timeout,
             manifests: moka::future::Cache::builder()
@@ -164,27 +173,122 @@ impl Cache {
     }
 
     /// The canonical name of a namespace (resolving aliases), if it is configured.
-    pub fn canonical_namespace(&self, namespace: &str) -> Option<&str> {
+    pub fn canonical_namespace<'a>(&'a self, namespace: &'a str) -> Option<&'a str> {
+        if self.locals.contains(namespace) {
+            return Some(namespace);
+        }
         let name = self.aliases.get(namespace).map(String::as_str).unwrap_or(namespace);
         self.upstreams.get_key_value(name).map(|(k, _)| k.as_str())
     }
 
+    /// Resolves a namespace: `Some(upstream)` for a proxied one, `None` for a local one.
+    pub fn namespace(&self, namespace: &str) -> Result<(String, Option<Arc<Upstream>>)> {
+        if self.locals.contains(namespace) {
+            return Ok((namespace.to_string(), None));
+        }
+        let up = self.upstream(namespace)?;
+        Ok((up.name.clone(), Some(up)))
+    }
+
+    /// Marks content as pushed: it is never evicted.
+    pub async fn pin(&self, digest: &Digest) -> Result<()> {
+        self.records.pin(digest).await?;
+        self.lru.remove(digest);
+        Ok(())
+    }
+
+    /// Stores a manifest pushed by a client (verified bytes), pinned.
+    pub async fn store_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+        self.records.pin(digest).await?;
+        self.keep_manifest(digest, bytes).await?;
+        self.lru.remove(digest);
+        Ok(())
+    }
+
+    /// A manifest from memory or the store only.
+    async fn local_manifest(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        if let Some(b) = self.manifests.get(digest).await {
+            return Ok(Some(b));
+        }
+        let Some(b) = self.store.read_small(digest).await? else { return Ok(None) };
+        self.note_access(digest);
+        self.manifests.insert(digest.clone(), b.clone()).await;
+        Ok(Some(b))
+    }
+
     /// Serves a manifest by tag or digest.
     pub async fn manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
-        let upstream = self.upstream(ns)?;
-        match reference {
-            Reference::Digest(d) => {
-                let (bytes, status) = self.manifest_by_digest(&upstream, repo, d).await?;
+        let (name, upstream) = self.namespace(ns)?;
+        match (reference, upstream) {
+            (Reference::Digest(d), Some(up)) => {
+                let (bytes, status) = self.manifest_by_digest(&up, repo, d).await?;
                 served(bytes, d.clone(), status)
             }
-            Reference::Tag(tag) => {
-                let key = (upstream.name.clone(), repo.clone(), tag.clone());
-                let (record, tag_status) = self.resolve_tag(&upstream, key).await?;
-                let (bytes, status) = self.manifest_by_digest(&upstream, repo, &record.digest).await?;
-                let status = if status == CacheStatus::Hit { tag_status } else { status };
-                served(bytes, record.digest, status)
+            (Reference::Digest(d), None) => {
+                let linked = self.records.has_manifest(&name, repo, d).await?;
+                match self.local_manifest(d).await? {
+                    Some(bytes) if linked => served(bytes, d.clone(), CacheStatus::Hit),
+                    _ => Err(manifest_unknown(repo, d)),
+                }
+            }
+            (Reference::Tag(tag), upstream) => {
+                let pushed = self.records.tag(&name, repo, tag).await?;
+                match (pushed, upstream) {
+                    (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => self.merged_attachment(&up, repo, tag, d).await,
+                    (Some(d), _) => {
+                        let bytes = self.local_manifest(&d).await?.ok_or_else(|| manifest_unknown(repo, &d))?;
+                        served(bytes, d, CacheStatus::Hit)
+                    }
+                    (None, Some(up)) => self.upstream_tag(&up, repo, tag).await,
+                    (None, None) => Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}"))),
+                }
             }
         }
+    }
+
+    /// A tag of a proxied repository: its cached resolution, revalidated upstream after the TTL.
+    async fn upstream_tag(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag) -> Result<ServedManifest> {
+        let key = (upstream.name.clone(), repo.clone(), tag.clone());
+        let (record, tag_status) = self.resolve_tag(upstream, key).await?;
+        let (bytes, status) = self.manifest_by_digest(upstream, repo, &record.digest).await?;
+        let status = if status == CacheStatus::Hit { tag_status } else { status };
+        served(bytes, record.digest, status)
+    }
+
+    /// A pushed attachment tag of a proxied repository: the pushed manifest, with the layers only
+    /// the upstream's version has appended (so no upstream signature is lost, and what a client
+    /// pushed back after appending to this view wins).
+    async fn merged_attachment(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag, local: Digest) -> Result<ServedManifest> {
+        let local_bytes = self.local_manifest(&local).await?.ok_or_else(|| manifest_unknown(repo, &local))?;
+        let theirs = match self.upstream_tag(upstream, repo, tag).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%repo, %tag, error = %e.message, "no upstream version to merge");
+                return served(local_bytes, local, CacheStatus::Hit);
+            }
+        };
+        let mut ours: serde_json::Value = serde_json::from_slice(&local_bytes).map_err(RegistryError::internal)?;
+        let their_layers = serde_json::from_slice::<serde_json::Value>(&theirs.bytes)
+            .ok()
+            .and_then(|v| v.get("layers").and_then(|l| l.as_array().cloned()))
+            .unwrap_or_default();
+        let Some(layers) = ours.get_mut("layers").and_then(|l| l.as_array_mut()) else {
+            return served(local_bytes, local, CacheStatus::Hit);
+        };
+        let known: std::collections::HashSet<String> =
+            layers.iter().filter_map(|l| l.get("digest").and_then(|d| d.as_str()).map(str::to_string)).collect();
+        let extra: Vec<serde_json::Value> = their_layers
+            .into_iter()
+            .filter(|l| l.get("digest").and_then(|d| d.as_str()).is_some_and(|d| !known.contains(d)))
+            .collect();
+        if extra.is_empty() {
+            return served(local_bytes, local, CacheStatus::Hit);
+        }
+        layers.extend(extra);
+        let bytes = Bytes::from(serde_json::to_vec(&ours).map_err(RegistryError::internal)?);
+        let digest = Digest::sha256_of(&bytes);
+        self.keep_manifest(&digest, &bytes).await?;
+        served(bytes, digest, theirs.status)
     }
 
     /// Serves a manifest in a media type the client accepts (an index falls back to linux/amd64).
@@ -236,7 +340,7 @@ impl Cache {
     }
 
     /// Stores verified manifest bytes and keeps them in memory.
-    async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+    pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         let spool = self.store.spool_dir().join(format!("manifest-{}", uuid::Uuid::new_v4()));
         tokio::fs::write(&spool, bytes).await?;
         let stored = self.store.ingest(&spool, digest).await;
@@ -340,10 +444,11 @@ impl Cache {
 
     /// The size of a blob: local, a fill under way, else an upstream HEAD.
     pub async fn blob_size(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
-        let upstream = self.upstream(ns)?;
+        let (_, upstream) = self.namespace(ns)?;
         if let Some(size) = self.store.blob_size(digest).await? {
             return Ok((size, CacheStatus::Hit));
         }
+        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         match upstream.head_blob(repo, digest).await? {
             Some(size) => Ok((size, CacheStatus::Miss)),
             None => Err(blob_unknown(digest)),
@@ -352,10 +457,11 @@ impl Cache {
 
     /// Streams a blob (or a range of it): local, else joins or starts the one upstream fill.
     pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
-        let upstream = self.upstream(ns)?;
+        let (_, upstream) = self.namespace(ns)?;
         if let Some(found) = self.local_blob(digest, range).await? {
             return Ok(found);
         }
+        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         let fill = self.join_fill(&upstream, repo, digest);
         let mut rx = fill.subscribe();
         loop {
@@ -440,10 +546,11 @@ impl Cache {
 
     /// Makes sure a blob is in the store: fetched once from the upstream if missing.
     pub async fn ensure_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let upstream = self.upstream(ns)?;
+        let (_, upstream) = self.namespace(ns)?;
         if self.store.blob_size(digest).await?.is_some() {
             return Ok(());
         }
+        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         let fill = self.join_fill(&upstream, repo, digest);
         let mut rx = fill.subscribe();
         loop {
@@ -463,7 +570,7 @@ impl Cache {
     /// The upstream's OCI referrers of a digest (`None` where it has no referrers API);
     /// kept on disk and served from there when the upstream fails.
     pub async fn upstream_referrers(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<manifest::Descriptor>>> {
-        let upstream = self.upstream(ns)?;
+        let Some(upstream) = self.namespace(ns)?.1 else { return Ok(Some(Vec::new())) };
         let key = format!("referrers/{}/{repo}/_referrers/{}", upstream.name, digest.tag_prefix());
         let raw = match upstream.get_referrers(repo, digest).await {
             Ok(Some(bytes)) => {
@@ -482,7 +589,7 @@ impl Cache {
     /// The upstream's atomic signatures of a digest (`{"signatures":[...]}`), mirrored to disk;
     /// an empty list where the upstream offers none.
     pub async fn atomic_signatures(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Bytes> {
-        let upstream = self.upstream(ns)?;
+        let Some(upstream) = self.namespace(ns)?.1 else { return Ok(Bytes::from_static(br#"{"signatures":[]}"#)) };
         let key = format!("signatures/{}/{repo}/_signatures/{}", upstream.name, digest.tag_prefix());
         let fetched = match upstream.get_signatures(repo, digest).await {
             Ok(Some(bytes)) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["signatures"].is_array()) => {
@@ -498,19 +605,26 @@ impl Cache {
 
     /// Lists a repository's tags: the upstream's, or the locally known ones when it fails.
     pub async fn tags(&self, ns: &str, repo: &RepoName) -> Result<Vec<String>> {
-        let upstream = self.upstream(ns)?;
+        let (name, upstream) = self.namespace(ns)?;
+        let pushed = self.records.tags(&name, repo).await?;
+        let unknown = || RegistryError::of(Code::NameUnknown, format!("repository {ns}/{repo} not known"));
+        let Some(upstream) = upstream else {
+            return if pushed.is_empty() { Err(unknown()) } else { Ok(pushed) };
+        };
         let mut tags = match upstream.tags(repo).await {
             Ok(Some(t)) => t,
-            Ok(None) => return Err(RegistryError::of(Code::NameUnknown, format!("repository {ns}/{repo} not known upstream"))),
+            Ok(None) if pushed.is_empty() => return Err(unknown()),
+            Ok(None) => Vec::new(),
             Err(e) if e.is_upstream_failure() => {
                 let local = self.store.list_meta(&format!("tags/{}/{repo}/_tags", upstream.name)).await?;
-                if local.is_empty() {
+                if local.is_empty() && pushed.is_empty() {
                     return Err(e);
                 }
                 local
             }
             Err(e) => return Err(e),
         };
+        tags.extend(pushed);
         tags.sort();
         tags.dedup();
         Ok(tags)
@@ -557,6 +671,15 @@ pub fn is_attachment_tag(tag: &str) -> bool {
     let Some(rest) = tag.strip_prefix("sha256-") else { return false };
     let (hex, suffix) = rest.split_at(rest.len().min(64));
     hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
+/// The image digest an attachment tag (`sha256-<hex>.sig`, ...) attaches to.
+pub fn attachment_subject(tag: &str) -> Option<Digest> {
+    if !is_attachment_tag(tag) {
+        return None;
+    }
+    let hex = &tag["sha256-".len().."sha256-".len() + 64];
+    format!("sha256:{hex}").parse().ok()
 }
 
 fn served(bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {

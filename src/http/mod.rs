@@ -13,6 +13,8 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use crate::attachments::Attachments;
 use crate::cache::{ByteRange, Cache, CacheStatus};
 use crate::error::{Code, RegistryError, Result};
+use crate::push::uploads::{self, Uploads};
+use crate::store::ByteStream;
 use body::{Body, RequestLog};
 use route::{Name, Route};
 
@@ -23,6 +25,7 @@ const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/
 pub struct Api {
     cache: Arc<Cache>,
     attachments: Arc<Attachments>,
+    uploads: Arc<Uploads>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -39,16 +42,20 @@ impl From<Response<Body>> for Reply {
 
 impl Api {
     /// Builds the API over a cache and the attachment resolver.
-    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>) -> Api {
-        Api { cache, attachments }
+    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>) -> Api {
+        Api { cache, attachments, uploads }
     }
 
     /// Answers one request; never fails (errors become OCI error responses).
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let reply = match self.dispatch(&req).await {
+        let reply = match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => error_response(&e, &method).into(),
         };
@@ -59,12 +66,19 @@ impl Api {
         response.map(|b| b.logged(log))
     }
 
-    async fn dispatch<B>(&self, req: &Request<B>) -> Result<Reply> {
+    async fn dispatch<B>(&self, req: Request<B>) -> Result<Reply>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
         let ns = query_param(req.uri().query(), "ns");
         let route = route::parse(req.uri().path(), ns.as_deref())?;
-        let method = req.method();
+        let method = req.method().clone();
+        let method = &method;
         let read = method == Method::GET || method == Method::HEAD;
         match route {
+            Route::Upload { name, id } => self.upload(req, &name, id.as_deref()).await,
+            Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference).await,
             Route::Base if read => {
                 let mut r = json(StatusCode::OK, Bytes::from_static(b"{}"), method);
                 r.headers_mut().insert("x-registry-supports-signatures", HeaderValue::from_static("1"));
@@ -85,14 +99,13 @@ impl Api {
                 let body = if method == Method::HEAD { Body::empty() } else { Body::full(m.bytes) };
                 Ok(Reply { response: r.body(body).map_err(RegistryError::internal)?, cache: Some(m.status) })
             }
-            Route::Blob { name, digest } if read => self.blob(req, &name, &digest).await,
-            Route::Tags { name } if read => self.tags(req, &name).await,
-            Route::Referrers { name, digest } if read => self.referrers(req, &name, &digest).await,
+            Route::Blob { name, digest } if read => self.blob(&req, &name, &digest).await,
+            Route::Tags { name } if read => self.tags(&req, &name).await,
+            Route::Referrers { name, digest } if read => self.referrers(&req, &name, &digest).await,
             Route::Signatures { name, digest } if read => {
                 let list = self.cache.atomic_signatures(&name.namespace, &name.repo, &digest).await?;
                 Ok(json(StatusCode::OK, list, method).into())
             }
-            Route::Upload { .. } => Err(RegistryError::of(Code::Unsupported, "pushing is not supported")),
             _ => Err(RegistryError::of(Code::Unsupported, format!("method {method} not allowed here"))),
         }
     }
@@ -136,6 +149,84 @@ impl Api {
         }
         let response = r.body(Body::stream(blob.body)).map_err(RegistryError::internal)?;
         Ok(Reply { response, cache: Some(blob.status) })
+    }
+
+    async fn upload<B>(&self, req: Request<B>, name: &Name, id: Option<&str>) -> Result<Reply>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let (ns, repo) = (&name.namespace, &name.repo);
+        self.cache.namespace(ns)?;
+        let query = req.uri().query().map(str::to_string);
+        let digest = query_param(query.as_deref(), "digest").map(|d| d.parse::<crate::names::Digest>()).transpose()?;
+        let method = req.method().clone();
+        let content_range = req.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = body_stream(req.into_body());
+        match (method, id) {
+            (Method::POST, None) => {
+                if let Some(mount) = query_param(query.as_deref(), "mount") {
+                    let mount: crate::names::Digest = mount.parse()?;
+                    if self.cache.store().blob_size(&mount).await?.is_some() {
+                        self.cache.pin(&mount).await?;
+                        return Ok(blob_created(name, &mount).into());
+                    }
+                }
+                let id = self.uploads.start(ns, repo).await?;
+                match digest {
+                    Some(d) => {
+                        self.uploads.finish(&id, ns, repo, &d, body).await?;
+                        Ok(blob_created(name, &d).into())
+                    }
+                    None => Ok(upload_status(StatusCode::ACCEPTED, name, &id, 0).into()),
+                }
+            }
+            (Method::PATCH, Some(id)) => {
+                let start = content_range.as_deref().map(parse_content_range).transpose()?;
+                let size = self.uploads.append(id, ns, repo, start, body).await?;
+                Ok(upload_status(StatusCode::ACCEPTED, name, id, size).into())
+            }
+            (Method::PUT, Some(id)) => {
+                let d = digest.ok_or_else(|| RegistryError::of(Code::DigestInvalid, "the digest query parameter is required"))?;
+                self.uploads.finish(id, ns, repo, &d, body).await?;
+                Ok(blob_created(name, &d).into())
+            }
+            (Method::GET, Some(id)) => {
+                let size = self.uploads.size(id, ns, repo).await?;
+                Ok(upload_status(StatusCode::NO_CONTENT, name, id, size).into())
+            }
+            (Method::DELETE, Some(id)) => {
+                self.uploads.cancel(id, ns, repo).await?;
+                Ok(empty(StatusCode::NO_CONTENT).into())
+            }
+            (m, _) => Err(RegistryError::of(Code::Unsupported, format!("method {m} not allowed here"))),
+        }
+    }
+
+    async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference) -> Result<Reply>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE).await?;
+        let pushed = uploads::put_manifest(&self.cache, &name.namespace, &name.repo, reference, content_type.as_deref(), body).await?;
+        if let Some(subject) = &pushed.subject {
+            self.attachments.invalidate(&name.namespace, &name.repo, subject).await;
+        }
+        if let crate::names::Reference::Tag(t) = reference {
+            if let Some(subject) = crate::cache::attachment_subject(t.as_str()) {
+                self.attachments.invalidate(&name.namespace, &name.repo, &subject).await;
+            }
+        }
+        let mut r = empty(StatusCode::CREATED);
+        let h = r.headers_mut();
+        h.insert(header::LOCATION, hv(&format!("/v2/{}/manifests/{}", name.full, pushed.digest))?);
+        h.insert("docker-content-digest", hv(&pushed.digest.to_string())?);
+        if let Some(s) = pushed.subject {
+            h.insert("oci-subject", hv(&s.to_string())?);
+        }
+        Ok(r.into())
     }
 
     async fn referrers<B>(&self, req: &Request<B>, name: &Name, digest: &crate::names::Digest) -> Result<Reply> {
@@ -189,6 +280,78 @@ pub fn paginate<'a>(all: &'a [String], n: Option<usize>, last: Option<&str>) -> 
         Some(n) if n < rest.len() => (&rest[..n], true),
         _ => (rest, false),
     }
+}
+
+fn hv(s: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(s).map_err(RegistryError::internal)
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder().status(status).header(header::CONTENT_LENGTH, 0).body(Body::empty()).expect("static response parts")
+}
+
+fn blob_created(name: &Name, digest: &crate::names::Digest) -> Response<Body> {
+    let mut r = empty(StatusCode::CREATED);
+    let location = format!("/v2/{}/blobs/{digest}", name.full);
+    r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("valid names"));
+    r.headers_mut().insert("docker-content-digest", HeaderValue::from_str(&digest.to_string()).expect("valid digest"));
+    r
+}
+
+fn upload_status(status: StatusCode, name: &Name, id: &str, size: u64) -> Response<Body> {
+    let mut r = empty(status);
+    let h = r.headers_mut();
+    let location = format!("/v2/{}/blobs/uploads/{id}", name.full);
+    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("valid names"));
+    h.insert(header::RANGE, HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("digits"));
+    h.insert("docker-upload-uuid", HeaderValue::from_str(id).expect("uuid"));
+    r
+}
+
+/// Parses `Content-Range: <start>-<end>` (OCI) or `bytes <start>-<end>/<total>`; the start.
+fn parse_content_range(v: &str) -> Result<u64> {
+    let spec = v.trim().trim_start_matches("bytes").trim();
+    let (start, end) = spec.split('/').next().unwrap_or("").split_once('-').unwrap_or(("", ""));
+    match (start.trim().parse::<u64>(), end.trim().parse::<u64>()) {
+        (Ok(s), Ok(e)) if e >= s => Ok(s),
+        _ => Err(RegistryError::new(Code::BlobUploadInvalid, StatusCode::RANGE_NOT_SATISFIABLE, format!("invalid Content-Range {v:?}"))),
+    }
+}
+
+/// A request body as a stream of chunks.
+fn body_stream<B>(body: B) -> ByteStream
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    use futures_util::StreamExt;
+    http_body_util::BodyStream::new(body)
+        .filter_map(|frame| async move {
+            match frame {
+                Ok(f) => f.into_data().ok().map(Ok),
+                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            }
+        })
+        .boxed()
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    use futures_util::StreamExt;
+    let mut s = body_stream(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::of(Code::ManifestInvalid, format!("request body failed: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(RegistryError::new(Code::ManifestInvalid, StatusCode::PAYLOAD_TOO_LARGE, "manifest exceeds 4 MiB"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 fn json(status: StatusCode, body: Bytes, method: &Method) -> Response<Body> {

@@ -1,0 +1,90 @@
+//! What users pushed: tags, manifest links and referrers, kept as metadata records.
+//!
+//! `pushed/<ns>/<repo>/_tags/<tag>` holds a digest; `_manifests/<alg>-<hex>` marks a manifest
+//! pushed to the repository; `_referrers/<subject alg-hex>/<alg-hex>` holds a descriptor.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::manifest::Descriptor;
+use crate::names::{Digest, RepoName, Tag};
+use crate::store::Store;
+
+/// Pushed tags, manifests and referrers, per namespace and repository.
+#[derive(Clone)]
+pub struct Records {
+    store: Arc<dyn Store>,
+}
+
+fn key(ns: &str, repo: &RepoName, rest: &str) -> String {
+    format!("pushed/{ns}/{repo}/{rest}")
+}
+
+impl Records {
+    /// Records over a store.
+    pub fn new(store: Arc<dyn Store>) -> Records {
+        Records { store }
+    }
+
+    /// The digest a pushed tag points at.
+    pub async fn tag(&self, ns: &str, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let Some(raw) = self.store.get_meta(&key(ns, repo, &format!("_tags/{tag}"))).await? else { return Ok(None) };
+        Ok(std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()))
+    }
+
+    /// Points a pushed tag at a digest (durably, before the push is acknowledged).
+    pub async fn set_tag(&self, ns: &str, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+        self.store.put_meta(&key(ns, repo, &format!("_tags/{tag}")), digest.to_string().as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Every pushed tag of a repository.
+    pub async fn tags(&self, ns: &str, repo: &RepoName) -> Result<Vec<String>> {
+        Ok(self.store.list_meta(&key(ns, repo, "_tags")).await?)
+    }
+
+    /// Marks a manifest as pushed to a repository.
+    pub async fn link_manifest(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.store.put_meta(&key(ns, repo, &format!("_manifests/{}", digest.tag_prefix())), b"").await?;
+        Ok(())
+    }
+
+    /// Whether a manifest was pushed to a repository.
+    pub async fn has_manifest(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.store.get_meta(&key(ns, repo, &format!("_manifests/{}", digest.tag_prefix()))).await?.is_some())
+    }
+
+    /// Records a pushed manifest that names `subject`.
+    pub async fn add_referrer(&self, ns: &str, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<()> {
+        let json = serde_json::to_vec(d).map_err(crate::error::RegistryError::internal)?;
+        let k = key(ns, repo, &format!("_referrers/{}/{}", subject.tag_prefix(), d.digest.tag_prefix()));
+        self.store.put_meta(&k, &json).await?;
+        Ok(())
+    }
+
+    /// The pushed referrers of a subject.
+    pub async fn referrers(&self, ns: &str, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
+        let dir = key(ns, repo, &format!("_referrers/{}", subject.tag_prefix()));
+        let mut out = Vec::new();
+        for name in self.store.list_meta(&dir).await? {
+            if let Some(raw) = self.store.get_meta(&format!("{dir}/{name}")).await? {
+                if let Ok(d) = serde_json::from_slice::<Descriptor>(&raw) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a blob as pushed content: never evicted.
+    pub async fn pin(&self, digest: &Digest) -> Result<()> {
+        self.store.put_meta(&format!("pinned/{}", digest.tag_prefix()), b"").await?;
+        Ok(())
+    }
+
+    /// Every pinned blob.
+    pub async fn pinned(&self) -> Result<Vec<Digest>> {
+        let names = self.store.list_meta("pinned").await?;
+        Ok(names.iter().filter_map(|n| n.replacen('-', ":", 1).parse().ok()).collect())
+    }
+}

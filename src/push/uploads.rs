@@ -1,0 +1,263 @@
+//! Blob upload sessions: kept on disk so they survive a restart, verified before they become
+//! visible, removed when finished, cancelled or expired.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::cache::Cache;
+use crate::error::{Code, RegistryError, Result};
+use crate::manifest::{self, Descriptor, Manifest, MAX_MANIFEST_SIZE};
+use crate::names::{Algorithm, Digest, Reference, RepoName};
+use crate::store::ByteStream;
+
+#[derive(Serialize, Deserialize)]
+struct Session {
+    ns: String,
+    repo: String,
+    created: u64,
+}
+
+/// Upload sessions under `<storage>/uploads/<id>/{session.json,data}`.
+pub struct Uploads {
+    dir: PathBuf,
+    cache: Arc<Cache>,
+    ttl: Duration,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn unknown_upload() -> RegistryError {
+    RegistryError::of(Code::BlobUploadUnknown, "blob upload unknown")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Uploads {
+    /// Opens the upload area, removing sessions older than `ttl`.
+    pub fn open(dir: PathBuf, cache: Arc<Cache>, ttl: Duration) -> std::io::Result<Arc<Uploads>> {
+        std::fs::create_dir_all(&dir)?;
+        let uploads = Arc::new(Uploads { dir, cache, ttl, locks: Mutex::default() });
+        uploads.sweep_expired();
+        Ok(uploads)
+    }
+
+    /// Removes abandoned sessions (older than the TTL, or unreadable).
+    pub fn sweep_expired(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let session = std::fs::read(e.path().join("session.json")).ok().and_then(|b| serde_json::from_slice::<Session>(&b).ok());
+            let expired = session.is_none_or(|s| now().saturating_sub(s.created) > self.ttl.as_secs());
+            if expired {
+                tracing::info!(upload = %e.file_name().to_string_lossy(), "removing expired upload");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.locks.lock().expect("upload locks").entry(id.to_string()).or_default())
+    }
+
+    fn session_dir(&self, id: &str) -> Result<PathBuf> {
+        let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !ok {
+            return Err(unknown_upload());
+        }
+        Ok(self.dir.join(id))
+    }
+
+    /// Checks the session exists and belongs to this repository.
+    async fn check(&self, id: &str, ns: &str, repo: &RepoName) -> Result<PathBuf> {
+        let dir = self.session_dir(id)?;
+        let raw = tokio::fs::read(dir.join("session.json")).await.map_err(|_| unknown_upload())?;
+        let s: Session = serde_json::from_slice(&raw).map_err(|_| unknown_upload())?;
+        if s.ns != ns || s.repo != repo.as_str() {
+            return Err(unknown_upload());
+        }
+        Ok(dir)
+    }
+
+    /// Starts a session; returns its id.
+    pub async fn start(&self, ns: &str, repo: &RepoName) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.dir.join(&id);
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(dir.join("data"), b"").await?;
+        let session = Session { ns: ns.to_string(), repo: repo.to_string(), created: now() };
+        let json = serde_json::to_vec(&session).map_err(RegistryError::internal)?;
+        crate::store::fs::write_atomic(&dir, &dir.join("session.json"), &json).await?;
+        Ok(id)
+    }
+
+    /// The bytes received so far.
+    pub async fn size(&self, id: &str, ns: &str, repo: &RepoName) -> Result<u64> {
+        let dir = self.check(id, ns, repo).await?;
+        Ok(tokio::fs::metadata(dir.join("data")).await?.len())
+    }
+
+    /// Appends a chunk; `start`, from `Content-Range`, must be the current size (else 416).
+    pub async fn append(&self, id: &str, ns: &str, repo: &RepoName, start: Option<u64>, body: ByteStream) -> Result<u64> {
+        let dir = self.check(id, ns, repo).await?;
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let size = tokio::fs::metadata(dir.join("data")).await?.len();
+        if start.is_some_and(|s| s != size) {
+            return Err(RegistryError::new(
+                Code::BlobUploadInvalid,
+                http::StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("chunk starts at {}, upload has {size} bytes", start.unwrap_or(0)),
+            ));
+        }
+        append_stream(dir.join("data"), body).await
+    }
+
+    /// Finishes a session: appends the last chunk, checks the digest, moves the blob into the
+    /// store (pinned) and removes the session. On a mismatch nothing is stored.
+    pub async fn finish(&self, id: &str, ns: &str, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<()> {
+        let dir = self.check(id, ns, repo).await?;
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let data = dir.join("data");
+        append_stream(data.clone(), body).await?;
+        let actual = hash_file(data.clone(), digest.algorithm()).await?;
+        if &actual != digest {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(RegistryError::of(Code::DigestInvalid, format!("content is {actual}, not {digest}")));
+        }
+        self.cache.store().ingest(&data, digest).await?;
+        self.cache.pin(digest).await?;
+        tokio::fs::remove_dir_all(&dir).await?;
+        self.locks.lock().expect("upload locks").remove(id);
+        Ok(())
+    }
+
+    /// Cancels a session.
+    pub async fn cancel(&self, id: &str, ns: &str, repo: &RepoName) -> Result<()> {
+        let dir = self.check(id, ns, repo).await?;
+        tokio::fs::remove_dir_all(&dir).await?;
+        self.locks.lock().expect("upload locks").remove(id);
+        Ok(())
+    }
+}
+
+async fn append_stream(path: PathBuf, mut body: ByteStream) -> Result<u64> {
+    let mut file = Some(tokio::task::spawn_blocking({
+        let p = path.clone();
+        move || std::fs::OpenOptions::new().append(true).open(p)
+    })
+    .await
+    .map_err(RegistryError::internal)??);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::of(Code::BlobUploadInvalid, format!("upload body failed: {e}")))?;
+        let mut f = file.take().expect("file present");
+        f = tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|_| f)).await.map_err(RegistryError::internal)??;
+        file = Some(f);
+    }
+    let f = file.expect("file present");
+    let size = tokio::task::spawn_blocking(move || {
+        f.sync_all()?;
+        f.metadata().map(|m| m.len())
+    })
+    .await
+    .map_err(RegistryError::internal)??;
+    Ok(size)
+}
+
+async fn hash_file(path: PathBuf, alg: Algorithm) -> Result<Digest> {
+    let d = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut h256 = sha2::Sha256::new();
+        let mut h512 = sha2::Sha512::new();
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            match alg {
+                Algorithm::Sha256 => h256.update(&buf[..n]),
+                Algorithm::Sha512 => h512.update(&buf[..n]),
+            }
+        }
+        Ok(match alg {
+            Algorithm::Sha256 => Digest::from_raw(alg, &h256.finalize()),
+            Algorithm::Sha512 => Digest::from_raw(alg, &h512.finalize()),
+        })
+    })
+    .await
+    .map_err(RegistryError::internal)??;
+    Ok(d)
+}
+
+/// What a manifest push produced.
+pub struct Pushed {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The digest of its subject, if any.
+    pub subject: Option<Digest>,
+}
+
+/// Validates and stores a pushed manifest: every referenced blob or child must exist (locally,
+/// or upstream for a proxied repository); the tag is recorded; a subject makes it a referrer.
+pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
+    if body.len() > MAX_MANIFEST_SIZE {
+        return Err(RegistryError::new(Code::ManifestInvalid, http::StatusCode::PAYLOAD_TOO_LARGE, "manifest exceeds 4 MiB"));
+    }
+    let (name, _) = cache.namespace(ns)?;
+    let m = Manifest::parse(&body)?;
+    let media_type = match content_type.map(|t| t.split(';').next().unwrap_or("").trim()) {
+        Some(t) if manifest::ALL_TYPES.contains(&t) => t.to_string(),
+        _ => m.media_type().to_string(),
+    };
+    if m.media_type.as_deref().is_some_and(|declared| declared != media_type) {
+        return Err(RegistryError::of(Code::ManifestInvalid, "Content-Type differs from the manifest's mediaType"));
+    }
+    let digest = match reference {
+        Reference::Digest(d) if d.algorithm() == Algorithm::Sha512 => {
+            Digest::from_raw(Algorithm::Sha512, &sha2::Sha512::digest(&body))
+        }
+        _ => Digest::sha256_of(&body),
+    };
+    if let Reference::Digest(d) = reference {
+        if d != &digest {
+            return Err(RegistryError::of(Code::DigestInvalid, format!("manifest is {digest}, not {d}")));
+        }
+    }
+    for d in m.config.iter().chain(m.layers.iter()) {
+        if cache.ensure_blob(ns, repo, &d.digest).await.is_err() {
+            return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("blob unknown to registry: {}", d.digest)));
+        }
+    }
+    for child in &m.manifests {
+        if cache.manifest(ns, repo, &Reference::Digest(child.digest.clone())).await.is_err() {
+            return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("manifest unknown to registry: {}", child.digest)));
+        }
+    }
+    cache.store_pushed_manifest(&digest, &body).await?;
+    cache.records.link_manifest(&name, repo, &digest).await?;
+    if let Reference::Tag(tag) = reference {
+        cache.records.set_tag(&name, repo, tag, &digest).await?;
+    }
+    let subject = m.subject.as_ref().map(|s| s.digest.clone());
+    if let Some(s) = &subject {
+        let descriptor = Descriptor {
+            media_type: media_type.clone(),
+            digest: digest.clone(),
+            size: body.len() as i64,
+            artifact_type: m.artifact_type.clone().or_else(|| m.config.as_ref().map(|c| c.media_type.clone())),
+            annotations: m.annotations.clone(),
+            platform: None,
+        };
+        cache.records.add_referrer(&name, repo, s, &descriptor).await?;
+    }
+    Ok(Pushed { digest, subject })
+}

@@ -165,6 +165,26 @@ impl Fill {
         Ok(written)
     }
 
+    /// Waits until `decide` answers for the current state; the fill's end always gets an answer
+    /// (NotFound and Failed become errors unless `decide` handles them).
+    pub async fn settle<T>(&self, digest: &Digest, mut decide: impl FnMut(&FillState) -> Option<Result<T>>) -> Result<T> {
+        let mut rx = self.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            if let Some(answer) = decide(&state) {
+                return answer;
+            }
+            match state {
+                FillState::NotFound => return Err(RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}"))),
+                FillState::Failed(e) => return Err(e),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(RegistryError::internal("blob fill vanished"));
+            }
+        }
+    }
+
     /// Marks the fill complete: the blob is in the store.
     pub fn complete(&self, size: u64) {
         self.state.send_replace(FillState::Complete { size });

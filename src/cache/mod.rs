@@ -325,6 +325,10 @@ impl Cache {
         let this = self.self_arc();
         self.manifest_flights
             .run(digest.clone(), async move {
+                // a run that finished between the caller's look-up and this one stored it already
+                if let Some(b) = this.store.read_small(&d).await? {
+                    return Ok((b, CacheStatus::Hit));
+                }
                 let fetched = up.get_manifest(&repo2, &d.to_string()).await?.ok_or_else(|| manifest_unknown(&repo2, &d))?;
                 if !digest_matches(&fetched, &d) {
                     return Err(RegistryError::new(
@@ -360,15 +364,26 @@ impl Cache {
             let (_, repo, tag) = &key;
             return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
         }
-        let known = self.load_tag(&key).await?;
-        if let Some(r) = &known {
-            if now_secs().saturating_sub(r.checked_at) < self.tag_ttl.as_secs().max(1) {
-                return Ok((r.clone(), CacheStatus::Hit));
-            }
+        if let Some(fresh) = self.fresh_tag(&key).await? {
+            return Ok((fresh, CacheStatus::Hit));
         }
         let (up, this, k) = (Arc::clone(upstream), self.self_arc(), key.clone());
-        let revalidated = self.tag_flights.run(key.clone(), async move { this.revalidate_tag(&up, &k, known).await }).await;
-        revalidated
+        self.tag_flights
+            .run(key, async move {
+                // a run that finished between the caller's look-up and this one refreshed it
+                if let Some(fresh) = this.fresh_tag(&k).await? {
+                    return Ok((fresh, CacheStatus::Hit));
+                }
+                let known = this.load_tag(&k).await?;
+                this.revalidate_tag(&up, &k, known).await
+            })
+            .await
+    }
+
+    /// The tag's record if it was confirmed upstream within the TTL.
+    async fn fresh_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
+        let known = self.load_tag(key).await?;
+        Ok(known.filter(|r| now_secs().saturating_sub(r.checked_at) < self.tag_ttl.as_secs().max(1)))
     }
 
     async fn revalidate_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
@@ -463,25 +478,17 @@ impl Cache {
         }
         let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         let fill = self.join_fill(&upstream, repo, digest);
-        let mut rx = fill.subscribe();
-        loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                FillState::Starting => {}
-                FillState::NotFound => return Err(blob_unknown(digest)),
-                FillState::Failed(e) => return Err(e),
-                FillState::Streaming { size, .. } if range.is_none() => {
-                    let body = fill.reader();
-                    return Ok((ServedBlob { size, body, status: CacheStatus::Miss }, None));
-                }
-                FillState::Complete { .. } => {
-                    return self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest));
-                }
-                FillState::Streaming { .. } => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(RegistryError::internal("blob fill vanished"));
-            }
+        // a whole blob is teed from the download; a range waits for the blob to be stored
+        let streaming = fill
+            .settle(digest, |state| match state {
+                FillState::Streaming { size, .. } if range.is_none() => Some(Ok(Some(*size))),
+                FillState::Complete { .. } => Some(Ok(None)),
+                _ => None,
+            })
+            .await?;
+        match streaming {
+            Some(size) => Ok((ServedBlob { size, body: fill.reader(), status: CacheStatus::Miss }, None)),
+            None => self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest)),
         }
     }
 
@@ -512,6 +519,12 @@ impl Cache {
     }
 
     async fn run_fill(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, fill: &Fill) {
+        // a fill that finished between the caller's look-up and this one stored it already
+        if let Ok(Some(size)) = self.store.blob_size(digest).await {
+            self.fills.lock().expect("fills lock").remove(digest);
+            fill.complete(size);
+            return;
+        }
         let spool = self.store.spool_dir().join(format!("blob-{}", uuid::Uuid::new_v4()));
         let outcome = match upstream.get_blob(repo, digest).await {
             Ok(None) => Ok(None),
@@ -552,19 +565,7 @@ impl Cache {
         }
         let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         let fill = self.join_fill(&upstream, repo, digest);
-        let mut rx = fill.subscribe();
-        loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                FillState::Complete { .. } => return Ok(()),
-                FillState::NotFound => return Err(blob_unknown(digest)),
-                FillState::Failed(e) => return Err(e),
-                FillState::Starting | FillState::Streaming { .. } => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(RegistryError::internal("blob fill vanished"));
-            }
-        }
+        fill.settle(digest, |state| matches!(state, FillState::Complete { .. }).then_some(Ok(()))).await
     }
 
     /// The upstream's OCI referrers of a digest (`None` where it has no referrers API);

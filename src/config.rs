@@ -43,6 +43,49 @@ pub struct Config {
     /// `[[local]]`: namespaces hosting pushed images that have no upstream.
     #[serde(default, rename = "local")]
     pub locals: Vec<LocalConfig>,
+    /// `[auth]`: who may read and write.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` settings: users from an htpasswd file, and per-scope rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `htpasswd = "users.htpasswd"`: bcrypt entries (`htpasswd -B`), relative to the config file.
+    pub htpasswd: Option<PathBuf>,
+    /// `anonymous_read = true`: pulls need no credentials unless a rule says otherwise.
+    #[serde(default = "default_true")]
+    pub anonymous_read: bool,
+    /// `[[auth.rule]]`: the first rule whose scope matches `<namespace>/<repository>` decides.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<AuthRule>,
+    /// The users read from `htpasswd` at load time: name and bcrypt hash.
+    #[serde(skip)]
+    pub users: Vec<(String, String)>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { htpasswd: None, anonymous_read: true, rules: Vec::new(), users: Vec::new() }
+    }
+}
+
+/// One `[[auth.rule]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRule {
+    /// `scope = "internal/*"`: a glob over `<namespace>/<repository>` (`*` matches anything).
+    pub scope: String,
+    /// `read = ["alice", "*"]`: who may pull (`"*"` any signed-in user, `"anonymous"` everyone);
+    /// unset: the default (`anonymous_read`).
+    pub read: Option<Vec<String>>,
+    /// `write = ["ci"]`: who may push (`"*"` any signed-in user); unset: any signed-in user.
+    pub write: Option<Vec<String>>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One `[[local]]` namespace.
@@ -63,6 +106,10 @@ pub struct ServerConfig {
     /// `shutdown_grace = "30s"`: how long in-flight requests may run on after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace: HumanDuration,
+    /// `tls_cert = "tls/cert.pem"`: serve HTTPS with this PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key = "tls/key.pem"`: the PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[storage]` settings.
@@ -210,7 +257,7 @@ fn default_retries() -> u32 {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen(), shutdown_grace: default_grace() }
+        ServerConfig { listen: default_listen(), shutdown_grace: default_grace(), tls_cert: None, tls_key: None }
     }
 }
 impl Default for StorageConfig {
@@ -328,6 +375,9 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let join = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
         self.storage.path = join(&self.storage.path);
+        self.server.tls_cert = self.server.tls_cert.as_ref().map(join);
+        self.server.tls_key = self.server.tls_key.as_ref().map(join);
+        self.auth.htpasswd = self.auth.htpasswd.as_ref().map(join);
         for u in &mut self.upstreams {
             u.password_file = u.password_file.as_ref().map(join);
             u.ca_file = u.ca_file.as_ref().map(join);
@@ -342,6 +392,7 @@ impl Config {
         if self.cache.tag_ttl.0.is_zero() {
             return Err(("cache.tag_ttl".into(), "must be larger than zero".into()));
         }
+        self.validate_server_and_auth()?;
         let mut seen = HashSet::new();
         for (i, u) in self.upstreams.iter_mut().enumerate() {
             let key = |k: &str| format!("upstream[{i}].{k}");
@@ -382,6 +433,48 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_server_and_auth(&mut self) -> Result<(), (String, String)> {
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(c), Some(k)) => {
+                for (key, p) in [("server.tls_cert", c), ("server.tls_key", k)] {
+                    std::fs::metadata(p).map_err(|e| (key.to_string(), format!("cannot read {}: {e}", p.display())))?;
+                }
+            }
+            (Some(_), None) => return Err(("server.tls_key".into(), "tls_cert is set but tls_key is missing".into())),
+            (None, Some(_)) => return Err(("server.tls_cert".into(), "tls_key is set but tls_cert is missing".into())),
+            (None, None) => {}
+        }
+        if let Some(p) = &self.auth.htpasswd {
+            let text = std::fs::read_to_string(p).map_err(|e| ("auth.htpasswd".to_string(), format!("cannot read {}: {e}", p.display())))?;
+            self.auth.users = parse_htpasswd(&text).map_err(|problem| ("auth.htpasswd".to_string(), format!("{}: {problem}", p.display())))?;
+        }
+        for (i, r) in self.auth.rules.iter().enumerate() {
+            if r.scope.is_empty() {
+                return Err((format!("auth.rule[{i}].scope"), "must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses htpasswd lines `user:$2y$...` (bcrypt only; other hash kinds are refused).
+pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut users = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line.split_once(':').ok_or_else(|| format!("line {}: expected user:hash", n + 1))?;
+        if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
+            return Err(format!("line {}: user {user:?} has no bcrypt hash (create entries with htpasswd -B)", n + 1));
+        }
+        users.push((user.to_string(), hash.to_string()));
+    }
+    Ok(users)
 }
 
 /// A namespace is one repository path component (so `/v2/<ns>/<repo>` parses unambiguously).

@@ -8,10 +8,13 @@
 //! - [`upstream`]: the client of upstream registries (auth, retries, timeouts).
 //! - [`store`]: content-addressed storage of verified bytes, behind a trait.
 //! - [`manifest`], [`names`]: manifest media types and validated names, digests, references.
+//! - [`auth`]: who may read and write (htpasswd users, per-scope rules); [`tls`]: HTTPS.
+//! - [`push`]: blob uploads and manifest pushes.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`server`]: serving the API on a listener with graceful shutdown.
 
 pub mod attachments;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -21,4 +24,5 @@ pub mod names;
 pub mod push;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;

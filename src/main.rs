@@ -67,6 +67,9 @@ fn check(config: Config) -> anyhow::Result<()> {
     for (i, u) in config.upstreams.iter().enumerate() {
         portcullis::upstream::Upstream::new(u).with_context(|| format!("upstream[{i}] ({})", u.name))?;
     }
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        portcullis::tls::acceptor(cert, key).context("server.tls_cert/tls_key")?;
+    }
     println!("configuration OK: {} upstream(s), storage at {}", config.upstreams.len(), config.storage.path.display());
     Ok(())
 }
@@ -75,13 +78,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let api = portcullis::server::build(&config).await?;
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(portcullis::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
         eprintln!("portcullis listening on {addr}");
-        portcullis::server::run(listener, api, config.server.shutdown_grace.0, shutdown_signal()).await;
+        portcullis::server::run(listener, api, tls, config.server.shutdown_grace.0, shutdown_signal()).await;
         Ok(())
     })
 }

@@ -9,8 +9,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::attachments::Attachments;
+use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Api;
@@ -29,11 +31,19 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
     let cache = Cache::new(config, store).await?;
     let attachments = Attachments::new(config, Arc::clone(&cache));
     let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
-    Ok(Arc::new(Api::new(cache, attachments, uploads)))
+    let auth = Arc::new(Auth::new(&config.auth));
+    Ok(Arc::new(Api::new(cache, attachments, uploads, auth)))
 }
 
+/// The client's address, attached to each request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// How long a client may take for the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to `grace`.
-pub async fn run(listener: TcpListener, api: Arc<Api>, grace: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, grace: Duration, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -52,17 +62,35 @@ pub async fn run(listener: TcpListener, api: Arc<Api>, grace: Duration, shutdown
                 };
                 let _ = stream.set_nodelay(true);
                 let api = Arc::clone(&api);
-                let service = service_fn(move |req| {
+                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let api = Arc::clone(&api);
+                    req.extensions_mut().insert(ClientAddr(peer));
                     async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        let (acceptor, builder, watcher) = (acceptor.clone(), Arc::clone(&builder), graceful.watcher());
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                            };
+                            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             () = &mut shutdown => break,
         }

@@ -5,25 +5,42 @@ mod common;
 
 use common::*;
 
+const AUTH: &str = "[auth]\nhtpasswd = \"users.htpasswd\"\n[[auth.rule]]\nscope = \"internal/*\"\nwrite = [\"ci\"]\n[[auth.rule]]\nscope = \"up/*\"\nwrite = [\"ci\"]\n";
+
+/// A proxy with a local namespace, an upstream, users `ci` (may push) and `reader` (may not),
+/// and optionally TLS.
+fn start_proxy(t: &std::path::Path, reg: &Registry, server: &str) -> Proxy {
+    let dir = t.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass"), ("reader", "reader-pass")]);
+    Proxy::start_with_server(
+        &dir,
+        server,
+        &format!("[storage]\npath = \"data\"\n{AUTH}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    )
+}
+
 fn setup() -> (tempfile::TempDir, Registry, Proxy) {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let proxy = Proxy::start(
-        &t.path().join("proxy"),
-        &format!("[storage]\npath = \"data\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
-    );
+    let proxy = start_proxy(t.path(), &reg, "");
     (t, reg, proxy)
+}
+
+fn ci() -> (&'static str, Option<&'static str>) {
+    ("ci", Some("ci-pass"))
 }
 
 #[test]
 fn skopeo_copies_into_a_local_namespace_and_podman_pulls_it_back_after_a_restart() {
     let (t, _reg, mut proxy) = setup();
     let img = build_image(&t.path().join("img"), &ImageSpec { seed: "local", layers: &[5000, 400_000], tag: "v1" });
-    skopeo(&[
-        "copy", "-q", "--dest-tls-verify=false",
-        &format!("oci:{}:v1", img.dir.display()), &format!("docker://{}/internal/team/app:v1", proxy.addr),
-    ])
-    .success();
+    let dest = format!("docker://{}/internal/team/app:v1", proxy.addr);
+    let src = format!("oci:{}:v1", img.dir.display());
+    let denied = skopeo(&["copy", "-q", "--dest-tls-verify=false", "--dest-creds", "reader:reader-pass", &src, &dest]);
+    assert!(!denied.ok, "a read-only user cannot push");
+    assert!(denied.stderr.contains("denied") || denied.stderr.contains("may not"), "{}", denied.stderr);
+    skopeo(&["copy", "-q", "--dest-tls-verify=false", "--dest-creds", "ci:ci-pass", &src, &dest]).success();
     proxy.restart();
     let conf = t.path().join("registries.conf");
     std::fs::write(&conf, format!("[[registry]]\nlocation = \"{}\"\ninsecure = true\n", proxy.addr)).unwrap();
@@ -42,8 +59,12 @@ fn skopeo_copies_into_a_local_namespace_and_podman_pulls_it_back_after_a_restart
 }
 
 #[test]
-fn cosign_signs_a_proxied_image_through_the_proxy_keeping_the_upstream_signature() {
-    let (t, reg, proxy) = setup();
+fn cosign_signs_a_proxied_image_over_tls_with_credentials_keeping_the_upstream_signature() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let pki = tls::make_pki(&t.path().join("pki"));
+    let server = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", pki.cert.display(), pki.key.display());
+    let proxy = start_proxy(t.path(), &reg, &server);
     let img = build_image(&t.path().join("img"), &ImageSpec { seed: "sign", layers: &[3000], tag: "v1" });
     reg.push(&img, "demo/app:v1");
     let upstream_keys = t.path().join("upstream-keys");
@@ -51,41 +72,69 @@ fn cosign_signs_a_proxied_image_through_the_proxy_keeping_the_upstream_signature
     cosign_keys(&upstream_keys);
     cosign_keys(&our_keys);
     cosign_sign(&upstream_keys, &format!("{}/demo/app@{}", reg.host(), img.digest));
-    let through = format!("{}/up/demo/app@{}", proxy.addr, img.digest);
-    cosign_sign(&our_keys, &through);
 
-    let ours = cosign_verify(&our_keys, "cosign.pub", &through);
+    let env: [(&str, &std::path::Path); 1] = [("SSL_CERT_FILE", &pki.ca)];
+    let through = format!("{}/up/demo/app@{}", proxy.addr, img.digest);
+    let run = |args: &[&str]| cosign_with(&our_keys, &env, args);
+    let sign = ["sign", "--key", "cosign.key", "--tlog-upload=false", through.as_str()];
+    let anonymous = run(&sign);
+    assert!(!anonymous.ok, "signing without credentials is refused");
+    assert!(anonymous.stderr.contains("UNAUTHORIZED") || anonymous.stderr.contains("401"), "{}", anonymous.stderr);
+    run(&["login", &proxy.addr, "-u", "ci", "-p", "ci-pass"]).success();
+    run(&sign).success();
+
+    let verify = |keys: &std::path::Path| cosign_with(keys, &env, &["verify", "--key", "cosign.pub", "--insecure-ignore-tlog", &through]);
+    let ours = verify(&our_keys);
     assert!(ours.ok, "the signature pushed through the proxy verifies: {}", ours.stderr);
-    let theirs = cosign_verify(&upstream_keys, "cosign.pub", &through);
+    let theirs = verify(&upstream_keys);
     assert!(theirs.ok, "the upstream's signature is still there: {}", theirs.stderr);
     // the upstream was not written to
     assert!(!cosign_verify(&our_keys, "cosign.pub", &format!("{}/demo/app@{}", reg.host(), img.digest)).ok);
 
     // attestations and SBOMs pushed through the proxy read back
     std::fs::write(our_keys.join("predicate.json"), r#"{"builder":{"id":"https://ci.example/b"},"buildType":"t"}"#).unwrap();
-    let mut attest = vec!["attest", "--key", "cosign.key", "--tlog-upload=false", "--type", "slsaprovenance", "--predicate", "predicate.json"];
-    attest.extend(COSIGN_LOCAL);
-    attest.push(&through);
-    cosign(&our_keys, &attest).success();
-    let mut va = vec!["verify-attestation", "--key", "cosign.pub", "--insecure-ignore-tlog", "--type", "slsaprovenance"];
-    va.extend(COSIGN_LOCAL);
-    va.push(&through);
-    let out = cosign(&our_keys, &va);
+    run(&["attest", "--key", "cosign.key", "--tlog-upload=false", "--type", "slsaprovenance", "--predicate", "predicate.json", &through]).success();
+    let out = run(&["verify-attestation", "--key", "cosign.pub", "--insecure-ignore-tlog", "--type", "slsaprovenance", &through]);
     assert!(out.ok, "{}", out.stderr);
     std::fs::write(our_keys.join("sbom.json"), r#"{"spdxVersion":"SPDX-2.3","name":"x"}"#).unwrap();
-    let mut sbom = vec!["attach", "sbom", "--sbom", "sbom.json", "--type", "spdx"];
-    sbom.extend(COSIGN_LOCAL);
-    sbom.push(&through);
-    cosign(&our_keys, &sbom).success();
-    let mut dl = vec!["download", "sbom"];
-    dl.extend(COSIGN_LOCAL);
-    dl.push(&through);
-    let out = cosign(&our_keys, &dl).success();
+    run(&["attach", "sbom", "--sbom", "sbom.json", "--type", "spdx", &through]).success();
+    let out = run(&["download", "sbom", &through]).success();
     assert!(out.stdout.contains("SPDX-2.3"), "{}", out.stdout);
+    assert!(!proxy.log().contains("ci-pass"), "no password in the log");
+}
+
+#[test]
+fn writes_need_credentials_and_permission() {
+    let (_t, _reg, proxy) = setup();
+    let uploads = format!("{}/v2/internal/app/blobs/uploads/", proxy.url());
+    let r = http().post(&uploads).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"portcullis\"");
+    assert_eq!(error_code(&r.text().unwrap()), "UNAUTHORIZED");
+    let r = http().post(&uploads).basic_auth("ci", Some("wrong")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http().post(&uploads).basic_auth("nobody", Some("ci-pass")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http().post(&uploads).basic_auth("reader", Some("reader-pass")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(&r.text().unwrap()), "DENIED");
+    let r = http().put(format!("{}/v2/up/x/manifests/v1", proxy.url())).basic_auth("reader", Some("reader-pass")).body("{}").send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http().post(&uploads).basic_auth("ci", Some("ci-pass")).send().unwrap();
+    assert_eq!(r.status(), 202);
+    // /v2/ challenges clients without credentials, so they know to sign in
+    assert_eq!(http().get(format!("{}/v2/", proxy.url())).send().unwrap().status(), 401);
+    assert_eq!(http().get(format!("{}/v2/", proxy.url())).basic_auth("ci", Some("ci-pass")).send().unwrap().status(), 200);
+    // reads stay anonymous
+    let r = http().get(format!("{}/v2/internal/app/tags/list", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 404, "anonymous read reaches the handler");
+    let log = proxy.log();
+    assert!(log.contains("failed sign-in"), "failed sign-ins are logged");
+    assert!(!log.contains("ci-pass") && !log.contains("wrong") && !log.contains("reader-pass"), "no password in the log");
 }
 
 fn post_upload(proxy: &Proxy, repo: &str) -> String {
-    let r = http().post(format!("{}/v2/internal/{repo}/blobs/uploads/", proxy.url())).send().unwrap();
+    let r = http().post(format!("{}/v2/internal/{repo}/blobs/uploads/", proxy.url())).basic_auth(ci().0, ci().1).send().unwrap();
     assert_eq!(r.status(), 202);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     format!("{}{loc}", proxy.url())
@@ -96,19 +145,19 @@ fn upload_protocol_errors() {
     let (_t, _reg, proxy) = setup();
     // chunked upload, chunk out of order -> 416
     let url = post_upload(&proxy, "chunks");
-    let r = http().patch(&url).header("content-range", "0-3").body("abcd").send().unwrap();
+    let r = http().patch(&url).basic_auth(ci().0, ci().1).header("content-range", "0-3").body("abcd").send().unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["range"], "0-3");
-    let r = http().patch(&url).header("content-range", "10-13").body("wxyz").send().unwrap();
+    let r = http().patch(&url).basic_auth(ci().0, ci().1).header("content-range", "10-13").body("wxyz").send().unwrap();
     assert_eq!(r.status(), 416);
-    let r = http().get(&url).send().unwrap();
+    let r = http().get(&url).basic_auth(ci().0, ci().1).send().unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["range"], "0-3");
-    let r = http().patch(&url).header("content-range", "4-7").body("efgh").send().unwrap();
+    let r = http().patch(&url).basic_auth(ci().0, ci().1).header("content-range", "4-7").body("efgh").send().unwrap();
     assert_eq!(r.status(), 202);
     // wrong digest -> DIGEST_INVALID, nothing stored
     let wrong = sha256(b"something else");
-    let r = http().put(format!("{url}?digest={wrong}")).send().unwrap();
+    let r = http().put(format!("{url}?digest={wrong}")).basic_auth(ci().0, ci().1).send().unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(&r.text().unwrap()), "DIGEST_INVALID");
     assert!(!proxy.has_blob(&wrong));
@@ -116,9 +165,9 @@ fn upload_protocol_errors() {
 
     // a good chunked upload
     let url = post_upload(&proxy, "chunks");
-    http().patch(&url).header("content-range", "0-3").body("abcd").send().unwrap();
+    http().patch(&url).basic_auth(ci().0, ci().1).header("content-range", "0-3").body("abcd").send().unwrap();
     let good = sha256(b"abcdefgh");
-    let r = http().put(format!("{url}?digest={good}")).body("efgh").send().unwrap();
+    let r = http().put(format!("{url}?digest={good}")).basic_auth(ci().0, ci().1).body("efgh").send().unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["docker-content-digest"], good.as_str());
     assert!(proxy.has_blob(&good));
@@ -132,6 +181,7 @@ fn upload_protocol_errors() {
     );
     let r = http()
         .put(format!("{}/v2/internal/chunks/manifests/v1", proxy.url()))
+        .basic_auth(ci().0, ci().1)
         .header("content-type", "application/vnd.oci.image.manifest.v1+json")
         .body(manifest)
         .send()
@@ -143,8 +193,8 @@ fn upload_protocol_errors() {
 
     // unknown session, cancelled session
     let url = post_upload(&proxy, "chunks");
-    assert_eq!(http().delete(&url).send().unwrap().status(), 204);
-    let r = http().get(&url).send().unwrap();
+    assert_eq!(http().delete(&url).basic_auth(ci().0, ci().1).send().unwrap().status(), 204);
+    let r = http().get(&url).basic_auth(ci().0, ci().1).send().unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(&r.text().unwrap()), "BLOB_UPLOAD_UNKNOWN");
 }

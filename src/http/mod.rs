@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::attachments::Attachments;
+use crate::auth::{Access, Auth};
 use crate::cache::{ByteRange, Cache, CacheStatus};
 use crate::error::{Code, RegistryError, Result};
 use crate::push::uploads::{self, Uploads};
@@ -26,6 +27,7 @@ pub struct Api {
     cache: Arc<Cache>,
     attachments: Arc<Attachments>,
     uploads: Arc<Uploads>,
+    auth: Arc<Auth>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -42,8 +44,35 @@ impl From<Response<Body>> for Reply {
 
 impl Api {
     /// Builds the API over a cache and the attachment resolver.
-    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>) -> Api {
-        Api { cache, attachments, uploads }
+    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>, auth: Arc<Auth>) -> Api {
+        Api { cache, attachments, uploads, auth }
+    }
+
+    /// Authenticates the request and checks it may do what its route does.
+    async fn authorize<B>(&self, req: &Request<B>, route: &Route) -> Result<()> {
+        let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
+        let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let user = self.auth.authenticate(header, &client).await?;
+        let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+        let name = match route {
+            Route::Health | Route::Ready => return Ok(()),
+            Route::Base if user.is_none() && self.auth.has_users() => {
+                return Err(RegistryError::of(Code::Unauthorized, "sign in to push; pulls may stay anonymous"));
+            }
+            Route::Base => return Ok(()),
+            Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => name,
+            Route::Referrers { name, .. } | Route::Signatures { name, .. } => name,
+            Route::Upload { name, .. } => {
+                return self.auth.authorize(user.as_deref(), &self.scope(name), Access::Write);
+            }
+        };
+        let access = if write { Access::Write } else { Access::Read };
+        self.auth.authorize(user.as_deref(), &self.scope(name), access)
+    }
+
+    fn scope(&self, name: &Name) -> String {
+        let ns = self.cache.canonical_namespace(&name.namespace).unwrap_or(&name.namespace);
+        format!("{ns}/{}", name.repo)
     }
 
     /// Answers one request; never fails (errors become OCI error responses).
@@ -73,6 +102,7 @@ impl Api {
     {
         let ns = query_param(req.uri().query(), "ns");
         let route = route::parse(req.uri().path(), ns.as_deref())?;
+        self.authorize(&req, &route).await?;
         let method = req.method().clone();
         let method = &method;
         let read = method == Method::GET || method == Method::HEAD;

@@ -4,6 +4,7 @@
 
 pub mod image;
 pub mod liar;
+pub mod tls;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -33,7 +34,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 
 fn http_ok(url: &str) -> bool {
     Command::new("curl")
-        .args(["-fsS", "-o", "/dev/null", "--max-time", "2", url])
+        .args(["-ksS", "-o", "/dev/null", "--max-time", "2", url])
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
@@ -154,10 +155,15 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `config` (TOML, without `[server]`) to `dir/proxy.toml` and starts the proxy on it.
     pub fn start(dir: &Path, config: &str) -> Proxy {
+        Proxy::start_with_server(dir, "", config)
+    }
+
+    /// Like [`Proxy::start`], with extra `[server]` keys (e.g. TLS files).
+    pub fn start_with_server(dir: &Path, server: &str, config: &str) -> Proxy {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("proxy.toml");
         let mut f = std::fs::File::create(&path).unwrap();
-        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{config}").unwrap();
+        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server}\n{config}").unwrap();
         let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path };
         p.spawn();
         p
@@ -193,12 +199,13 @@ impl Proxy {
             addr.is_some()
         });
         self.addr = addr.unwrap();
-        assert!(http_ok(&format!("http://{}/v2/", self.addr)), "proxy answers /v2/");
+        assert!(http_ok(&format!("{}/healthz", self.url())), "proxy answers /healthz");
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://` when the proxy serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let tls = std::fs::read_to_string(&self.config).unwrap_or_default().contains("tls_cert");
+        format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
     }
 
     /// The proxy's process id.
@@ -319,6 +326,18 @@ pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
+/// An HTTPS client trusting the given CA certificate (PEM).
+pub fn https(ca: &Path) -> reqwest::blocking::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).add_root_certificate(cert).build().unwrap()
+}
+
+/// An htpasswd file with bcrypt entries for `(user, password)` pairs.
+pub fn htpasswd(path: &Path, users: &[(&str, &str)]) {
+    let lines: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{}", bcrypt::hash(p, 5).unwrap())).collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
 /// The SHA-256 digest of bytes, `sha256:<hex>`.
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -367,12 +386,20 @@ pub fn cosign_bin() -> PathBuf {
 
 /// Runs cosign in `dir` with the test passphrase, plain-http registries and no transparency log.
 pub fn cosign(dir: &Path, args: &[&str]) -> Outcome {
+    cosign_with(dir, &[], args)
+}
+
+/// Runs cosign like [`cosign`], with extra environment (e.g. `SSL_CERT_FILE`).
+pub fn cosign_with(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Outcome {
     let mut cmd = Command::new(cosign_bin());
     cmd.current_dir(dir)
         .env("COSIGN_PASSWORD", "test-passphrase")
         .env("COSIGN_YES", "true")
         .env("HOME", dir)
         .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     run(&mut cmd)
 }
 

@@ -125,6 +125,9 @@ pub struct StorageConfig {
     /// `upload_ttl = "24h"`: an unfinished upload session is removed after this long.
     #[serde(default = "default_upload_ttl")]
     pub upload_ttl: HumanDuration,
+    /// `allow_delete = false`: whether clients may delete pushed manifests and tags.
+    #[serde(default)]
+    pub allow_delete: bool,
 }
 
 /// `[cache]` settings.
@@ -262,7 +265,7 @@ impl Default for ServerConfig {
 }
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: default_storage_path(), max_size: default_max_size(), upload_ttl: default_upload_ttl() }
+        StorageConfig { path: default_storage_path(), max_size: default_max_size(), upload_ttl: default_upload_ttl(), allow_delete: false }
     }
 }
 impl Default for CacheConfig {

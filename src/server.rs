@@ -32,7 +32,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
     let attachments = Attachments::new(config, Arc::clone(&cache));
     let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
     let auth = Arc::new(Auth::new(&config.auth));
-    Ok(Arc::new(Api::new(cache, attachments, uploads, auth)))
+    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, config.storage.allow_delete)))
 }
 
 /// The client's address, attached to each request.

@@ -306,8 +306,10 @@ fn bad_input_gets_oci_errors_and_never_a_server_error() {
         assert_eq!(&error_code(&body), code, "{path}");
     }
     let r = http().delete(format!("{}/v2/up/ok/repo/manifests/v1", proxy.url())).send().unwrap();
-    assert_eq!(r.status(), 405);
-    assert_eq!(error_code(&r.text().unwrap()), "UNSUPPORTED");
+    assert_eq!(r.status(), 401, "no write path without credentials");
+    assert_eq!(error_code(&r.text().unwrap()), "UNAUTHORIZED");
+    let r = http().patch(format!("{}/v2/up/ok/repo/blobs/{zero}", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 401);
     let r = http().get(format!("{}/v2/up/ok/repo/tags/list?n=lots", proxy.url())).send().unwrap();
     assert_eq!(r.status(), 400);
     // still serving afterwards, and nothing written outside the storage directory

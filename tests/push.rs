@@ -198,3 +198,119 @@ fn upload_protocol_errors() {
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(&r.text().unwrap()), "BLOB_UPLOAD_UNKNOWN");
 }
+
+fn authed(rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::Response {
+    rb.basic_auth("ci", Some("ci-pass")).send().unwrap()
+}
+
+/// Pushes a config-only image manifest to `internal/<repo>:<tag>`; its digest.
+fn push_small_image(proxy: &Proxy, repo: &str, tag: &str, content: &[u8]) -> String {
+    let blob = sha256(content);
+    let r = authed(http().post(format!("{}/v2/internal/{repo}/blobs/uploads/?digest={blob}", proxy.url())).body(content.to_vec()));
+    assert_eq!(r.status(), 201);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":{}}},"layers":[]}}"#,
+        content.len()
+    );
+    let r = authed(
+        http()
+            .put(format!("{}/v2/internal/{repo}/manifests/{tag}", proxy.url()))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(manifest.clone()),
+    );
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["docker-content-digest"], sha256(manifest.as_bytes()).as_str());
+    sha256(manifest.as_bytes())
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_push_and_shows_no_partial_blob() {
+    let (_t, _reg, mut proxy) = setup();
+    // an acknowledged chunk survives a kill; the session can be finished afterwards
+    let url = post_upload(&proxy, "crash");
+    let path = url.trim_start_matches(&proxy.url()).to_string();
+    assert_eq!(authed(http().patch(&url).header("content-range", "0-3").body("abcd")).status(), 202);
+    let digest = push_small_image(&proxy, "crash", "v1", br#"{"architecture":"amd64","os":"linux"}"#);
+    proxy.kill();
+    proxy.restart();
+    let url = format!("{}{path}", proxy.url());
+    let r = authed(http().get(&url));
+    assert_eq!((r.status().as_u16(), r.headers()["range"].to_str().unwrap()), (204, "0-3"));
+    let r = authed(http().get(format!("{}/v2/internal/crash/manifests/v1", proxy.url())).header("accept", "application/vnd.oci.image.manifest.v1+json"));
+    assert_eq!(r.status(), 200, "an acknowledged manifest push survives SIGKILL");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+
+    // kill while a chunk is still arriving: nothing of it becomes a blob
+    let big = image::noise("partial", 1 << 20);
+    let mut s = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    use std::io::Write;
+    let id_path = url.trim_start_matches(&proxy.url());
+    write!(
+        s,
+        "PATCH {id_path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Y2k6Y2ktcGFzcw==\r\nContent-Range: 4-{}\r\nContent-Length: {}\r\n\r\n",
+        4 + big.len() - 1,
+        big.len()
+    )
+    .unwrap();
+    s.write_all(&big[..big.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    proxy.kill();
+    drop(s);
+    proxy.restart();
+    assert!(!proxy.has_blob(&sha256(&big)));
+    let whole: Vec<u8> = b"abcd".iter().copied().chain(big.iter().copied()).collect();
+    assert!(!proxy.has_blob(&sha256(&whole)), "a partial upload is never a blob");
+    assert_store_consistent(&proxy);
+    // the session goes on from what was written; a wrong finish stores nothing
+    // the session goes on from what reached the disk (the status says how much): finishing
+    // it with the digest of the acknowledged bytes works only if nothing more arrived
+    let range = authed(http().get(format!("{}{id_path}", proxy.url()))).headers()["range"].to_str().unwrap().to_string();
+    let end: usize = range.trim_start_matches("0-").parse().unwrap();
+    assert!((3..4 + big.len() / 2).contains(&end), "{range}");
+    let r = authed(http().put(format!("{}{id_path}?digest={}", proxy.url(), sha256(b"abcd"))));
+    assert_eq!(r.status(), if end == 3 { 201 } else { 400 }, "{range}");
+    assert_store_consistent(&proxy);
+}
+
+#[test]
+fn deleting_pushed_manifests_and_tags_when_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
+    let proxy = Proxy::start(
+        &dir,
+        &format!("[storage]\npath = \"data\"\nallow_delete = true\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let a = push_small_image(&proxy, "del", "a", b"{\"a\":1}");
+    push_small_image(&proxy, "del", "b", b"{\"b\":2}");
+    let m = |r: &str| format!("{}/v2/internal/del/manifests/{r}", proxy.url());
+    assert_eq!(authed(http().delete(m("b"))).status(), 202, "tag deletion");
+    assert_eq!(http().get(m("b")).send().unwrap().status(), 404);
+    assert_eq!(authed(http().delete(m(&a))).status(), 202, "manifest deletion by digest");
+    assert_eq!(http().get(m("a")).send().unwrap().status(), 404, "its tags go with it");
+    assert_eq!(http().get(m(&a)).send().unwrap().status(), 404);
+    let r = authed(http().delete(m(&a)));
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(&r.text().unwrap()), "MANIFEST_UNKNOWN");
+
+    // with deletes off (the default) the answer is UNSUPPORTED
+    let (_t2, _reg2, other) = setup();
+    let r = authed(http().delete(format!("{}/v2/internal/x/manifests/v1", other.url())));
+    assert_eq!(r.status(), 405);
+    assert_eq!(error_code(&r.text().unwrap()), "UNSUPPORTED");
+}
+
+#[test]
+fn atomic_signatures_pushed_are_served_back_byte_identical() {
+    let (_t, _reg, proxy) = setup();
+    let digest = push_small_image(&proxy, "atomic", "v1", b"{\"x\":1}");
+    let sig = format!(r#"{{"version":2,"type":"atomic","name":"{digest}@0123456789abcdef0123456789abcdef","content":"c2lnbmF0dXJl"}}"#);
+    let url = format!("{}/extensions/v2/internal/atomic/signatures/{digest}", proxy.url());
+    assert_eq!(http().put(&url).body(sig.clone()).send().unwrap().status(), 401);
+    assert_eq!(authed(http().put(&url).body(sig.clone())).status(), 201);
+    assert_eq!(authed(http().put(&url).body("{\"version\":1}")).status(), 400);
+    let list: serde_json::Value = http().get(&url).send().unwrap().json().unwrap();
+    assert_eq!(list["signatures"][0], serde_json::from_str::<serde_json::Value>(&sig).unwrap());
+}

@@ -590,7 +590,21 @@ impl Cache {
     /// The upstream's atomic signatures of a digest (`{"signatures":[...]}`), mirrored to disk;
     /// an empty list where the upstream offers none.
     pub async fn atomic_signatures(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Bytes> {
-        let Some(upstream) = self.namespace(ns)?.1 else { return Ok(Bytes::from_static(br#"{"signatures":[]}"#)) };
+        let (name, upstream) = self.namespace(ns)?;
+        let mut list = match upstream {
+            Some(up) => self.upstream_signatures(&up, repo, digest).await?,
+            None => Vec::new(),
+        };
+        for s in self.records.signatures(&name, repo, digest).await? {
+            if !list.contains(&s) {
+                list.push(s);
+            }
+        }
+        let body = serde_json::json!({ "signatures": list });
+        Ok(Bytes::from(body.to_string()))
+    }
+
+    async fn upstream_signatures(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) -> Result<Vec<serde_json::Value>> {
         let key = format!("signatures/{}/{repo}/_signatures/{}", upstream.name, digest.tag_prefix());
         let fetched = match upstream.get_signatures(repo, digest).await {
             Ok(Some(bytes)) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["signatures"].is_array()) => {
@@ -601,7 +615,11 @@ impl Cache {
             Err(e) if e.is_upstream_failure() => self.store.get_meta(&key).await?,
             Err(e) => return Err(e),
         };
-        Ok(fetched.unwrap_or_else(|| Bytes::from_static(br#"{"signatures":[]}"#)))
+        let list = fetched
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["signatures"].as_array().cloned())
+            .unwrap_or_default();
+        Ok(list)
     }
 
     /// Lists a repository's tags: the upstream's, or the locally known ones when it fails.

@@ -28,6 +28,7 @@ pub struct Api {
     attachments: Arc<Attachments>,
     uploads: Arc<Uploads>,
     auth: Arc<Auth>,
+    allow_delete: bool,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -44,8 +45,8 @@ impl From<Response<Body>> for Reply {
 
 impl Api {
     /// Builds the API over a cache and the attachment resolver.
-    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>, auth: Arc<Auth>) -> Api {
-        Api { cache, attachments, uploads, auth }
+    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>, auth: Arc<Auth>, allow_delete: bool) -> Api {
+        Api { cache, attachments, uploads, auth, allow_delete }
     }
 
     /// Authenticates the request and checks it may do what its route does.
@@ -109,6 +110,15 @@ impl Api {
         match route {
             Route::Upload { name, id } => self.upload(req, &name, id.as_deref()).await,
             Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference).await,
+            Route::Manifest { name, reference } if method == Method::DELETE => {
+                if !self.allow_delete {
+                    return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
+                }
+                if let Some(subject) = uploads::delete_manifest(&self.cache, &name.namespace, &name.repo, &reference).await? {
+                    self.attachments.invalidate(&name.namespace, &name.repo, &subject).await;
+                }
+                Ok(empty(StatusCode::ACCEPTED).into())
+            }
             Route::Base if read => {
                 let mut r = json(StatusCode::OK, Bytes::from_static(b"{}"), method);
                 r.headers_mut().insert("x-registry-supports-signatures", HeaderValue::from_static("1"));
@@ -132,6 +142,11 @@ impl Api {
             Route::Blob { name, digest } if read => self.blob(&req, &name, &digest).await,
             Route::Tags { name } if read => self.tags(&req, &name).await,
             Route::Referrers { name, digest } if read => self.referrers(&req, &name, &digest).await,
+            Route::Signatures { name, digest } if method == Method::PUT => {
+                let body = read_body(req.into_body(), 1 << 20).await?;
+                uploads::put_signature(&self.cache, &name.namespace, &name.repo, &digest, body).await?;
+                Ok(empty(StatusCode::CREATED).into())
+            }
             Route::Signatures { name, digest } if read => {
                 let list = self.cache.atomic_signatures(&name.namespace, &name.repo, &digest).await?;
                 Ok(json(StatusCode::OK, list, method).into())

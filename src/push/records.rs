@@ -76,6 +76,56 @@ impl Records {
         Ok(out)
     }
 
+    /// Removes a pushed tag; false when there was none.
+    pub async fn delete_tag(&self, ns: &str, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let k = key(ns, repo, &format!("_tags/{tag}"));
+        let existed = self.store.get_meta(&k).await?.is_some();
+        self.store.delete_meta(&k).await?;
+        Ok(existed)
+    }
+
+    /// Removes a pushed manifest from a repository: its link, the tags pointing at it, and its
+    /// referrer entry under `subject`; false when it was not pushed here.
+    pub async fn delete_manifest(&self, ns: &str, repo: &RepoName, digest: &Digest, subject: Option<&Digest>) -> Result<bool> {
+        if !self.has_manifest(ns, repo, digest).await? {
+            return Ok(false);
+        }
+        for tag in self.tags(ns, repo).await? {
+            let Ok(t) = tag.parse::<Tag>() else { continue };
+            if self.tag(ns, repo, &t).await?.as_ref() == Some(digest) {
+                self.delete_tag(ns, repo, &t).await?;
+            }
+        }
+        if let Some(s) = subject {
+            let k = key(ns, repo, &format!("_referrers/{}/{}", s.tag_prefix(), digest.tag_prefix()));
+            self.store.delete_meta(&k).await?;
+        }
+        self.store.delete_meta(&key(ns, repo, &format!("_manifests/{}", digest.tag_prefix()))).await?;
+        Ok(true)
+    }
+
+    /// Stores a pushed atomic signature (one JSON object) of a manifest.
+    pub async fn add_signature(&self, ns: &str, repo: &RepoName, digest: &Digest, name: &str, json: &[u8]) -> Result<()> {
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()));
+        let k = key(ns, repo, &format!("_signatures/{}/{id}", digest.tag_prefix()));
+        self.store.put_meta(&k, json).await?;
+        Ok(())
+    }
+
+    /// The pushed atomic signatures of a manifest.
+    pub async fn signatures(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Vec<serde_json::Value>> {
+        let dir = key(ns, repo, &format!("_signatures/{}", digest.tag_prefix()));
+        let mut out = Vec::new();
+        for name in self.store.list_meta(&dir).await? {
+            if let Some(raw) = self.store.get_meta(&format!("{dir}/{name}")).await? {
+                if let Ok(v) = serde_json::from_slice(&raw) {
+                    out.push(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Marks a blob as pushed content: never evicted.
     pub async fn pin(&self, digest: &Digest) -> Result<()> {
         self.store.put_meta(&format!("pinned/{}", digest.tag_prefix()), b"").await?;

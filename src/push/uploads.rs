@@ -261,3 +261,49 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
     }
     Ok(Pushed { digest, subject })
 }
+
+/// Deletes a pushed manifest (by digest) or a pushed tag. The bytes stay in the store as
+/// ordinary cached content. Returns the subject whose referrers changed, if any.
+pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference) -> Result<Option<Digest>> {
+    let (name, _) = cache.namespace(ns)?;
+    let unknown = || RegistryError::of(Code::ManifestUnknown, format!("no pushed manifest {repo}:{reference}"));
+    match reference {
+        Reference::Tag(t) => {
+            if cache.records.delete_tag(&name, repo, t).await? {
+                Ok(None)
+            } else {
+                Err(unknown())
+            }
+        }
+        Reference::Digest(d) => {
+            let subject = match cache.store().read_small(d).await? {
+                Some(bytes) => Manifest::parse(&bytes).ok().and_then(|m| m.subject.map(|s| s.digest)),
+                None => None,
+            };
+            if cache.records.delete_manifest(&name, repo, d, subject.as_ref()).await? {
+                Ok(subject)
+            } else {
+                Err(unknown())
+            }
+        }
+    }
+}
+
+/// Stores an atomic signature pushed with the signatures extension:
+/// `{"version":2,"type":"atomic","name":"<digest>@<id>","content":"<base64>"}`.
+pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest, body: Bytes) -> Result<()> {
+    let invalid = |m: &str| RegistryError::of(Code::ManifestInvalid, format!("invalid signature: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| invalid(&e.to_string()))?;
+    if v["version"] != 2 || v["type"] != "atomic" {
+        return Err(invalid("version must be 2 and type \"atomic\""));
+    }
+    let name = v["name"].as_str().ok_or_else(|| invalid("name missing"))?;
+    if !name.starts_with(&format!("{digest}@")) {
+        return Err(invalid("name must be <digest>@<unique id> for this digest"));
+    }
+    let content = v["content"].as_str().ok_or_else(|| invalid("content missing"))?;
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(content).map_err(|_| invalid("content is not base64"))?;
+    let (canonical, _) = cache.namespace(ns)?;
+    cache.records.add_signature(&canonical, repo, digest, name, &body).await
+}

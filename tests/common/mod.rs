@@ -427,3 +427,15 @@ pub fn cosign_verify(dir: &Path, key: &str, reference: &str) -> Outcome {
     args.push(reference);
     cosign(dir, &args)
 }
+
+/// Checks the proxy's store: every blob hashes to its name, and no spool file is left over.
+pub fn assert_store_consistent(proxy: &Proxy) {
+    let dir = proxy.data().join("blobs/sha256");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert_eq!(sha256(&bytes), format!("sha256:{name}"), "a stored blob does not match its digest");
+    }
+    assert_eq!(proxy.spool_files(), 0, "spool files left over");
+}

@@ -136,7 +136,7 @@ impl Attachments {
     /// The merged referrers of a digest: upstream referrers plus tag-scheme attachments,
     /// without duplicates, optionally filtered by artifact type.
     pub async fn referrers(self: &Arc<Self>, ns: &str, repo: &RepoName, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
-        self.cache.upstream(ns)?;
+        self.cache.namespace(ns)?;
         let set = match self.wait_for(ns, repo, digest, self.wait).await {
             Ok(set) => set,
             Err(e) => {

@@ -29,6 +29,14 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print an htpasswd line (bcrypt) for a user; the password is read from standard input.
+    Htpasswd {
+        /// The user name.
+        user: String,
+        /// bcrypt cost (4 to 31).
+        #[arg(long, default_value_t = 10)]
+        cost: u32,
+    },
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -52,6 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => load(config).and_then(check),
         Command::Serve { config } => load(config).and_then(serve),
+        Command::Htpasswd { user, cost } => htpasswd(&user, cost),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,6 +69,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `user:<bcrypt hash>` for the password on standard input.
+fn htpasswd(user: &str, cost: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(!user.is_empty() && !user.contains(':'), "the user name must be non-empty and hold no ':'");
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    println!("{user}:{}", bcrypt::hash(password, cost)?);
+    Ok(())
 }
 
 /// Validates what loading cannot: every upstream client can be built (CA files parse).

@@ -100,3 +100,33 @@ fn signature_client_configs_name_the_proxy() {
     let regd = std::fs::read_to_string(root().join("examples/registries.d/portcullis.yaml")).unwrap();
     assert!(regd.contains("  127.0.0.1:5000:\n    use-sigstore-attachments: true"), "{regd}");
 }
+
+#[test]
+fn htpasswd_prints_a_bcrypt_line_the_proxy_accepts() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["htpasswd", "ci", "--cost", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (user, hash) = line.trim().split_once(':').unwrap();
+    assert_eq!(user, "ci");
+    assert!(bcrypt::verify("s3cret", hash).unwrap());
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("users"), &line).unwrap();
+    std::fs::write(t.path().join("p.toml"), "[auth]\nhtpasswd = \"users\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
+    assert!(ok, "{stderr}");
+    // an entry that is not bcrypt is refused with the line number
+    std::fs::write(t.path().join("users"), "ci:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
+    assert!(!ok && stderr.contains("auth.htpasswd") && stderr.contains("line 1"), "{stderr}");
+    // TLS needs both files
+    std::fs::write(t.path().join("t.toml"), "[server]\ntls_cert = \"c.pem\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "t.toml"], t.path());
+    assert!(!ok && stderr.contains("server.tls_key"), "{stderr}");
+}

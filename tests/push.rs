@@ -32,30 +32,130 @@ fn ci() -> (&'static str, Option<&'static str>) {
 }
 
 #[test]
-fn skopeo_copies_into_a_local_namespace_and_podman_pulls_it_back_after_a_restart() {
-    let (t, _reg, mut proxy) = setup();
+fn skopeo_copies_into_a_local_namespace_over_tls_and_podman_pulls_it_back_after_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let pki = tls::make_pki(&t.path().join("pki"));
+    let server = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", pki.cert.display(), pki.key.display());
+    let mut proxy = start_proxy(t.path(), &reg, &server);
+    let certs = pki.cert_dir.to_str().unwrap();
     let img = build_image(&t.path().join("img"), &ImageSpec { seed: "local", layers: &[5000, 400_000], tag: "v1" });
     let dest = format!("docker://{}/internal/team/app:v1", proxy.addr);
     let src = format!("oci:{}:v1", img.dir.display());
-    let denied = skopeo(&["copy", "-q", "--dest-tls-verify=false", "--dest-creds", "reader:reader-pass", &src, &dest]);
+    let denied = skopeo(&["copy", "-q", "--dest-cert-dir", certs, "--dest-creds", "reader:reader-pass", &src, &dest]);
     assert!(!denied.ok, "a read-only user cannot push");
     assert!(denied.stderr.contains("denied") || denied.stderr.contains("may not"), "{}", denied.stderr);
-    skopeo(&["copy", "-q", "--dest-tls-verify=false", "--dest-creds", "ci:ci-pass", &src, &dest]).success();
+    skopeo(&["copy", "-q", "--dest-cert-dir", certs, "--dest-creds", "ci:ci-pass", &src, &dest]).success();
+    // mounting a blob the proxy has into another repository needs no upload
+    let r = https(&pki.ca)
+        .post(format!("{}/v2/internal/other/blobs/uploads/?mount={}&from=internal/team/app", proxy.url(), img.layers[1]))
+        .basic_auth("ci", Some("ci-pass"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "cross-repository mount");
+    assert_eq!(r.headers()["location"], format!("/v2/internal/other/blobs/{}", img.layers[1]).as_str());
     proxy.restart();
+
     let conf = t.path().join("registries.conf");
-    std::fs::write(&conf, format!("[[registry]]\nlocation = \"{}\"\ninsecure = true\n", proxy.addr)).unwrap();
+    std::fs::write(&conf, format!("[[registry]]\nlocation = \"{}\"\n", proxy.addr)).unwrap();
     let root = t.path().join("podman");
     let name = format!("{}/internal/team/app:v1", proxy.addr);
-    podman(&root, &conf, &["pull", "-q", &name]).success();
+    podman(&root, &conf, &["pull", "-q", "--cert-dir", certs, &name]).success();
     let digest = podman(&root, &conf, &["image", "inspect", "--format", "{{.Digest}}", &name]).success();
     assert_eq!(digest.stdout.trim(), img.digest);
+    // podman pushes too
+    let pushed = format!("{}/internal/team/copy:v1", proxy.addr);
+    podman(&root, &conf, &["tag", &name, &pushed]).success();
+    podman(&root, &conf, &["push", "-q", "--cert-dir", certs, "--creds", "ci:ci-pass", &pushed]).success();
     let out = t.path().join("back");
-    skopeo_pull(&name, &out).success();
+    let _ = std::fs::remove_dir_all(&out);
+    skopeo(&["copy", "-q", "--src-cert-dir", certs, &format!("docker://{name}"), &format!("oci:{}:pulled", out.display())]).success();
     for d in img.blobs() {
         assert_eq!(std::fs::read(image::blob_path(&out, &d)).unwrap(), img.blob(&d), "{d} byte-identical");
     }
-    let tags = http().get(format!("{}/v2/internal/team/app/tags/list", proxy.url())).send().unwrap().text().unwrap();
+    let tags = https(&pki.ca).get(format!("{}/v2/internal/team/copy/tags/list", proxy.url())).send().unwrap().text().unwrap();
     assert!(tags.contains("\"v1\""), "{tags}");
+}
+
+#[test]
+fn skopeo_sign_by_sigstore_key_pushes_through_the_proxy() {
+    let (t, _reg, proxy) = setup();
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    std::fs::write(keys.join("pass"), "test-passphrase").unwrap();
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "skosign", layers: &[1000], tag: "v1" });
+    let dest = format!("docker://{}/internal/signed/app:v1", proxy.addr);
+    let out = skopeo(&[
+        "copy", "-q", "--dest-tls-verify=false", "--dest-creds", "ci:ci-pass",
+        "--sign-by-sigstore-private-key", keys.join("cosign.key").to_str().unwrap(),
+        "--sign-passphrase-file", keys.join("pass").to_str().unwrap(),
+        &format!("oci:{}:v1", img.dir.display()), &dest,
+    ]);
+    let sig = format!("{}/v2/internal/signed/app/manifests/{}.sig", proxy.url(), img.digest.replace(':', "-"));
+    if out.ok {
+        // a build with sigstore enabled: the signature is there and cosign verifies it
+        assert_eq!(http().get(&sig).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().status(), 200);
+        let v = cosign_verify(&keys, "cosign.pub", &format!("{}/internal/signed/app:v1", proxy.addr));
+        assert!(v.ok, "{}", v.stderr);
+    } else {
+        // Debian 12's skopeo pushes the image, then refuses to sign (sigstore disabled)
+        assert!(out.stderr.contains("sigstore disabled"), "{}", out.stderr);
+    }
+    let r = http().get(format!("{}/v2/internal/signed/app/manifests/v1", proxy.url())).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap();
+    assert_eq!(r.status(), 200, "the image itself was pushed");
+    assert_eq!(r.headers()["docker-content-digest"], img.digest.as_str());
+}
+
+#[test]
+fn containers_image_format_signatures_pushed_are_served_back_byte_identical() {
+    let (_t, _reg, proxy) = setup();
+    let image_digest = push_small_image(&proxy, "cimg", "v1", b"{\"os\":\"linux\"}");
+    let payload = format!(
+        r#"{{"critical":{{"identity":{{"docker-reference":"{}/internal/cimg:v1"}},"image":{{"docker-manifest-digest":"{image_digest}"}},"type":"cosign container image signature"}},"optional":{{"creator":"containers/image test","timestamp":1795610943}}}}"#,
+        proxy.addr
+    );
+    let payload_digest = sha256(payload.as_bytes());
+    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{payload_digest}"]}}}}"#);
+    for blob in [payload.as_bytes(), config.as_bytes()] {
+        let r = authed(http().post(format!("{}/v2/internal/cimg/blobs/uploads/?digest={}", proxy.url(), sha256(blob))).body(blob.to_vec()));
+        assert_eq!(r.status(), 201);
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"{payload_digest}","size":{},"annotations":{{"dev.cosignproject.cosign/signature":"MEUCIQCuRpf/y6M8oCscK0y4wD26Lm0SihKjBNERFtV2C4vttQIgd8pxm0PM4lsFCnzKVcropu6vAcYF7K8VIftsyqXM0F8="}}}}]}}"#,
+        sha256(config.as_bytes()),
+        config.len(),
+        payload.len()
+    );
+    let tag = format!("{}.sig", image_digest.replace(':', "-"));
+    let url = format!("{}/v2/internal/cimg/manifests/{tag}", proxy.url());
+    let r = authed(http().put(&url).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(manifest.clone()));
+    assert_eq!(r.status(), 201);
+    let back = http().get(&url).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().bytes().unwrap();
+    assert_eq!(back.as_ref(), manifest.as_bytes());
+    let blob = http().get(format!("{}/v2/internal/cimg/blobs/{payload_digest}", proxy.url())).send().unwrap().bytes().unwrap();
+    assert_eq!(blob.as_ref(), payload.as_bytes());
+    // and it is listed as the image's signature
+    let r: serde_json::Value = http().get(format!("{}/v2/internal/cimg/referrers/{image_digest}", proxy.url())).send().unwrap().json().unwrap();
+    assert_eq!(r["manifests"][0]["artifactType"], "application/vnd.dev.cosign.simplesigning.v1+json");
+}
+
+#[test]
+fn abandoned_uploads_expire() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
+    let proxy = Proxy::start(
+        &dir,
+        &format!("[storage]\npath = \"data\"\nupload_ttl = \"1s\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let url = post_upload(&proxy, "gone");
+    assert_eq!(authed(http().patch(&url).header("content-range", "0-3").body("abcd")).status(), 202);
+    wait_for("the abandoned upload to expire", std::time::Duration::from_secs(10), || {
+        authed(http().get(&url)).status() == 404
+    });
+    assert_eq!(std::fs::read_dir(proxy.data().join("uploads")).unwrap().count(), 0);
 }
 
 #[test]

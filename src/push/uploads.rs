@@ -47,6 +47,15 @@ impl Uploads {
         std::fs::create_dir_all(&dir)?;
         let uploads = Arc::new(Uploads { dir, cache, ttl, locks: Mutex::default() });
         uploads.sweep_expired();
+        let weak = Arc::downgrade(&uploads);
+        let every = ttl.clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(u) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || u.sweep_expired()).await;
+            }
+        });
         Ok(uploads)
     }
 

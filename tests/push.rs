@@ -414,3 +414,42 @@ fn atomic_signatures_pushed_are_served_back_byte_identical() {
     let list: serde_json::Value = http().get(&url).send().unwrap().json().unwrap();
     assert_eq!(list["signatures"][0], serde_json::from_str::<serde_json::Value>(&sig).unwrap());
 }
+
+#[test]
+fn pushed_content_is_readable_only_where_it_was_pushed_and_never_evicted() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass"), ("reader", "reader-pass")]);
+    let rules = "[[auth.rule]]\nscope = \"internal/secret/*\"\nread = [\"ci\"]\nwrite = [\"ci\"]\n";
+    let proxy = Proxy::start(
+        &dir,
+        &format!("[storage]\npath = \"data\"\nmax_size = \"1MiB\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n{rules}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let secret = image::noise("secret layer", 700_000);
+    let d = sha256(&secret);
+    let r = authed(http().post(format!("{}/v2/internal/secret/app/blobs/uploads/?digest={d}", proxy.url())).body(secret.clone()));
+    assert_eq!(r.status(), 201);
+    assert_eq!(http().get(format!("{}/v2/internal/secret/app/blobs/{d}", proxy.url())).send().unwrap().status(), 401);
+    assert_eq!(authed(http().get(format!("{}/v2/internal/secret/app/blobs/{d}", proxy.url()))).status(), 200);
+    for other in ["internal/public/app", "up/any/repo"] {
+        let r = http().get(format!("{}/v2/{other}/blobs/{d}", proxy.url())).send().unwrap();
+        assert_eq!(r.status(), 404, "pushed content is not readable through {other}");
+        assert_eq!(error_code(&r.text().unwrap()), "BLOB_UNKNOWN");
+    }
+    // a mount from a repository the user may not read becomes an ordinary upload
+    let mount = format!("{}/v2/internal/public/app/blobs/uploads/?mount={d}&from=internal/secret/app", proxy.url());
+    let r = http().post(&mount).basic_auth("reader", Some("reader-pass")).send().unwrap();
+    assert_eq!(r.status(), 202, "no mount without read access to the source");
+    assert_eq!(http().get(format!("{}/v2/internal/public/app/blobs/{d}", proxy.url())).send().unwrap().status(), 404);
+    assert_eq!(authed(http().post(&mount)).status(), 201, "ci may mount");
+    assert_eq!(http().get(format!("{}/v2/internal/public/app/blobs/{d}", proxy.url())).send().unwrap().status(), 200);
+
+    // fill the cache past max_size with proxied content: the pushed blob stays
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "filler", layers: &[900_000, 900_000], tag: "v1" });
+    reg.push(&img, "fill/er:v1");
+    skopeo_pull(&format!("{}/up/fill/er:v1", proxy.addr), &t.path().join("pulled")).success();
+    wait_for("eviction of cached content", std::time::Duration::from_secs(10), || !img.layers.iter().all(|l| proxy.has_blob(l)));
+    assert!(proxy.has_blob(&d), "pushed content is never evicted");
+}

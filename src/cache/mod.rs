@@ -102,6 +102,7 @@ pub struct Cache {
     locals: std::collections::HashSet<String>,
     /// What users pushed (tags, manifest links, referrers, pinned blobs).
     pub records: Records,
+    pinned: std::sync::RwLock<std::collections::HashSet<Digest>>,
     tag_ttl: Duration,
     idle_timeout: Duration,
     manifests: moka::future::Cache<Digest, Bytes>,
@@ -130,6 +131,7 @@ impl Cache {
         let records = Records::new(Arc::clone(&store));
         let pinned: std::collections::HashSet<Digest> = records.pinned().await?.into_iter().collect();
         let cached = store.list_blobs().await?.into_iter().filter(|b| !pinned.contains(&b.digest)).collect();
+        let pinned = std::sync::RwLock::new(pinned);
         let lru = LruIndex::new(config.storage.max_size.0, cached);
         let memory = config.cache.memory.0;
         Ok(Arc::new_cyclic(|weak| Cache {
@@ -138,6 +140,7 @@ impl Cache {
             aliases,
             locals: config.locals.iter().map(|l| l.name.clone()).collect(),
             records,
+            pinned,
             tag_ttl: config.cache.tag_ttl.0,
             idle_timeout,
             manifests: moka::future::Cache::builder()
@@ -193,16 +196,36 @@ impl Cache {
     /// Marks content as pushed: it is never evicted.
     pub async fn pin(&self, digest: &Digest) -> Result<()> {
         self.records.pin(digest).await?;
+        self.pinned.write().expect("pinned lock").insert(digest.clone());
         self.lru.remove(digest);
         Ok(())
     }
 
     /// Stores a manifest pushed by a client (verified bytes), pinned.
     pub async fn store_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
-        self.records.pin(digest).await?;
+        self.pin(digest).await?;
         self.keep_manifest(digest, bytes).await?;
         self.lru.remove(digest);
         Ok(())
+    }
+
+    /// Whether stored content may be served in `<ns>/<repo>`: cached content is shared, pushed
+    /// content only where it was pushed (or where the upstream has the same digest too).
+    async fn may_serve(&self, ns: &str, upstream: Option<&Arc<Upstream>>, repo: &RepoName, digest: &Digest, manifest: bool) -> Result<bool> {
+        if !self.pinned.read().expect("pinned lock").contains(digest) {
+            return Ok(true);
+        }
+        let linked = if manifest {
+            self.records.has_manifest(ns, repo, digest).await?
+        } else {
+            self.records.has_blob(ns, repo, digest).await?
+        };
+        match (linked, upstream) {
+            (true, _) => Ok(true),
+            (false, None) => Ok(false),
+            (false, Some(up)) if manifest => Ok(up.head_manifest(repo, &digest.to_string()).await?.is_some()),
+            (false, Some(up)) => Ok(up.head_blob(repo, digest).await?.is_some()),
+        }
     }
 
     /// A manifest from memory or the store only.
@@ -312,6 +335,9 @@ impl Cache {
 
     /// A manifest by digest: memory, store, else one shared upstream fetch.
     async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Result<(Bytes, CacheStatus)> {
+        if !self.may_serve(&upstream.name, Some(upstream), repo, digest, true).await? {
+            return Err(manifest_unknown(repo, digest));
+        }
         if let Some(b) = self.manifests.get(digest).await {
             self.lru.accessed(digest);
             return Ok((b, CacheStatus::Hit));
@@ -459,7 +485,10 @@ impl Cache {
 
     /// The size of a blob: local, a fill under way, else an upstream HEAD.
     pub async fn blob_size(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
-        let (_, upstream) = self.namespace(ns)?;
+        let (name, upstream) = self.namespace(ns)?;
+        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
+            return Err(blob_unknown(digest));
+        }
         if let Some(size) = self.store.blob_size(digest).await? {
             return Ok((size, CacheStatus::Hit));
         }
@@ -472,7 +501,10 @@ impl Cache {
 
     /// Streams a blob (or a range of it): local, else joins or starts the one upstream fill.
     pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
-        let (_, upstream) = self.namespace(ns)?;
+        let (name, upstream) = self.namespace(ns)?;
+        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
+            return Err(blob_unknown(digest));
+        }
         if let Some(found) = self.local_blob(digest, range).await? {
             return Ok(found);
         }
@@ -559,7 +591,10 @@ impl Cache {
 
     /// Makes sure a blob is in the store: fetched once from the upstream if missing.
     pub async fn ensure_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (_, upstream) = self.namespace(ns)?;
+        let (name, upstream) = self.namespace(ns)?;
+        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
+            return Err(blob_unknown(digest));
+        }
         if self.store.blob_size(digest).await?.is_some() {
             return Ok(());
         }

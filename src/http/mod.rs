@@ -50,25 +50,27 @@ impl Api {
     }
 
     /// Authenticates the request and checks it may do what its route does.
-    async fn authorize<B>(&self, req: &Request<B>, route: &Route) -> Result<()> {
+    async fn authorize<B>(&self, req: &Request<B>, route: &Route) -> Result<Option<String>> {
         let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
         let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let user = self.auth.authenticate(header, &client).await?;
         let write = !matches!(*req.method(), Method::GET | Method::HEAD);
         let name = match route {
-            Route::Health | Route::Ready => return Ok(()),
+            Route::Health | Route::Ready => return Ok(user),
             Route::Base if user.is_none() && self.auth.has_users() => {
                 return Err(RegistryError::of(Code::Unauthorized, "sign in to push; pulls may stay anonymous"));
             }
-            Route::Base => return Ok(()),
+            Route::Base => return Ok(user),
             Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => name,
             Route::Referrers { name, .. } | Route::Signatures { name, .. } => name,
             Route::Upload { name, .. } => {
-                return self.auth.authorize(user.as_deref(), &self.scope(name), Access::Write);
+                self.auth.authorize(user.as_deref(), &self.scope(name), Access::Write)?;
+                return Ok(user);
             }
         };
         let access = if write { Access::Write } else { Access::Read };
-        self.auth.authorize(user.as_deref(), &self.scope(name), access)
+        self.auth.authorize(user.as_deref(), &self.scope(name), access)?;
+        Ok(user)
     }
 
     fn scope(&self, name: &Name) -> String {
@@ -103,12 +105,12 @@ impl Api {
     {
         let ns = query_param(req.uri().query(), "ns");
         let route = route::parse(req.uri().path(), ns.as_deref())?;
-        self.authorize(&req, &route).await?;
+        let user = self.authorize(&req, &route).await?;
         let method = req.method().clone();
         let method = &method;
         let read = method == Method::GET || method == Method::HEAD;
         match route {
-            Route::Upload { name, id } => self.upload(req, &name, id.as_deref()).await,
+            Route::Upload { name, id } => self.upload(req, &name, id.as_deref(), user.as_deref()).await,
             Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference).await,
             Route::Manifest { name, reference } if method == Method::DELETE => {
                 if !self.allow_delete {
@@ -196,7 +198,7 @@ impl Api {
         Ok(Reply { response, cache: Some(blob.status) })
     }
 
-    async fn upload<B>(&self, req: Request<B>, name: &Name, id: Option<&str>) -> Result<Reply>
+    async fn upload<B>(&self, req: Request<B>, name: &Name, id: Option<&str>, user: Option<&str>) -> Result<Reply>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + Send,
@@ -210,10 +212,9 @@ impl Api {
         let body = body_stream(req.into_body());
         match (method, id) {
             (Method::POST, None) => {
-                if let Some(mount) = query_param(query.as_deref(), "mount") {
+                if let (Some(mount), Some(from)) = (query_param(query.as_deref(), "mount"), query_param(query.as_deref(), "from")) {
                     let mount: crate::names::Digest = mount.parse()?;
-                    if self.cache.store().blob_size(&mount).await?.is_some() {
-                        self.cache.pin(&mount).await?;
+                    if self.mount(user, &from, ns, repo, &mount).await {
                         return Ok(blob_created(name, &mount).into());
                     }
                 }
@@ -246,6 +247,20 @@ impl Api {
             }
             (m, _) => Err(RegistryError::of(Code::Unsupported, format!("method {m} not allowed here"))),
         }
+    }
+
+    /// Mounts a blob from another repository the user may read; false: upload it instead.
+    async fn mount(&self, user: Option<&str>, from: &str, ns: &str, repo: &crate::names::RepoName, digest: &crate::names::Digest) -> bool {
+        let Some((from_ns, from_repo)) = from.split_once('/') else { return false };
+        let Ok(from_repo) = from_repo.parse::<crate::names::RepoName>() else { return false };
+        let from_name = Name { namespace: from_ns.to_string(), repo: from_repo.clone(), full: from.to_string() };
+        if self.auth.authorize(user, &self.scope(&from_name), Access::Read).is_err() {
+            return false;
+        }
+        if self.cache.blob_size(from_ns, &from_repo, digest).await.is_err() || self.cache.store().blob_size(digest).await.ok().flatten().is_none() {
+            return false;
+        }
+        uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
     }
 
     async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference) -> Result<Reply>

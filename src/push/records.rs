@@ -54,6 +54,17 @@ impl Records {
         Ok(self.store.get_meta(&key(ns, repo, &format!("_manifests/{}", digest.tag_prefix()))).await?.is_some())
     }
 
+    /// Marks a blob as pushed to (or mounted into) a repository.
+    pub async fn link_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.store.put_meta(&key(ns, repo, &format!("_blobs/{}", digest.tag_prefix())), b"").await?;
+        Ok(())
+    }
+
+    /// Whether a blob was pushed to (or mounted into) a repository.
+    pub async fn has_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.store.get_meta(&key(ns, repo, &format!("_blobs/{}", digest.tag_prefix()))).await?.is_some())
+    }
+
     /// Records a pushed manifest that names `subject`.
     pub async fn add_referrer(&self, ns: &str, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<()> {
         let json = serde_json::to_vec(d).map_err(crate::error::RegistryError::internal)?;

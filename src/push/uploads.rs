@@ -144,6 +144,8 @@ impl Uploads {
         }
         self.cache.store().ingest(&data, digest).await?;
         self.cache.pin(digest).await?;
+        let (name, _) = self.cache.namespace(ns)?;
+        self.cache.records.link_blob(&name, repo, digest).await?;
         tokio::fs::remove_dir_all(&dir).await?;
         self.locks.lock().expect("upload locks").remove(id);
         Ok(())
@@ -251,6 +253,10 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
             return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("manifest unknown to registry: {}", child.digest)));
         }
     }
+    for d in m.config.iter().chain(m.layers.iter()) {
+        cache.pin(&d.digest).await?;
+        cache.records.link_blob(&name, repo, &d.digest).await?;
+    }
     cache.store_pushed_manifest(&digest, &body).await?;
     cache.records.link_manifest(&name, repo, &digest).await?;
     if let Reference::Tag(tag) = reference {
@@ -315,4 +321,11 @@ pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Di
     base64::engine::general_purpose::STANDARD.decode(content).map_err(|_| invalid("content is not base64"))?;
     let (canonical, _) = cache.namespace(ns)?;
     cache.records.add_signature(&canonical, repo, digest, name, &body).await
+}
+
+/// Makes a stored blob part of a repository (a cross-repository mount): pinned and linked.
+pub async fn link_mounted(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+    let (name, _) = cache.namespace(ns)?;
+    cache.pin(digest).await?;
+    cache.records.link_blob(&name, repo, digest).await
 }

@@ -46,6 +46,18 @@ pub struct Config {
     /// `[auth]`: who may read and write.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[trust.<name>]`: named trust material that verification requirements refer to.
+    #[serde(default)]
+    pub trust: std::collections::HashMap<String, TrustConfig>,
+}
+
+/// One `[trust.<name>]` entry.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// `keys = ["keys/release.pub"]`: PEM public keys (ECDSA, RSA, Ed25519), relative to the file.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
 }
 
 /// `[auth]` settings: users from an htpasswd file, and per-scope rules.
@@ -381,6 +393,9 @@ impl Config {
         self.server.tls_cert = self.server.tls_cert.as_ref().map(join);
         self.server.tls_key = self.server.tls_key.as_ref().map(join);
         self.auth.htpasswd = self.auth.htpasswd.as_ref().map(join);
+        for t in self.trust.values_mut() {
+            t.keys = t.keys.iter().map(join).collect();
+        }
         for u in &mut self.upstreams {
             u.password_file = u.password_file.as_ref().map(join);
             u.ca_file = u.ca_file.as_ref().map(join);
@@ -453,6 +468,14 @@ impl Config {
         if let Some(p) = &self.auth.htpasswd {
             let text = std::fs::read_to_string(p).map_err(|e| ("auth.htpasswd".to_string(), format!("cannot read {}: {e}", p.display())))?;
             self.auth.users = parse_htpasswd(&text).map_err(|problem| ("auth.htpasswd".to_string(), format!("{}: {problem}", p.display())))?;
+        }
+        for (name, t) in &self.trust {
+            if t.keys.is_empty() {
+                return Err((format!("trust.{name}.keys"), "names no key file".into()));
+            }
+            for k in &t.keys {
+                std::fs::metadata(k).map_err(|e| (format!("trust.{name}.keys"), format!("cannot read {}: {e}", k.display())))?;
+            }
         }
         for (i, r) in self.auth.rules.iter().enumerate() {
             if r.scope.is_empty() {

@@ -10,6 +10,7 @@
 //! - [`manifest`], [`names`]: manifest media types and validated names, digests, references.
 //! - [`auth`]: who may read and write (htpasswd users, per-scope rules); [`tls`]: HTTPS.
 //! - [`push`]: blob uploads and manifest pushes.
+//! - [`verify`]: native verification of cosign signatures and attestations.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`server`]: serving the API on a listener with graceful shutdown.
 
@@ -26,3 +27,4 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod verify;

@@ -29,6 +29,29 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Verify an image's cosign signatures (and attestations) as the proxy sees it.
+    Verify {
+        /// The image: `[proxy-host/]<namespace>/<repository>(:tag|@digest)`.
+        image: String,
+        /// Configuration file (default: ./proxy.toml, else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A PEM public key file (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// A `[trust.<name>]` entry of the configuration (repeatable).
+        #[arg(long)]
+        trust: Vec<String>,
+        /// A predicate type (or cosign's short name, e.g. slsaprovenance) that must be attested.
+        #[arg(long = "attestation")]
+        attestations: Vec<String>,
+        /// How many distinct keys must have signed.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// signedIdentity type: matchRepository, matchRepoDigestOrExact.
+        #[arg(long, default_value = "matchRepository")]
+        identity: String,
+    },
     /// Print an htpasswd line (bcrypt) for a user; the password is read from standard input.
     Htpasswd {
         /// The user name.
@@ -61,6 +84,14 @@ fn main() -> ExitCode {
         Command::Check { config } => load(config).and_then(check),
         Command::Serve { config } => load(config).and_then(serve),
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
+        Command::Verify { image, config, keys, trust, attestations, threshold, identity } => {
+            let args = VerifyArgs { image, keys, trust, attestations, threshold, identity };
+            match load(config).and_then(|c| verify(c, args)) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +100,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+struct VerifyArgs {
+    image: String,
+    keys: Vec<PathBuf>,
+    trust: Vec<String>,
+    attestations: Vec<String>,
+    threshold: usize,
+    identity: String,
+}
+
+/// Runs the proxy's verification for one image and prints each signature's verdict.
+fn verify(config: Config, args: VerifyArgs) -> anyhow::Result<bool> {
+    use portcullis::verify::{upstream_identity, Requirement, SignedIdentity, TrustStore, TrustedKey, Verifier};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let services = portcullis::server::services(&config, true).await?;
+        let (ns, repo, reference) = parse_image(&config, &args.image)?;
+        let mut keys = args.keys.iter().map(|k| TrustedKey::from_file(k)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+        let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
+        let store = TrustStore::load(&entries).map_err(anyhow::Error::msg)?;
+        for name in &args.trust {
+            keys.extend(store.keys.get(name).with_context(|| format!("no [trust.{name}] in the configuration"))?.iter().cloned());
+        }
+        anyhow::ensure!(!keys.is_empty(), "give at least one --key or --trust");
+        let identity: SignedIdentity = serde_json::from_value(serde_json::json!({ "type": args.identity }))
+            .with_context(|| format!("unknown --identity {}", args.identity))?;
+        let requirement = Requirement { keys, threshold: args.threshold, identity, attestations: args.attestations };
+        let served = services.cache.manifest(&ns, &repo, &reference).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let requested = upstream_identity(&services.cache, &ns, &repo, &reference).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let verifier = Verifier::new(services.cache, services.attachments, config.cache.attachment_wait.0);
+        let verdict = verifier
+            .verify(&ns, &repo, &requested, &served.digest, &requirement)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        println!("{ns}/{repo}@{}", served.digest);
+        for v in verdict.signatures.iter().chain(verdict.attestations.iter()) {
+            let mark = if v.verified { "ok  " } else { "FAIL" };
+            println!("  {mark} {} {}", v.layer, v.reason);
+        }
+        println!("{}: {}", if verdict.ok { "verified" } else { "NOT verified" }, verdict.reason);
+        Ok(verdict.ok)
+    })
+}
+
+/// Splits `[proxy-host/]<namespace>/<repository>(:tag|@digest)`.
+fn parse_image(config: &Config, image: &str) -> anyhow::Result<(String, portcullis::names::RepoName, portcullis::names::Reference)> {
+    let (name, reference) = match image.split_once('@') {
+        Some((n, d)) => (n, d.to_string()),
+        None => {
+            let slash = image.rfind('/').unwrap_or(0);
+            match image[slash..].find(':') {
+                Some(i) => (&image[..slash + i], image[slash + i + 1..].to_string()),
+                None => (image, "latest".to_string()),
+            }
+        }
+    };
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let known = |n: &str| config.upstream(n).is_some() || config.is_local(n);
+    if parts.len() > 2 && !known(parts[0]) {
+        parts.remove(0);
+    }
+    anyhow::ensure!(parts.len() >= 2 && known(parts[0]), "{image}: expected [proxy-host/]<namespace>/<repository>[:tag|@digest] with a configured namespace");
+    let repo = parts[1..].join("/").parse().map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
+    let reference = reference.parse().map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
+    Ok((parts[0].to_string(), repo, reference))
 }
 
 /// Prints `user:<bcrypt hash>` for the password on standard input.
@@ -90,6 +187,8 @@ fn check(config: Config) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         portcullis::tls::acceptor(cert, key).context("server.tls_cert/tls_key")?;
     }
+    let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
+    portcullis::verify::TrustStore::load(&entries).map_err(anyhow::Error::msg)?;
     println!("configuration OK: {} upstream(s), storage at {}", config.upstreams.len(), config.storage.path.display());
     Ok(())
 }

@@ -23,13 +23,28 @@ use crate::store::Store;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the API from a configuration: opens the store and indexes it.
-pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
-    let store: Arc<dyn Store> = Arc::new(FsStore::open(&config.storage.path).map_err(|e| {
-        anyhow::anyhow!("cannot open storage at {}: {e}", config.storage.path.display())
-    })?);
+/// The proxy's services over one store: the cache and the attachment resolver.
+pub struct Services {
+    /// The pull-through cache.
+    pub cache: Arc<Cache>,
+    /// The attachment resolver.
+    pub attachments: Arc<Attachments>,
+}
+
+/// Opens the store and builds the services; `shared` leaves a running proxy's spool alone.
+pub async fn services(config: &Config, shared: bool) -> anyhow::Result<Services> {
+    let open = if shared { FsStore::open_shared } else { FsStore::open };
+    let store: Arc<dyn Store> = Arc::new(
+        open(&config.storage.path).map_err(|e| anyhow::anyhow!("cannot open storage at {}: {e}", config.storage.path.display()))?,
+    );
     let cache = Cache::new(config, store).await?;
     let attachments = Attachments::new(config, Arc::clone(&cache));
+    Ok(Services { cache, attachments })
+}
+
+/// Builds the API from a configuration: opens the store and indexes it.
+pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
+    let Services { cache, attachments } = services(config, false).await?;
     let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
     let auth = Arc::new(Auth::new(&config.auth));
     Ok(Arc::new(Api::new(cache, attachments, uploads, auth, config.storage.allow_delete)))

@@ -31,6 +31,14 @@ impl FsStore {
         Ok(store)
     }
 
+    /// Opens a store another process may be serving from: nothing is swept.
+    pub fn open_shared(root: &Path) -> io::Result<FsStore> {
+        for dir in ["blobs/sha256", "blobs/sha512", "meta", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        Ok(FsStore { root: root.to_path_buf() })
+    }
+
     /// Removes every leftover spool file: none of them was ever visible as content.
     fn sweep_spool(&self) -> io::Result<()> {
         for entry in std::fs::read_dir(self.root.join("tmp"))? {

@@ -82,6 +82,15 @@ impl Upstream {
         })
     }
 
+    /// The registry host (with a port when not the default), as image names write it.
+    pub fn host(&self) -> String {
+        let host = self.base.host_str().unwrap_or_default();
+        match self.base.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+    }
+
     fn url(&self, repo: &RepoName, tail: &str) -> String {
         let base = self.base.as_str().trim_end_matches('/');
         format!("{base}/v2/{repo}/{tail}")

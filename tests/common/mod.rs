@@ -4,6 +4,7 @@
 
 pub mod image;
 pub mod liar;
+pub mod sigs;
 pub mod tls;
 
 use std::io::Write;
@@ -439,3 +440,27 @@ pub fn assert_store_consistent(proxy: &Proxy) {
     }
     assert_eq!(proxy.spool_files(), 0, "spool files left over");
 }
+
+/// Pushes a blob to the registry (monolithic upload) and returns its digest.
+pub fn push_blob(reg: &Registry, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let r = http().post(format!("{}/v2/{repo}/blobs/uploads/", reg.url())).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let url = if loc.starts_with("http") { loc.clone() } else { format!("{}{loc}", reg.url()) };
+    let r = http().put(format!("{url}{sep}digest={digest}")).body(bytes.to_vec()).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    digest
+}
+
+pub fn push_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let r = http()
+        .put(format!("{}/v2/{repo}/manifests/{reference}", reg.url()))
+        .header("content-type", media_type)
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+}
+

@@ -1,0 +1,181 @@
+//! Native key-based verification (`portcullis verify`) of real cosign signatures and of
+//! containers/image-format signatures, with the failures each must report.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::sigs::{p256_key, push_cimage_signature, Spoil};
+use common::*;
+
+struct Setup {
+    t: tempfile::TempDir,
+    reg: Registry,
+    proxy: Proxy,
+    keys: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    Setup { t, reg, proxy, keys }
+}
+
+impl Setup {
+    fn image(&self, repo: &str, seed: &str) -> OciImage {
+        let img = build_image(&self.t.path().join(seed), &ImageSpec { seed, layers: &[1000], tag: "v1" });
+        self.reg.push(&img, &format!("{repo}:v1"));
+        img
+    }
+
+    /// Runs `portcullis verify` against the proxy's configuration and store.
+    fn verify(&self, image: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("verify")
+            .arg(image)
+            .arg("--config")
+            .arg(self.proxy.dir.join("proxy.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+fn key(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[test]
+fn cosign_signatures_verify_natively_and_failures_say_why() {
+    let s = setup();
+    let img = s.image("demo/app", "app");
+    cosign_sign(&s.keys, &format!("{}/demo/app@{}", s.reg.host(), img.digest));
+    let cosign_pub = key(&s.keys, "cosign.pub");
+
+    let (ok, out) = s.verify(&format!("{}/up/demo/app:v1", s.proxy.addr), &["--key", &cosign_pub]);
+    assert!(ok, "{out}");
+    assert!(out.contains("verified: verified by") && out.contains(&img.digest), "{out}");
+
+    let other = s.t.path().join("other");
+    cosign_keys(&other);
+    let (ok, out) = s.verify("up/demo/app:v1", &["--key", &key(&other, "cosign.pub")]);
+    assert!(!ok);
+    assert!(out.contains("does not verify with any trusted key"), "{out}");
+
+    // cosign writes no tag in the identity: the containers/image default refuses a tagged pull
+    let (ok, out) = s.verify("up/demo/app:v1", &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"]);
+    assert!(!ok);
+    assert!(out.contains("signature is for"), "{out}");
+    let (ok, out) = s.verify(&format!("up/demo/app@{}", img.digest), &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"]);
+    assert!(ok, "by digest the repository suffices: {out}");
+
+    let unsigned = s.image("demo/unsigned", "unsigned");
+    let (ok, out) = s.verify("up/demo/unsigned:v1", &["--key", &cosign_pub]);
+    assert!(!ok);
+    assert!(out.contains("no signatures found"), "{out}");
+    let _ = unsigned;
+}
+
+#[test]
+fn containers_image_signatures_tampering_and_thresholds() {
+    let s = setup();
+    let dir = s.t.path().join("p256");
+    let (k1, k2, k3) = (p256_key(&dir, "k1", 1), p256_key(&dir, "k2", 2), p256_key(&dir, "k3", 3));
+    let keys = |names: &[&str]| names.iter().flat_map(|n| ["--key".to_string(), key(&dir, &format!("{n}.pub"))]).collect::<Vec<_>>();
+
+    let good = s.image("ci/good", "good");
+    push_cimage_signature(&s.reg, "ci/good", &good.digest, &format!("{}/ci/good:v1", s.reg.host()), &[&k1, &k2], Spoil::None);
+    let args = keys(&["k1"]);
+    let (ok, out) = s.verify("up/ci/good:v1", &[&args[0], &args[1], "--identity", "matchRepoDigestOrExact"]);
+    assert!(ok, "a containers/image signature carries the tag: {out}");
+
+    // 2 of 3: k1 and k2 signed
+    let all: Vec<String> = keys(&["k1", "k2", "k3"]);
+    let mut two = all.iter().map(String::as_str).collect::<Vec<_>>();
+    two.extend(["--threshold", "2"]);
+    let (ok, out) = s.verify("up/ci/good:v1", &two);
+    assert!(ok, "2 of 3 keys: {out}");
+    let mut three = all.iter().map(String::as_str).collect::<Vec<_>>();
+    three.extend(["--threshold", "3"]);
+    let (ok, out) = s.verify("up/ci/good:v1", &three);
+    assert!(!ok);
+    assert!(out.contains("2 of 3 required signers verified"), "{out}");
+
+    let tampered = s.image("ci/tampered", "tampered");
+    push_cimage_signature(&s.reg, "ci/tampered", &tampered.digest, &format!("{}/ci/tampered:v1", s.reg.host()), &[&k1], Spoil::TamperedPayload);
+    let (ok, out) = s.verify("up/ci/tampered:v1", &[&args[0], &args[1]]);
+    assert!(!ok);
+    assert!(out.contains("does not verify"), "{out}");
+
+    let elsewhere = s.image("ci/elsewhere", "elsewhere");
+    push_cimage_signature(&s.reg, "ci/elsewhere", &elsewhere.digest, &format!("{}/ci/elsewhere:v1", s.reg.host()), &[&k1], Spoil::OtherDigest);
+    let (ok, out) = s.verify("up/ci/elsewhere:v1", &[&args[0], &args[1]]);
+    assert!(!ok);
+    assert!(out.contains("payload is for"), "{out}");
+
+    let identity = s.image("ci/identity", "identity");
+    push_cimage_signature(&s.reg, "ci/identity", &identity.digest, "registry.example/somebody/else:v1", &[&k3], Spoil::None);
+    let k3args = keys(&["k3"]);
+    let (ok, out) = s.verify("up/ci/identity:v1", &[&k3args[0], &k3args[1]]);
+    assert!(!ok);
+    assert!(out.contains("signature is for \"registry.example/somebody/else:v1\""), "{out}");
+    let _ = k2;
+}
+
+#[test]
+fn attestations_verify_with_their_predicate_type() {
+    let s = setup();
+    let img = s.image("demo/att", "att");
+    let up = format!("{}/demo/att@{}", s.reg.host(), img.digest);
+    std::fs::write(s.keys.join("predicate.json"), r#"{"builder":{"id":"https://ci.example/builder"},"buildType":"t"}"#).unwrap();
+    cosign_sign(&s.keys, &up);
+    let mut attest = vec!["attest", "--key", "cosign.key", "--tlog-upload=false", "--type", "slsaprovenance", "--predicate", "predicate.json"];
+    attest.extend(COSIGN_LOCAL);
+    attest.push(&up);
+    cosign(&s.keys, &attest).success();
+    let cosign_pub = key(&s.keys, "cosign.pub");
+    let (ok, out) = s.verify("up/demo/att:v1", &["--key", &cosign_pub, "--attestation", "slsaprovenance"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("https://slsa.dev/provenance/v0.2 attested by"), "{out}");
+    let (ok, out) = s.verify("up/demo/att:v1", &["--key", &cosign_pub, "--attestation", "cyclonedx"]);
+    assert!(!ok);
+    assert!(out.contains("no verified https://cyclonedx.org/bom attestation"), "{out}");
+}
+
+#[test]
+fn named_trust_from_the_configuration() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    let proxy = Proxy::start(
+        &t.path().join("proxy"),
+        &format!(
+            "[storage]\npath = \"data\"\n[trust.release-keys]\nkeys = [\"{}\"]\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+            keys.join("cosign.pub").display(),
+            reg.url()
+        ),
+    );
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "trust", layers: &[100], tag: "v1" });
+    reg.push(&img, "rel/app:v1");
+    cosign_sign(&keys, &format!("{}/rel/app@{}", reg.host(), img.digest));
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["verify", "up/rel/app:v1", "--trust", "release-keys", "--config"])
+        .arg(proxy.dir.join("proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let bad = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["verify", "up/rel/app:v1", "--trust", "nope", "--config"])
+        .arg(proxy.dir.join("proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no [trust.nope]"));
+}

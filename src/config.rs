@@ -49,6 +49,95 @@ pub struct Config {
     /// `[trust.<name>]`: named trust material that verification requirements refer to.
     #[serde(default)]
     pub trust: std::collections::HashMap<String, TrustConfig>,
+    /// `[[policy]]`: WebAssembly admission policies, each over a scope.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    /// `[policies]`: settings shared by all policies.
+    #[serde(default, rename = "policies")]
+    pub policy_host: PolicyHostConfig,
+}
+
+/// One `[[policy]]` module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `name = "require-signature"`: how logs, audit lines and errors name it.
+    pub name: String,
+    /// `module = "policies/require-signature.wasm"`: the component, relative to the config file.
+    pub module: PathBuf,
+    /// `scope = ["docker.io/myorg/*"]`: globs over `<namespace>/<repository>`.
+    pub scope: Vec<String>,
+    /// `mode = "enforce"` (decisions apply) or `"warn"` (logged and audited, then admitted).
+    #[serde(default)]
+    pub mode: PolicyMode,
+    /// `timeout = "50ms"`: how long one evaluation may run.
+    #[serde(default = "default_policy_timeout")]
+    pub timeout: HumanDuration,
+    /// `memory = "64MiB"`: the most memory the module may use.
+    #[serde(default = "default_policy_memory")]
+    pub memory: ByteSize,
+    /// `[policy.settings]`: handed to the module as JSON.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+/// Whether a policy's decisions apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Decisions apply.
+    #[default]
+    Enforce,
+    /// Decisions are logged and audited; everything is admitted.
+    Warn,
+}
+
+/// `[policies]`: shared policy settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyHostConfig {
+    /// `audit = "stdout"` or a file path: one JSON line per decision.
+    #[serde(default = "default_audit")]
+    pub audit: String,
+    /// `attachment_wait = "5s"`: how long a pull waits for attachments before deciding.
+    #[serde(default = "default_policy_wait")]
+    pub attachment_wait: HumanDuration,
+    /// `concurrency = 32`: evaluations at once (instances preallocated for them).
+    #[serde(default = "default_policy_concurrency")]
+    pub concurrency: u32,
+    /// `compiled_cache = "policy-cache"`: compiled modules, relative to the storage path.
+    #[serde(default = "default_compiled_cache")]
+    pub compiled_cache: PathBuf,
+}
+
+impl Default for PolicyHostConfig {
+    fn default() -> Self {
+        PolicyHostConfig {
+            audit: default_audit(),
+            attachment_wait: default_policy_wait(),
+            concurrency: default_policy_concurrency(),
+            compiled_cache: default_compiled_cache(),
+        }
+    }
+}
+
+fn default_policy_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
+}
+fn default_policy_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_audit() -> String {
+    "stdout".into()
+}
+fn default_policy_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_policy_concurrency() -> u32 {
+    32
+}
+fn default_compiled_cache() -> PathBuf {
+    PathBuf::from("policy-cache")
 }
 
 /// One `[trust.<name>]` entry.
@@ -396,6 +485,12 @@ impl Config {
         for t in self.trust.values_mut() {
             t.keys = t.keys.iter().map(join).collect();
         }
+        for p in &mut self.policies {
+            p.module = join(&p.module);
+        }
+        if self.policy_host.audit != "stdout" {
+            self.policy_host.audit = join(&PathBuf::from(&self.policy_host.audit)).display().to_string();
+        }
         for u in &mut self.upstreams {
             u.password_file = u.password_file.as_ref().map(join);
             u.ca_file = u.ca_file.as_ref().map(join);
@@ -476,6 +571,22 @@ impl Config {
             for k in &t.keys {
                 std::fs::metadata(k).map_err(|e| (format!("trust.{name}.keys"), format!("cannot read {}: {e}", k.display())))?;
             }
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if !names.insert(p.name.clone()) {
+                return Err((format!("policy[{i}].name"), format!("{:?} is used by more than one policy", p.name)));
+            }
+            std::fs::metadata(&p.module).map_err(|e| (format!("policy[{i}].module"), format!("policy {:?}: cannot read {}: {e}", p.name, p.module.display())))?;
+            if p.scope.is_empty() {
+                return Err((format!("policy[{i}].scope"), format!("policy {:?} has an empty scope", p.name)));
+            }
+            if p.timeout.0.is_zero() || p.memory.0 < (1 << 20) {
+                return Err((format!("policy[{i}].timeout"), format!("policy {:?}: timeout must be > 0 and memory at least 1MiB", p.name)));
+            }
+        }
+        if self.policy_host.concurrency == 0 {
+            return Err(("policies.concurrency".into(), "must be at least 1".into()));
         }
         for (i, r) in self.auth.rules.iter().enumerate() {
             if r.scope.is_empty() {

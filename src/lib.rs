@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod manifest;
 pub mod names;
+pub mod policy;
 pub mod push;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The `portcullis` command: serve the proxy, or check a configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,6 +14,21 @@ use portcullis::config::Config;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run a module on one request without a proxy; print its decision and host calls.
+    Test {
+        /// The policy component (`.wasm`).
+        module: PathBuf,
+        /// Settings as a JSON file.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// The request as a JSON file: namespace, repository, reference, manifest, attachments.
+        #[arg(long)]
+        request: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,6 +68,11 @@ enum Command {
         #[arg(long, default_value = "matchRepository")]
         identity: String,
     },
+    /// Policy module tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print an htpasswd line (bcrypt) for a user; the password is read from standard input.
     Htpasswd {
         /// The user name.
@@ -82,8 +103,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config } => load(config).and_then(check),
-        Command::Serve { config } => load(config).and_then(serve),
+        Command::Serve { config } => {
+            let path = config.clone().or_else(|| Some(PathBuf::from("proxy.toml")).filter(|p| p.exists()));
+            load(config).and_then(|c| serve(c, path))
+        }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
+        Command::Policy { command: PolicyCommand::Test { module, settings, request } } => policy_test(&module, settings.as_deref(), &request),
         Command::Verify { image, config, keys, trust, attestations, threshold, identity } => {
             let args = VerifyArgs { image, keys, trust, attestations, threshold, identity };
             match load(config).and_then(|c| verify(c, args)) {
@@ -168,6 +193,23 @@ fn parse_image(config: &Config, image: &str) -> anyhow::Result<(String, portcull
     Ok((parts[0].to_string(), repo, reference))
 }
 
+/// `portcullis policy test`.
+fn policy_test(module: &std::path::Path, settings: Option<&std::path::Path>, request: &std::path::Path) -> anyhow::Result<()> {
+    let settings = match settings {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => "{}".to_string(),
+    };
+    let text = std::fs::read_to_string(request).with_context(|| format!("cannot read {}", request.display()))?;
+    let request: portcullis::policy::TestRequest = serde_json::from_str(&text).with_context(|| format!("{}: not a test request", request.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let out = runtime.block_on(async { tokio::task::spawn_blocking({
+        let module = module.to_path_buf();
+        move || portcullis::policy::test_module(&module, &settings, &request)
+    }).await })??;
+    println!("{out}");
+    Ok(())
+}
+
 /// Prints `user:<bcrypt hash>` for the password on standard input.
 fn htpasswd(user: &str, cost: u32) -> anyhow::Result<()> {
     anyhow::ensure!(!user.is_empty() && !user.contains(':'), "the user name must be non-empty and hold no ':'");
@@ -189,11 +231,42 @@ fn check(config: Config) -> anyhow::Result<()> {
     }
     let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
     portcullis::verify::TrustStore::load(&entries).map_err(anyhow::Error::msg)?;
+    if !config.policies.is_empty() {
+        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(64 << 20);
+        let engine = portcullis::policy::engine(1, max_memory)?;
+        let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
+        portcullis::policy::load_set(&engine, &config.policies, &cache_dir)?;
+    }
     println!("configuration OK: {} upstream(s), storage at {}", config.upstreams.len(), config.storage.path.display());
     Ok(())
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Reloads the policies on SIGHUP from the configuration file; a bad file keeps the old ones.
+fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let Some(path) = path.clone() else {
+                tracing::warn!("SIGHUP: running on built-in defaults, nothing to reload");
+                continue;
+            };
+            let api = Arc::clone(&api);
+            let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let config = Config::load(&path)?;
+                api.policies().reload(&config)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => tracing::info!("SIGHUP: policies reloaded"),
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the previous policies"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+            }
+        }
+    });
+}
+
+fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let api = portcullis::server::build(&config).await?;
@@ -207,6 +280,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
         eprintln!("portcullis listening on {addr}");
+        spawn_reloader(Arc::clone(&api), config_path);
         portcullis::server::run(listener, api, tls, config.server.shutdown_grace.0, shutdown_signal()).await;
         Ok(())
     })

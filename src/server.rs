@@ -16,7 +16,9 @@ use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Api;
+use crate::policy::Policies;
 use crate::push::uploads::Uploads;
+use crate::verify::Verifier;
 use crate::store::fs::FsStore;
 use crate::store::Store;
 
@@ -47,7 +49,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
     let Services { cache, attachments } = services(config, false).await?;
     let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
     let auth = Arc::new(Auth::new(&config.auth));
-    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, config.storage.allow_delete)))
+    let verifier = Verifier::new(Arc::clone(&cache), Arc::clone(&attachments), config.policy_host.attachment_wait.0);
+    let policies = {
+        let (config, cache, attachments) = (config.clone(), Arc::clone(&cache), Arc::clone(&attachments));
+        tokio::task::spawn_blocking(move || Policies::new(&config, cache, attachments, verifier)).await??
+    };
+    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, policies, config.storage.allow_delete)))
 }
 
 /// The client's address, attached to each request.

@@ -14,6 +14,7 @@ use crate::attachments::Attachments;
 use crate::auth::{Access, Auth};
 use crate::cache::{ByteRange, Cache, CacheStatus};
 use crate::error::{Code, RegistryError, Result};
+use crate::policy::{Policies, Subject};
 use crate::push::uploads::{self, Uploads};
 use crate::store::ByteStream;
 use body::{Body, RequestLog};
@@ -28,7 +29,15 @@ pub struct Api {
     attachments: Arc<Attachments>,
     uploads: Arc<Uploads>,
     auth: Arc<Auth>,
+    policies: Arc<Policies>,
     allow_delete: bool,
+}
+
+/// Who sent a request, for policies and the audit log.
+struct Caller {
+    client: String,
+    user: Option<String>,
+    user_agent: Option<String>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -45,8 +54,46 @@ impl From<Response<Body>> for Reply {
 
 impl Api {
     /// Builds the API over a cache and the attachment resolver.
-    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, uploads: Arc<Uploads>, auth: Arc<Auth>, allow_delete: bool) -> Api {
-        Api { cache, attachments, uploads, auth, allow_delete }
+    pub fn new(
+        cache: Arc<Cache>,
+        attachments: Arc<Attachments>,
+        uploads: Arc<Uploads>,
+        auth: Arc<Auth>,
+        policies: Arc<Policies>,
+        allow_delete: bool,
+    ) -> Api {
+        Api { cache, attachments, uploads, auth, policies, allow_delete }
+    }
+
+    /// The policy engine (for reloads).
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
+    async fn admit(&self, caller: &Caller, push: bool, name: &Name, reference: &crate::names::Reference, digest: &crate::names::Digest, media_type: &str, manifest: &Bytes) -> Result<()> {
+        if self.policies.is_empty() {
+            return Ok(());
+        }
+        let tag_subject = match reference {
+            crate::names::Reference::Tag(t) => crate::cache::attachment_subject(t.as_str()),
+            crate::names::Reference::Digest(_) => None,
+        };
+        let manifest_subject = crate::manifest::Manifest::parse(manifest).ok().and_then(|m| m.subject.map(|s| s.digest));
+        let subject = Subject {
+            push,
+            namespace: self.cache.canonical_namespace(&name.namespace).unwrap_or(&name.namespace).to_string(),
+            repository: name.repo.to_string(),
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            media_type: media_type.to_string(),
+            manifest: manifest.clone(),
+            attaches_to: tag_subject.or(manifest_subject).map(|d| d.to_string()),
+            client: caller.client.clone(),
+            user: caller.user.clone(),
+            user_agent: caller.user_agent.clone(),
+        };
+        self.policies.check(&subject).await
     }
 
     /// Authenticates the request and checks it may do what its route does.
@@ -106,12 +153,17 @@ impl Api {
         let ns = query_param(req.uri().query(), "ns");
         let route = route::parse(req.uri().path(), ns.as_deref())?;
         let user = self.authorize(&req, &route).await?;
+        let caller = Caller {
+            client: req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default(),
+            user: user.clone(),
+            user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        };
         let method = req.method().clone();
         let method = &method;
         let read = method == Method::GET || method == Method::HEAD;
         match route {
             Route::Upload { name, id } => self.upload(req, &name, id.as_deref(), user.as_deref()).await,
-            Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference).await,
+            Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference, &caller).await,
             Route::Manifest { name, reference } if method == Method::DELETE => {
                 if !self.allow_delete {
                     return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
@@ -132,6 +184,7 @@ impl Api {
                 let accept = header_values(req.headers(), header::ACCEPT);
                 let m = self.cache.manifest_for(&name.namespace, &name.repo, &reference, &accept).await?;
                 self.attachments.prefetch(&name.namespace, &name.repo, &reference, &m).await;
+                self.admit(&caller, false, &name, &reference, &m.digest, &m.media_type, &m.bytes).await?;
                 let r = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, &m.media_type)
@@ -263,13 +316,16 @@ impl Api {
         uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
     }
 
-    async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference) -> Result<Reply>
+    async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference, caller: &Caller) -> Result<Reply>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + Send,
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE).await?;
+        let parsed = crate::manifest::Manifest::parse(&body)?;
+        let digest = crate::names::Digest::sha256_of(&body);
+        self.admit(caller, true, name, reference, &digest, parsed.media_type(), &body).await?;
         let pushed = uploads::put_manifest(&self.cache, &name.namespace, &name.repo, reference, content_type.as_deref(), body).await?;
         if let Some(subject) = &pushed.subject {
             self.attachments.invalidate(&name.namespace, &name.repo, subject).await;

@@ -1,0 +1,108 @@
+//! Conversions between the proxy's types and the WIT types.
+
+use super::portcullis::policy::types::{
+    Attachment, AttachmentKind, Client, Descriptor, ManifestInfo, Operation, Platform, Request, Requirements,
+};
+use super::Subject;
+use crate::attachments::{AttachmentSet, Kind};
+use crate::manifest::{self, Manifest};
+use crate::verify::{Requirement, TrustStore, TrustedKey};
+
+fn annotations(a: &Option<serde_json::Map<String, serde_json::Value>>) -> Vec<(String, String)> {
+    a.iter().flatten().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect()
+}
+
+/// A descriptor as the WIT world writes it.
+pub fn descriptor(d: &manifest::Descriptor) -> Descriptor {
+    Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size.max(0) as u64,
+        artifact_type: d.artifact_type.clone(),
+        annotations: annotations(&d.annotations),
+    }
+}
+
+fn manifest_info(m: &Manifest) -> ManifestInfo {
+    ManifestInfo {
+        media_type: m.media_type().to_string(),
+        config: m.config.as_ref().map(descriptor),
+        layers: m.layers.iter().map(descriptor).collect(),
+        manifests: m
+            .manifests
+            .iter()
+            .map(|d| {
+                let p = d.platform.as_ref().map(|p| Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() });
+                (descriptor(d), p)
+            })
+            .collect(),
+        annotations: annotations(&m.annotations),
+        subject: m.subject.as_ref().map(descriptor),
+        artifact_type: m.artifact_type.clone(),
+    }
+}
+
+/// The request a policy sees for a subject and its attachments.
+pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
+    let parsed = Manifest::parse(&s.manifest).ok();
+    let empty = ManifestInfo {
+        media_type: s.media_type.clone(),
+        config: None,
+        layers: Vec::new(),
+        manifests: Vec::new(),
+        annotations: Vec::new(),
+        subject: None,
+        artifact_type: None,
+    };
+    Request {
+        operation: if s.push { Operation::Push } else { Operation::Pull },
+        namespace: s.namespace.clone(),
+        repository: s.repository.clone(),
+        reference: s.reference.clone(),
+        digest: s.digest.clone(),
+        media_type: s.media_type.clone(),
+        size: s.manifest.len() as u64,
+        manifest: parsed.as_ref().map(manifest_info).unwrap_or(empty),
+        attachments: attachments
+            .items
+            .iter()
+            .map(|a| Attachment {
+                kind: match a.kind {
+                    Kind::Signature => AttachmentKind::Signature,
+                    Kind::Attestation => AttachmentKind::Attestation,
+                    Kind::Sbom => AttachmentKind::Sbom,
+                    Kind::Referrer => AttachmentKind::Referrer,
+                },
+                digest: a.descriptor.digest.to_string(),
+                artifact_type: a.descriptor.artifact_type.clone(),
+                annotations: annotations(&a.descriptor.annotations),
+            })
+            .collect(),
+        attaches_to: s.attaches_to.clone(),
+        client: Client { address: s.client.clone(), user: s.user.clone(), user_agent: s.user_agent.clone() },
+    }
+}
+
+/// The host requirement for a policy's `verify(requirements)`: trust names and inline keys.
+/// Keyless identities are not verified by this host yet, so they fail closed.
+pub fn requirement(r: &Requirements, trust: &TrustStore) -> Result<Requirement, String> {
+    if !r.identities.is_empty() {
+        return Err("keyless identities are not supported by this proxy yet".into());
+    }
+    let mut keys = Vec::new();
+    for name in &r.trust {
+        keys.extend(trust.keys.get(name).ok_or_else(|| format!("no [trust.{name}] is configured"))?.iter().cloned());
+    }
+    for (i, pem) in r.keys.iter().enumerate() {
+        keys.push(TrustedKey::from_pem(&format!("inline key {i}"), pem.as_bytes())?);
+    }
+    if keys.is_empty() {
+        return Err("the policy asked for verification without naming any key or trust".into());
+    }
+    Ok(Requirement {
+        keys,
+        threshold: r.threshold as usize,
+        identity: crate::verify::SignedIdentity::MatchRepository,
+        attestations: r.attestations.clone(),
+    })
+}

@@ -1,0 +1,500 @@
+//! The policy host: WebAssembly components (the `wit/` world) decide for each manifest whether
+//! to admit it, reject it, or have the host verify it natively first.
+//!
+//! Each module is compiled once (cached on disk by module digest and engine), instantiated
+//! from one `InstancePre` into a fresh `Store` per evaluation, with no filesystem, network,
+//! environment or clock, an epoch deadline and a memory cap. A module that traps, times out or
+//! runs out of memory fails closed: its decision is a rejection naming the failure.
+
+mod audit;
+mod convert;
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+
+use crate::attachments::{AttachmentSet, Attachments};
+use crate::auth::glob_match;
+use crate::cache::Cache;
+use crate::config::{Config, PolicyConfig, PolicyMode};
+use crate::error::{Code, RegistryError, Result};
+use crate::verify::{TrustStore, Verifier};
+pub use audit::Audit;
+pub use host::{CallContext, State};
+
+wasmtime::component::bindgen!({ world: "policy", path: "wit" });
+
+/// How often the engine's epoch advances (the granularity of timeouts).
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// What is being decided on: one manifest, as asked for by one client.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subject {
+    /// Pull or push.
+    pub push: bool,
+    /// The namespace (upstream or local).
+    pub namespace: String,
+    /// The repository.
+    pub repository: String,
+    /// The reference as the client asked for it.
+    pub reference: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its bytes (parsed for the request's manifest essentials).
+    #[serde(skip)]
+    pub manifest: bytes::Bytes,
+    /// The image an attachment manifest attaches to.
+    pub attaches_to: Option<String>,
+    /// The client's address.
+    pub client: String,
+    /// The signed-in user.
+    pub user: Option<String>,
+    /// The client's User-Agent.
+    pub user_agent: Option<String>,
+}
+
+/// One policy's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Admitted.
+    Admit,
+    /// Rejected, with the reason.
+    Reject(String),
+}
+
+/// A loaded policy module.
+struct Loaded {
+    config: PolicyConfig,
+    digest: String,
+    settings: String,
+    pre: PolicyPre<State>,
+}
+
+/// The policies of one configuration, compiled and validated.
+pub struct PolicySet {
+    policies: Vec<Arc<Loaded>>,
+}
+
+/// The engine, the loaded set (replaced on reload) and the decision cache.
+pub struct Policies {
+    engine: Engine,
+    set: RwLock<Arc<PolicySet>>,
+    cache_dir: PathBuf,
+    permits: Arc<tokio::sync::Semaphore>,
+    decisions: moka::future::Cache<String, Outcome>,
+    verifier: Arc<Verifier>,
+    attachments: Arc<Attachments>,
+    cache: Arc<Cache>,
+    trust: RwLock<Arc<TrustStore>>,
+    audit: Audit,
+    wait: Duration,
+    max_memory: usize,
+}
+
+/// Builds the engine: component model, epoch interruption, pooling allocator for `concurrency`
+/// instances of at most `max_memory` bytes each.
+pub fn engine(concurrency: u32, max_memory: usize) -> anyhow::Result<Engine> {
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    cfg.epoch_interruption(true);
+    cfg.memory_reservation(max_memory as u64);
+    cfg.memory_guard_size(64 << 10);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(concurrency)
+        .total_core_instances(concurrency * 8)
+        .total_memories(concurrency * 2)
+        .total_tables(concurrency * 8)
+        .max_memory_size(max_memory);
+    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&cfg)?;
+    let weak = engine.weak();
+    std::thread::Builder::new().name("policy-epoch".into()).spawn(move || loop {
+        std::thread::sleep(EPOCH_TICK);
+        match weak.upgrade() {
+            Some(e) => e.increment_epoch(),
+            None => return,
+        }
+    })?;
+    Ok(engine)
+}
+
+/// Compiles a module, reusing a compiled copy cached under `cache_dir` keyed by the module's
+/// digest and the engine's compatibility hash.
+pub fn compile(engine: &Engine, module: &Path, cache_dir: &Path) -> anyhow::Result<(Component, String)> {
+    let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+    let compat = std::hash::Hasher::finish(&hasher);
+    let cached = cache_dir.join(format!("{digest}-{compat:016x}.cwasm"));
+    if cached.exists() {
+        // SAFETY: the file was written by `precompile_component` of an engine with the same
+        // compatibility hash, into the proxy's own storage directory.
+        if let Ok(c) = unsafe { Component::deserialize_file(engine, &cached) } {
+            return Ok((c, digest));
+        }
+    }
+    let compiled = engine
+        .precompile_component(&bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} is not a valid policy component", module.display()))?;
+    std::fs::create_dir_all(cache_dir).ok();
+    let tmp = cache_dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+    if std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &cached)).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    // SAFETY: produced just now by this engine.
+    let component = unsafe { Component::deserialize(engine, &compiled)? };
+    Ok((component, digest))
+}
+
+/// A linker with the host interface and traps for anything else the guest imports (the WASI
+/// interfaces Rust's std pulls in): no filesystem, network, environment or clock.
+fn linker(engine: &Engine, component: &Component) -> anyhow::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    linker.define_unknown_imports_as_traps(component)?;
+    Ok(linker)
+}
+
+/// Loads every `[[policy]]`: compiles it, asks its metadata and validates its settings.
+pub fn load_set(engine: &Engine, configs: &[PolicyConfig], cache_dir: &Path) -> anyhow::Result<PolicySet> {
+    let mut policies = Vec::new();
+    for c in configs {
+        let settings = serde_json::to_string(&c.settings).context("settings are not representable as JSON")?;
+        policies.push(Arc::new(load_one(engine, c.clone(), settings, cache_dir)?));
+    }
+    Ok(PolicySet { policies })
+}
+
+fn load_one(engine: &Engine, config: PolicyConfig, settings: String, cache_dir: &Path) -> anyhow::Result<Loaded> {
+    let context = || format!("policy {:?} ({})", config.name, config.module.display());
+    let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
+    let instance_pre = linker(engine, &component).with_context(context)?.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(context)?;
+    let pre = PolicyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(context)?;
+    let loaded = Loaded { config: config.clone(), digest, settings, pre };
+    let (meta, valid) = loaded.validate(engine).with_context(context)?;
+    if let Err(message) = valid {
+        anyhow::bail!("{}: invalid settings: {message}", context());
+    }
+    tracing::info!(policy = %config.name, module = %meta.name, version = %meta.version, "policy loaded");
+    Ok(loaded)
+}
+
+/// A request for `portcullis policy test`, written by hand as JSON.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    /// `pull` (default) or `push`.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// The namespace, e.g. `docker.io`.
+    pub namespace: String,
+    /// The repository.
+    pub repository: String,
+    /// The reference as asked for.
+    pub reference: String,
+    /// The manifest (JSON); its digest is computed.
+    pub manifest: serde_json::Value,
+    /// Attachments found: `{"kind": "signature", "digest": "...", "artifact_type": "..."}`.
+    #[serde(default)]
+    pub attachments: Vec<TestAttachment>,
+    /// The image this manifest attaches to, for attachment manifests.
+    #[serde(default)]
+    pub attaches_to: Option<String>,
+    /// The signed-in user.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// An attachment in a [`TestRequest`].
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestAttachment {
+    /// signature, attestation, sbom or referrer.
+    pub kind: String,
+    /// Its digest.
+    pub digest: String,
+    /// Its artifact type.
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+}
+
+/// Runs one module on one request without a proxy; returns the decision and the host calls.
+pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<String> {
+    let engine = engine(1, 64 << 20)?;
+    let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
+    let config = PolicyConfig {
+        name: module.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        module: module.to_path_buf(),
+        scope: vec!["*".into()],
+        mode: PolicyMode::Enforce,
+        timeout: crate::config::HumanDuration(Duration::from_millis(200)),
+        memory: crate::config::ByteSize(64 << 20),
+        settings: toml::Table::new(),
+    };
+    let loaded = load_one(&engine, config, settings.to_string(), &cache_dir)?;
+    let manifest = bytes::Bytes::from(serde_json::to_vec(&request.manifest)?);
+    let parsed = crate::manifest::Manifest::parse(&manifest).map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
+    let subject = Subject {
+        push: request.operation.as_deref() == Some("push"),
+        namespace: request.namespace.clone(),
+        repository: request.repository.clone(),
+        reference: request.reference.clone(),
+        digest: crate::names::Digest::sha256_of(&manifest).to_string(),
+        media_type: parsed.media_type().to_string(),
+        manifest,
+        attaches_to: request.attaches_to.clone(),
+        client: "policy-test".into(),
+        user: request.user.clone(),
+        user_agent: None,
+    };
+    let mut set = AttachmentSet::default();
+    for a in &request.attachments {
+        let kind = match a.kind.as_str() {
+            "signature" => crate::attachments::Kind::Signature,
+            "attestation" => crate::attachments::Kind::Attestation,
+            "sbom" => crate::attachments::Kind::Sbom,
+            "referrer" => crate::attachments::Kind::Referrer,
+            other => anyhow::bail!("request.attachments: unknown kind {other:?}"),
+        };
+        let digest = a.digest.parse().map_err(|e: RegistryError| anyhow::anyhow!("request.attachments: {}", e.message))?;
+        let descriptor = crate::manifest::Descriptor {
+            media_type: crate::manifest::OCI_MANIFEST.into(),
+            digest,
+            size: 0,
+            artifact_type: a.artifact_type.clone(),
+            annotations: None,
+            platform: None,
+        };
+        set.items.push(crate::attachments::Attachment { kind, tag: None, descriptor });
+    }
+    let set = Arc::new(set);
+    let wit_request = convert::request(&subject, &set);
+    let mut ctx = CallContext::detached();
+    ctx.subject = Some(subject);
+    ctx.attachments = set;
+    let ctx = Arc::new(ctx);
+    let decision = match loaded.evaluate(&engine, Arc::clone(&ctx), &wit_request) {
+        Ok(Decision::Admit) => "decision: admit".to_string(),
+        Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
+        Ok(Decision::Verify(r)) => format!(
+            "decision: verify: trust={:?} keys={} identities={} attestations={:?} threshold={}",
+            r.trust,
+            r.keys.len(),
+            r.identities.len(),
+            r.attestations,
+            r.threshold
+        ),
+        Err(e) => format!("decision: reject: {}", fail_closed(&loaded.config.name, &e)),
+    };
+    let calls = ctx.calls.lock().expect("calls lock").clone();
+    Ok(format!("{decision}\nhost calls: {calls:?}"))
+}
+
+impl Loaded {
+    fn store(&self, engine: &Engine, ctx: Arc<CallContext>) -> Store<State> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.config.memory.0 as usize).instances(16).trap_on_grow_failure(true).build();
+        let mut store = Store::new(engine, State::new(limits, ctx));
+        store.limiter(|s| &mut s.limits);
+        let ticks = (self.config.timeout.0.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
+    /// Asks the module for its metadata and to validate its settings.
+    fn validate(&self, engine: &Engine) -> anyhow::Result<(PolicyMetadata, std::result::Result<(), String>)> {
+        let mut store = self.store(engine, Arc::new(CallContext::detached()));
+        let instance = self.pre.instantiate(&mut store).map_err(anyhow::Error::from)?;
+        let meta = instance.call_metadata(&mut store).map_err(anyhow::Error::from)?;
+        let valid = instance.call_validate_settings(&mut store, &self.settings).map_err(anyhow::Error::from)?;
+        Ok((meta, valid))
+    }
+
+    /// Runs one evaluation (blocking: call from a blocking thread).
+    fn evaluate(&self, engine: &Engine, ctx: Arc<CallContext>, request: &Request) -> wasmtime::Result<Decision> {
+        let mut store = self.store(engine, ctx);
+        let instance = self.pre.instantiate(&mut store)?;
+        instance.call_evaluate(&mut store, request, &self.settings)
+    }
+}
+
+impl Policies {
+    /// Loads the configured policies (compiling each once) over the verifier.
+    pub fn new(config: &Config, cache: Arc<Cache>, attachments: Arc<Attachments>, verifier: Arc<Verifier>) -> anyhow::Result<Arc<Policies>> {
+        let host = &config.policy_host;
+        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(64 << 20);
+        let engine = engine(host.concurrency, max_memory)?;
+        let cache_dir = config.storage.path.join(&host.compiled_cache);
+        let set = load_set(&engine, &config.policies, &cache_dir)?;
+        Ok(Arc::new(Policies {
+            engine,
+            set: RwLock::new(Arc::new(set)),
+            cache_dir,
+            permits: Arc::new(tokio::sync::Semaphore::new(host.concurrency as usize)),
+            decisions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build(),
+            verifier,
+            attachments,
+            cache,
+            trust: RwLock::new(Arc::new(trust_store(config)?)),
+            audit: Audit::open(&host.audit)?,
+            wait: host.attachment_wait.0,
+            max_memory,
+        }))
+    }
+
+    /// Replaces the policies with a new configuration's; on any error the old ones stay.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(0);
+        anyhow::ensure!(
+            max_memory <= self.max_memory,
+            "a policy's memory grew beyond what the running engine allows; restart to apply"
+        );
+        let set = load_set(&self.engine, &config.policies, &self.cache_dir)?;
+        let trust = trust_store(config)?;
+        *self.trust.write().expect("trust lock") = Arc::new(trust);
+        *self.set.write().expect("policy lock") = Arc::new(set);
+        self.decisions.invalidate_all();
+        tracing::info!(policies = config.policies.len(), "policies reloaded");
+        Ok(())
+    }
+
+    /// Whether any policy is configured at all.
+    pub fn is_empty(&self) -> bool {
+        self.set.read().expect("policy lock").policies.is_empty()
+    }
+
+    /// Decides on a manifest: every policy in scope must admit it. A rejection is `DENIED`
+    /// with the policy's reason.
+    pub async fn check(&self, subject: &Subject) -> Result<()> {
+        let set = Arc::clone(&self.set.read().expect("policy lock"));
+        let scope = format!("{}/{}", subject.namespace, subject.repository);
+        let in_scope: Vec<&Arc<Loaded>> = set.policies.iter().filter(|p| p.config.scope.iter().any(|g| glob_match(g, &scope))).collect();
+        if in_scope.is_empty() {
+            return Ok(());
+        }
+        let repo = subject.repository.parse().map_err(|_| RegistryError::internal("repository name"))?;
+        let digest: crate::names::Digest = subject.digest.parse()?;
+        let attachments = if subject.attaches_to.is_some() {
+            Arc::new(AttachmentSet::default())
+        } else {
+            match self.attachments.wait_for(&subject.namespace, &repo, &digest, self.wait).await {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::warn!(digest = %subject.digest, error = %e.message, "deciding without attachments");
+                    Arc::new(AttachmentSet::default())
+                }
+            }
+        };
+        for policy in in_scope {
+            let started = Instant::now();
+            let (outcome, cached) = self.decide(policy, subject, &attachments).await;
+            self.audit.record(subject, &policy.config.name, policy.config.mode, &outcome, started.elapsed(), cached);
+            if let Outcome::Reject(reason) = outcome {
+                if policy.config.mode == PolicyMode::Enforce {
+                    return Err(RegistryError::of(Code::Denied, format!("policy {}: {reason}", policy.config.name)));
+                }
+                tracing::warn!(policy = %policy.config.name, %reason, "would reject (warn mode)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, bool) {
+        let fingerprint: Vec<String> = attachments.items.iter().map(|a| a.descriptor.digest.to_string()).collect();
+        let key = format!(
+            "{}|{}|{}|{}/{}|{}|{}|{fingerprint:?}",
+            policy.digest,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(policy.settings.as_bytes())),
+            subject.push,
+            subject.namespace,
+            subject.repository,
+            subject.reference,
+            subject.digest
+        );
+        if let Some(o) = self.decisions.get(&key).await {
+            return (o, true);
+        }
+        let outcome = self.evaluate(policy, subject, attachments).await;
+        self.decisions.insert(key, outcome.clone()).await;
+        (outcome, false)
+    }
+
+    /// Evaluates one policy (fail closed), then runs a `verify` decision's verification.
+    async fn evaluate(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> Outcome {
+        let request = convert::request(subject, attachments);
+        let ctx = Arc::new(self.call_context(subject, attachments));
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return Outcome::Reject("policy host is shutting down".into());
+        };
+        let (engine, loaded) = (self.engine.clone(), Arc::clone(policy));
+        let result = tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await;
+        let decision = match result {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Outcome::Reject(fail_closed(&policy.config.name, &e)),
+            Err(e) => return Outcome::Reject(format!("policy module failed: {e}")),
+        };
+        match decision {
+            Decision::Admit => Outcome::Admit,
+            Decision::Reject(reason) => Outcome::Reject(reason),
+            Decision::Verify(_) if subject.attaches_to.is_some() => Outcome::Admit,
+            Decision::Verify(reqs) => self.run_verification(subject, &reqs).await,
+        }
+    }
+
+    async fn run_verification(&self, subject: &Subject, reqs: &portcullis::policy::types::Requirements) -> Outcome {
+        let trust = Arc::clone(&self.trust.read().expect("trust lock"));
+        let requirement = match convert::requirement(reqs, &trust) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Reject(e),
+        };
+        match host::verify_subject(&self.verifier, &self.cache, subject, &requirement).await {
+            Ok(v) if v.ok => Outcome::Admit,
+            Ok(v) => Outcome::Reject(format!("verification failed: {}", v.reason)),
+            Err(e) => Outcome::Reject(format!("verification failed: {}", e.message)),
+        }
+    }
+
+    fn call_context(&self, subject: &Subject, attachments: &Arc<AttachmentSet>) -> CallContext {
+        CallContext {
+            subject: Some(subject.clone()),
+            attachments: Arc::clone(attachments),
+            verifier: Some(Arc::clone(&self.verifier)),
+            cache: Some(Arc::clone(&self.cache)),
+            trust: Arc::clone(&self.trust.read().expect("trust lock")),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            calls: Default::default(),
+        }
+    }
+}
+
+/// The rejection reason for a module that failed: trap, timeout or memory.
+fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    let why = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        match trap {
+            wasmtime::Trap::Interrupt => "exceeded its timeout".to_string(),
+            other => format!("trapped: {other}"),
+        }
+    } else if text.contains("memory") {
+        format!("exceeded its memory limit: {text}")
+    } else {
+        format!("failed: {text}")
+    };
+    tracing::warn!(policy = %name, error = %text, "policy failed; rejecting");
+    format!("policy module {why}")
+}
+
+fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {
+    let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
+    TrustStore::load(&entries).map_err(anyhow::Error::msg)
+}
+

@@ -1,0 +1,290 @@
+//! WebAssembly admission policies with the real clients: signed images admitted, unsigned
+//! refused with the policy's reason, push-time refusals, misbehaving modules failing closed,
+//! reloads without failed requests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+static BUILD: Once = Once::new();
+
+/// Builds the example and test policy modules once per test binary (a no-op when built).
+fn module(workspace: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    BUILD.call_once(|| {
+        for ws in ["policies", "tests/policies"] {
+            let status = Command::new("cargo")
+                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(root.join(ws))
+                .status()
+                .expect("cargo");
+            assert!(status.success(), "building the policies in {ws} (needs `rustup target add wasm32-wasip2`)");
+        }
+    });
+    let path = root.join(workspace).join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+fn example(name: &str) -> String {
+    module("policies", name).display().to_string()
+}
+
+fn faulty(name: &str) -> String {
+    module("tests/policies", name).display().to_string()
+}
+
+struct Setup {
+    t: tempfile::TempDir,
+    reg: Registry,
+    proxy: Proxy,
+    keys: PathBuf,
+}
+
+/// A proxy with `policies` (TOML) in scope, trust `release-keys` = a fresh cosign key.
+fn setup(policies: &str) -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
+    let config = format!(
+        "[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[trust.release-keys]\nkeys = [\"{}\"]\n[policies]\naudit = \"audit.log\"\n{policies}\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+        keys.join("cosign.pub").display(),
+        reg.url()
+    );
+    let proxy = Proxy::start(&dir, &config);
+    Setup { t, reg, proxy, keys }
+}
+
+impl Setup {
+    fn image(&self, repo: &str, seed: &str, tag: &str) -> OciImage {
+        let img = build_image(&self.t.path().join(seed), &ImageSpec { seed, layers: &[2000], tag });
+        self.reg.push(&img, &format!("{repo}:{tag}"));
+        img
+    }
+
+    fn sign(&self, repo: &str, img: &OciImage) {
+        cosign_sign(&self.keys, &format!("{}/{repo}@{}", self.reg.host(), img.digest));
+    }
+
+    fn pull(&self, name: &str) -> Outcome {
+        skopeo_pull(&format!("{}/up/{name}", self.proxy.addr), &self.t.path().join(format!("pull-{}", name.replace(['/', ':'], "-"))))
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.proxy.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn policy(name: &str, module: &str, scope: &str, extra: &str) -> String {
+    format!("[[policy]]\nname = \"{name}\"\nmodule = \"{module}\"\nscope = [\"{scope}\"]\n{extra}\n")
+}
+
+#[test]
+fn require_signature_admits_signed_images_and_refuses_unsigned_ones_with_the_reason() {
+    let s = setup(&policy("require-signature", &example("require-signature"), "up/*", "[policy.settings]\ntrust = \"release-keys\""));
+    let signed = s.image("demo/signed", "signed", "v1");
+    s.sign("demo/signed", &signed);
+    s.image("demo/unsigned", "unsigned", "v1");
+
+    s.pull("demo/signed:v1").success();
+    let refused = s.pull("demo/unsigned:v1");
+    assert!(!refused.ok);
+    assert!(refused.stderr.contains("policy require-signature") && refused.stderr.contains("no signatures found"), "{}", refused.stderr);
+
+    let conf = s.t.path().join("registries.conf");
+    std::fs::write(&conf, format!("[[registry]]\nlocation = \"{}\"\ninsecure = true\n", s.proxy.addr)).unwrap();
+    let podman_out = podman(&s.t.path().join("podman"), &conf, &["pull", &format!("{}/up/demo/unsigned:v1", s.proxy.addr)]);
+    assert!(!podman_out.ok);
+    assert!(podman_out.stderr.contains("policy require-signature"), "podman shows the reason: {}", podman_out.stderr);
+    podman(&s.t.path().join("podman"), &conf, &["pull", "-q", &format!("{}/up/demo/signed:v1", s.proxy.addr)]).success();
+
+    // the signature manifests themselves are admitted, so cosign can verify through the proxy
+    let out = cosign_verify(&s.keys, "cosign.pub", &format!("{}/up/demo/signed:v1", s.proxy.addr));
+    assert!(out.ok, "{}", out.stderr);
+
+    let audit = s.audit();
+    assert!(audit.iter().any(|l| l["repository"] == "demo/unsigned" && l["decision"] == "reject" && l["policy"] == "require-signature"));
+    assert!(audit.iter().any(|l| l["repository"] == "demo/signed" && l["decision"] == "admit"));
+    assert!(audit.iter().any(|l| l["cache_hit"] == true), "repeated decisions come from the cache");
+}
+
+#[test]
+fn warn_mode_admits_and_audits_the_would_be_rejection() {
+    let s = setup(&policy("require-signature", &example("require-signature"), "up/*", "mode = \"warn\"\n[policy.settings]\ntrust = \"release-keys\""));
+    s.image("demo/unsigned", "warned", "v1");
+    s.pull("demo/unsigned:v1").success();
+    let audit = s.audit();
+    let line = audit.iter().find(|l| l["repository"] == "demo/unsigned").expect("an audit line");
+    assert_eq!(line["decision"], "reject");
+    assert_eq!(line["mode"], "warn");
+    assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(s.proxy.log().contains("would reject"));
+}
+
+#[test]
+fn deny_tags_and_push_time_refusals() {
+    let policies = policy("deny-tags", &example("deny-tags"), "up/*", "")
+        + &policy("allowed-registries", &example("allowed-registries"), "up/*", "[policy.settings]\nallowed = [\"up/allowed/*\"]");
+    let s = setup(&policies);
+    let img = s.image("allowed/app", "tags", "latest");
+    s.reg.push(&img, "allowed/app:1.0");
+    let out = s.pull("allowed/app:latest");
+    assert!(!out.ok && out.stderr.contains("is mutable"), "{}", out.stderr);
+    s.pull("allowed/app:1.0").success();
+
+    // cosign signing through the proxy pushes manifests: a repository outside the allowed set is refused
+    let other = s.image("elsewhere/app", "elsewhere", "1.0");
+    cosign(&s.keys, &["login", &s.proxy.addr, "-u", "ci", "-p", "ci-pass"]).success();
+    let mut sign = vec!["sign", "--key", "cosign.key", "--tlog-upload=false"];
+    sign.extend(COSIGN_LOCAL);
+    let target = format!("{}/up/elsewhere/app@{}", s.proxy.addr, other.digest);
+    sign.push(&target);
+    let refused = cosign(&s.keys, &sign);
+    assert!(!refused.ok, "cosign sign was refused");
+    assert!(refused.stderr.contains("DENIED") || refused.stderr.contains("not in an allowed"), "{}", refused.stderr);
+    let mut sign_ok = vec!["sign", "--key", "cosign.key", "--tlog-upload=false"];
+    sign_ok.extend(COSIGN_LOCAL);
+    let allowed = format!("{}/up/allowed/app@{}", s.proxy.addr, img.digest);
+    sign_ok.push(&allowed);
+    cosign(&s.keys, &sign_ok).success();
+}
+
+#[test]
+fn misbehaving_modules_fail_closed_and_the_proxy_keeps_serving() {
+    let policies = policy("spin", &faulty("spin"), "up/slow/*", "timeout = \"50ms\"")
+        + &policy("hog", &faulty("hog"), "up/hungry/*", "memory = \"16MiB\"")
+        + &policy("trap", &faulty("trap"), "up/broken/*", "");
+    let s = setup(&policies);
+    for repo in ["slow/app", "hungry/app", "broken/app"] {
+        s.image(repo, repo, "v1");
+    }
+    let others: Vec<OciImage> = (0..5).map(|i| s.image(&format!("fine/app{i}"), &format!("fine{i}"), "v1")).collect();
+    let url = |repo: &str| format!("{}/v2/up/{repo}/manifests/v1", s.proxy.url());
+
+    let started = Instant::now();
+    let r = http().get(url("slow/app")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().unwrap();
+    assert_eq!(error_code(&body), "DENIED");
+    assert!(body.contains("exceeded its timeout"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped within its timeout");
+
+    // 50 parallel pulls of other images while the looping module is asked again
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let u = url(&format!("fine/app{}", i % 5));
+            std::thread::spawn(move || http().get(u).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().status())
+        })
+        .collect();
+    let again = http().get(url("slow/app")).send().unwrap().status();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    assert_eq!(again, 403);
+
+    let r = http().get(url("hungry/app")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("memory"), "stopped at its memory cap");
+    let r = http().get(url("broken/app")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("trapped"));
+    assert_eq!(others.len(), 5);
+}
+
+#[test]
+fn invalid_settings_are_rejected_by_check_with_the_modules_message() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("p.toml");
+    std::fs::write(&cfg, policy("picky-one", &faulty("picky"), "*", "[policy.settings]\nok = false")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("policy \"picky-one\"") && stderr.contains("picky.wasm") && stderr.contains("picky wants"), "{stderr}");
+    std::fs::write(&cfg, policy("picky-one", &faulty("picky"), "*", "[policy.settings]\nok = true")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn reload_on_sighup_swaps_policies_without_failed_requests() {
+    let s = setup(&policy("gate", &example("allow-all"), "up/*", ""));
+    let img = s.image("demo/app", "reload", "v1");
+    s.reg.push(&img, "demo/app:latest");
+    let url = format!("{}/v2/up/demo/app/manifests/v1", s.proxy.url());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looper = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                statuses.push(http().get(&url).send().unwrap().status().as_u16());
+            }
+            statuses
+        })
+    };
+    let config = s.proxy.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let swapped = text.replace(&example("allow-all"), &example("deny-tags"));
+    std::fs::write(&config, &swapped).unwrap();
+    let hup = |pid: u32| unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    hup(s.proxy.pid());
+    wait_for("the reload", Duration::from_secs(20), || s.proxy.log().contains("policies reloaded"));
+    // a broken configuration keeps the previous policies
+    std::fs::write(&config, swapped.replace(&example("deny-tags"), "/nonexistent.wasm")).unwrap();
+    hup(s.proxy.pid());
+    wait_for("the failed reload", Duration::from_secs(20), || s.proxy.log().contains("keeping the previous policies"));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = looper.join().unwrap();
+    assert!(statuses.len() > 10, "{}", statuses.len());
+    assert!(statuses.iter().all(|s| *s == 200), "no failed request: {statuses:?}");
+    // deny-tags is now in force
+    let latest = http().get(format!("{}/v2/up/demo/app/manifests/latest", s.proxy.url())).send().unwrap();
+    assert_eq!(latest.status(), 403);
+}
+
+#[test]
+fn policy_test_prints_the_decision_without_a_proxy() {
+    let t = tempfile::tempdir().unwrap();
+    let request = t.path().join("r.json");
+    std::fs::write(
+        &request,
+        r#"{"namespace":"docker.io","repository":"library/alpine","reference":"latest","manifest":{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}}"#,
+    )
+    .unwrap();
+    let settings = t.path().join("s.json");
+    std::fs::write(&settings, r#"{"tags":["latest"]}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["policy", "test", &example("deny-tags"), "--settings"])
+        .arg(&settings)
+        .arg("--request")
+        .arg(&request)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("decision: reject: the tag \"latest\" is mutable"), "{stdout}");
+    std::fs::write(&settings, r#"{"trust":"release-keys"}"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["policy", "test", &example("require-signature"), "--settings"])
+        .arg(&settings)
+        .arg("--request")
+        .arg(&request)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("decision: verify: trust=[\"release-keys\"]"), "{stdout}");
+}

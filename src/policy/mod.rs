@@ -75,6 +75,7 @@ struct Loaded {
     config: PolicyConfig,
     digest: String,
     settings: String,
+    settings_hash: String,
     pre: PolicyPre<State>,
 }
 
@@ -180,7 +181,8 @@ fn load_one(engine: &Engine, config: PolicyConfig, settings: String, cache_dir: 
     let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
     let instance_pre = linker(engine, &component).with_context(context)?.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(context)?;
     let pre = PolicyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(context)?;
-    let loaded = Loaded { config: config.clone(), digest, settings, pre };
+    let settings_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(settings.as_bytes()));
+    let loaded = Loaded { config: config.clone(), digest, settings, settings_hash, pre };
     let (meta, valid) = loaded.validate(engine).with_context(context)?;
     if let Err(message) = valid {
         anyhow::bail!("{}: invalid settings: {message}", context());
@@ -228,20 +230,60 @@ pub struct TestAttachment {
     pub artifact_type: Option<String>,
 }
 
-/// Runs one module on one request without a proxy; returns the decision and the host calls.
-pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<String> {
-    let engine = engine(1, 64 << 20)?;
-    let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
-    let config = PolicyConfig {
-        name: module.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-        module: module.to_path_buf(),
-        scope: vec!["*".into()],
-        mode: PolicyMode::Enforce,
-        timeout: crate::config::HumanDuration(Duration::from_millis(200)),
-        memory: crate::config::ByteSize(64 << 20),
-        settings: toml::Table::new(),
-    };
-    let loaded = load_one(&engine, config, settings.to_string(), &cache_dir)?;
+/// A module loaded on its own, with one request ready: for `policy test` and benchmarks.
+pub struct Standalone {
+    engine: Engine,
+    loaded: Loaded,
+    request: Request,
+    subject: Subject,
+    attachments: Arc<AttachmentSet>,
+}
+
+impl Standalone {
+    /// Loads `module` with `settings` (JSON) and prepares `request`.
+    pub fn new(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<Standalone> {
+        let engine = engine(1, 64 << 20)?;
+        let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
+        let config = PolicyConfig {
+            name: module.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            module: module.to_path_buf(),
+            scope: vec!["*".into()],
+            mode: PolicyMode::Enforce,
+            timeout: crate::config::HumanDuration(Duration::from_millis(200)),
+            memory: crate::config::ByteSize(64 << 20),
+            settings: toml::Table::new(),
+        };
+        let loaded = load_one(&engine, config, settings.to_string(), &cache_dir)?;
+        let (subject, attachments) = test_subject(request)?;
+        let request = convert::request(&subject, &attachments);
+        Ok(Standalone { engine, loaded, request, subject, attachments })
+    }
+
+    /// One evaluation in a fresh instance: the decision text and the host calls made.
+    pub fn evaluate(&self) -> (String, Vec<String>) {
+        let mut ctx = CallContext::detached();
+        ctx.subject = Some(self.subject.clone());
+        ctx.attachments = Arc::clone(&self.attachments);
+        let ctx = Arc::new(ctx);
+        let decision = match self.loaded.evaluate(&self.engine, Arc::clone(&ctx), &self.request) {
+            Ok(Decision::Admit) => "decision: admit".to_string(),
+            Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
+            Ok(Decision::Verify(r)) => format!(
+                "decision: verify: trust={:?} keys={} identities={} attestations={:?} threshold={}",
+                r.trust,
+                r.keys.len(),
+                r.identities.len(),
+                r.attestations,
+                r.threshold
+            ),
+            Err(e) => format!("decision: reject: {}", fail_closed(&self.loaded.config.name, &e)),
+        };
+        let calls = ctx.calls.lock().expect("calls lock").clone();
+        (decision, calls)
+    }
+}
+
+fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<AttachmentSet>)> {
     let manifest = bytes::Bytes::from(serde_json::to_vec(&request.manifest)?);
     let parsed = crate::manifest::Manifest::parse(&manifest).map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
     let subject = Subject {
@@ -277,26 +319,12 @@ pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyh
         };
         set.items.push(crate::attachments::Attachment { kind, tag: None, descriptor });
     }
-    let set = Arc::new(set);
-    let wit_request = convert::request(&subject, &set);
-    let mut ctx = CallContext::detached();
-    ctx.subject = Some(subject);
-    ctx.attachments = set;
-    let ctx = Arc::new(ctx);
-    let decision = match loaded.evaluate(&engine, Arc::clone(&ctx), &wit_request) {
-        Ok(Decision::Admit) => "decision: admit".to_string(),
-        Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
-        Ok(Decision::Verify(r)) => format!(
-            "decision: verify: trust={:?} keys={} identities={} attestations={:?} threshold={}",
-            r.trust,
-            r.keys.len(),
-            r.identities.len(),
-            r.attestations,
-            r.threshold
-        ),
-        Err(e) => format!("decision: reject: {}", fail_closed(&loaded.config.name, &e)),
-    };
-    let calls = ctx.calls.lock().expect("calls lock").clone();
+    Ok((subject, Arc::new(set)))
+}
+
+/// Runs one module on one request without a proxy; returns the decision and the host calls.
+pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<String> {
+    let (decision, calls) = Standalone::new(module, settings, request)?.evaluate();
     Ok(format!("{decision}\nhost calls: {calls:?}"))
 }
 
@@ -413,7 +441,7 @@ impl Policies {
         let key = format!(
             "{}|{}|{}|{}/{}|{}|{}|{fingerprint:?}",
             policy.digest,
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(policy.settings.as_bytes())),
+            policy.settings_hash,
             subject.push,
             subject.namespace,
             subject.repository,

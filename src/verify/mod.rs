@@ -61,6 +61,11 @@ impl TrustedKey {
         TrustedKey::from_pem(&path.display().to_string(), &pem)
     }
 
+    /// Whether a base64 signature over `message` verifies with this key.
+    pub fn check(&self, signature_b64: &str, message: &[u8]) -> bool {
+        self.verifies(signature_b64, message)
+    }
+
     fn verifies(&self, signature_b64: &str, message: &[u8]) -> bool {
         self.key.verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message).is_ok()
     }

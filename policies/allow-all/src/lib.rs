@@ -19,3 +19,16 @@ impl Guest for AllowAll {
 }
 
 export!(AllowAll);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_the_policy() {
+        let m = AllowAll::metadata();
+        assert_eq!(m.name, "allow-all");
+        assert!(m.capabilities.is_empty());
+        assert!(AllowAll::validate_settings("anything".into()).is_ok());
+    }
+}

@@ -1,0 +1,31 @@
+//! Key-based signature verification cost: one cold ECDSA P-256 verification of a cosign
+//! simple-signing payload, through the sigstore crate. `cargo bench --bench verify`.
+
+use std::time::Instant;
+
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::EncodePublicKey;
+use portcullis::verify::TrustedKey;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; anything else (`cargo test`, --quick) is a short smoke run
+    let quick = !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--quick");
+    let n = if quick { 200 } else { 5000 };
+    let key = p256::ecdsa::SigningKey::from_bytes(&[9u8; 32].into())?;
+    let pem = key.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF)?;
+    let payload = br#"{"critical":{"identity":{"docker-reference":"registry.example/app"},"image":{"docker-manifest-digest":"sha256:2ea0dac098f62fc0da932e532218e1ae21fd3956320c69225acff8c1e9ac0622"},"type":"cosign container image signature"},"optional":null}"#;
+    let sig: p256::ecdsa::Signature = key.sign(payload);
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sig.to_der().as_bytes());
+    let trusted = TrustedKey::from_pem("bench", pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    assert!(trusted.check(&b64, payload));
+    let started = Instant::now();
+    for _ in 0..n {
+        assert!(trusted.check(&b64, payload));
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("| verification | per signature | goal |");
+    println!("|---|---|---|");
+    println!("| key-based ECDSA P-256, cold | {us:.1} us | < 300 us |");
+    println!("| verifications per second | {:.0} | |", 1e6 / us);
+    Ok(())
+}

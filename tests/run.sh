@@ -10,3 +10,4 @@ for ws in policies tests/policies; do
 done
 (cd policies && cargo test --locked --quiet)
 cargo test --locked --all-targets
+bench/run.sh --quick

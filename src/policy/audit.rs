@@ -7,23 +7,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Outcome, Subject};
 use crate::config::PolicyMode;
 
-/// Where decisions are written.
+/// Where decisions are written: lines go through a channel to a writer thread, which writes
+/// and flushes each batch, so a decision never waits for the disk.
 pub struct Audit {
-    file: Option<Mutex<std::fs::File>>,
+    lines: Mutex<std::sync::mpsc::Sender<String>>,
 }
 
 impl Audit {
     /// Opens `stdout` or a file (appending).
     pub fn open(target: &str) -> anyhow::Result<Audit> {
-        if target == "stdout" {
-            return Ok(Audit { file: None });
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
-            .map_err(|e| anyhow::anyhow!("policies.audit: cannot open {target}: {e}"))?;
-        Ok(Audit { file: Some(Mutex::new(file)) })
+        let mut out: Box<dyn Write + Send> = if target == "stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)
+                .map_err(|e| anyhow::anyhow!("policies.audit: cannot open {target}: {e}"))?;
+            Box::new(std::io::BufWriter::new(file))
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::Builder::new().name("policy-audit".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let batch = std::iter::once(first).chain(rx.try_iter());
+                let written = batch.map(|line| writeln!(out, "{line}")).collect::<std::io::Result<()>>().and_then(|_| out.flush());
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                }
+            }
+        })?;
+        Ok(Audit { lines: Mutex::new(tx) })
     }
 
     /// Writes one decision.
@@ -49,14 +62,8 @@ impl Audit {
             "cache_hit": cached,
         })
         .to_string();
-        match &self.file {
-            Some(f) => {
-                let mut f = f.lock().expect("audit lock");
-                if let Err(e) = writeln!(f, "{line}") {
-                    tracing::error!(error = %e, "cannot write the audit log");
-                }
-            }
-            None => println!("{line}"),
+        if self.lines.lock().expect("audit lock").send(line).is_err() {
+            tracing::error!("the audit writer stopped");
         }
     }
 }

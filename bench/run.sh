@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Benchmark: Portcullis side by side with distribution's pull-through proxy (Debian's
+# docker-registry in proxy mode) and nginx serving the same blob file, all on loopback, each
+# scenario run against each server alternately for several rounds. Prints medians and ratios,
+# writes bench/results.md and bench/results.svg.
+#
+#   bench/run.sh            release build, 256 MiB blob, 5 rounds (several minutes)
+#   bench/run.sh --quick    debug build, 8 MiB blob, 1 round (seconds; run by tests/run.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=""; [ "${1:-}" = "--quick" ] && quick=1
+if [ -n "$quick" ]; then
+  BLOB_MIB=8; ROUNDS=1; WRK_SECS=1; bin=target/debug/portcullis
+  [ -x "$bin" ] || cargo build --quiet
+else
+  BLOB_MIB=256; ROUNDS=5; WRK_SECS=5; bin=target/release/portcullis
+  cargo build --release --quiet
+fi
+for tool in docker-registry nginx wrk curl skopeo python3; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "bench: $tool is missing (tests/setup.sh installs it)" >&2; exit 1; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+work=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "bench: $1 did not answer" >&2; exit 1; }
+
+registry() { # name port [remote]
+  local dir="$work/$1"; mkdir -p "$dir/storage"
+  {
+    echo "version: 0.1"; echo "log: {level: error, accesslog: {disabled: false}}"
+    echo "storage: {filesystem: {rootdirectory: $dir/storage}, delete: {enabled: true}}"
+    echo "http: {addr: 127.0.0.1:$2, secret: bench}"
+    [ -n "${3:-}" ] && echo "proxy: {remoteurl: $3}"
+  } > "$dir/config.yml"
+  docker-registry serve "$dir/config.yml" > "$dir/access.log" 2>&1 & pids+=($!)
+  wait_http "http://127.0.0.1:$2/v2/"
+}
+
+# upstream with a big blob, a 3-layer image and a small image
+UP=$(port); registry upstream "$UP"
+python3 bench/mkimage.py "$work/big" big "$BLOB_MIB" > "$work/big.txt"
+python3 bench/mkimage.py "$work/three" three 4 4 4 > "$work/three.txt"
+python3 bench/mkimage.py "$work/small" small 1 > "$work/small.txt"
+for img in big three small; do
+  skopeo copy -q --dest-tls-verify=false "oci:$work/$img:$img" "docker://127.0.0.1:$UP/bench/$img:v1" >/dev/null
+done
+BIG=$(sed -n 2p "$work/big.txt"); BIG_FILE="$work/big/blobs/sha256/${BIG#sha256:}"
+
+# Portcullis: "up" without a policy, "pol" with deny-tags in scope
+PC=$(port); mkdir -p "$work/pc"
+cat > "$work/pc/proxy.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PC"
+[storage]
+path = "data"
+[policies]
+audit = "audit.log"
+[[policy]]
+name = "deny-tags"
+module = "$PWD/policies/target/wasm32-wasip2/release/deny_tags.wasm"
+scope = ["pol/*"]
+[[upstream]]
+name = "up"
+url = "http://127.0.0.1:$UP"
+[[upstream]]
+name = "pol"
+url = "http://127.0.0.1:$UP"
+EOF
+[ -f policies/target/wasm32-wasip2/release/deny_tags.wasm ] || (cd policies && cargo build --quiet --release --target wasm32-wasip2)
+RUST_LOG=warn "$bin" serve --config "$work/pc/proxy.toml" > "$work/pc/log" 2>&1 & PC_PID=$!; pids+=($PC_PID)
+wait_http "http://127.0.0.1:$PC/v2/"
+# distribution in proxy mode, and nginx serving the blob file
+DP=$(port); registry peer "$DP" "http://127.0.0.1:$UP"
+NG=$(port); mkdir -p "$work/nginx/www/v2/bench/big/blobs" "$work/nginx/logs"
+ln "$BIG_FILE" "$work/nginx/www/v2/bench/big/blobs/$BIG" 2>/dev/null || cp "$BIG_FILE" "$work/nginx/www/v2/bench/big/blobs/$BIG"
+cat > "$work/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off; sendfile on; tcp_nopush on;
+  client_body_temp_path $work/nginx/tmp; proxy_temp_path $work/nginx/tmp; fastcgi_temp_path $work/nginx/tmp;
+  uwsgi_temp_path $work/nginx/tmp; scgi_temp_path $work/nginx/tmp;
+  server { listen 127.0.0.1:$NG; root $work/nginx/www; default_type application/octet-stream; }
+}
+EOF
+mkdir -p "$work/nginx/tmp"
+"$NGINX" -c "$work/nginx/nginx.conf" -p "$work/nginx" -g 'daemon off;' & pids+=($!)
+wait_http "http://127.0.0.1:$NG/v2/bench/big/blobs/$BIG"
+
+declare -A URL=(
+  [portcullis]="http://127.0.0.1:$PC/v2/up/bench/big/blobs/$BIG"
+  [distribution]="http://127.0.0.1:$DP/v2/bench/big/blobs/$BIG"
+  [nginx]="http://127.0.0.1:$NG/v2/bench/big/blobs/$BIG"
+)
+for s in portcullis distribution; do curl -s -o /dev/null "${URL[$s]}"; done   # warm
+sleep 1
+
+# MiB/s for N parallel full downloads of the big blob
+throughput() { # url clients
+  local start end
+  start=$(date +%s.%N)
+  for _ in $(seq 1 "$2"); do curl -s -o /dev/null "$1" & done; wait
+  end=$(date +%s.%N)
+  python3 -c "print(round($BLOB_MIB*$2/($end-$start), 1))"
+}
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(round(statistics.median(v), 2))' "$@"; }
+declare -A R
+for clients in 1 16; do
+  for s in portcullis distribution nginx; do R[$s-$clients]=""; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    for s in portcullis distribution nginx; do
+      R[$s-$clients]+="$(throughput "${URL[$s]}" "$clients") "
+    done
+  done
+done
+RSS_KIB=$(awk '/VmHWM/ {print $2}' "/proc/$PC_PID/status")
+
+# manifest GETs by tag at 64 connections (wrk), p99 from its latency distribution
+rps() { # url -> "requests/s p99_ms"
+  wrk -t2 -c64 -d"${WRK_SECS}s" --latency -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$1" 2>/dev/null |
+    awk '/Requests\/sec/ {r=$2} /^ *99%/ {p=$2} END {
+      if (p ~ /us$/) {sub(/us/,"",p); p=p/1000} else if (p ~ /ms$/) {sub(/ms/,"",p)} else if (p ~ /s$/) {sub(/s/,"",p); p=p*1000}
+      print r, p }'
+}
+declare -A M=(
+  [portcullis]="http://127.0.0.1:$PC/v2/up/bench/small/manifests/v1"
+  [portcullis+policy]="http://127.0.0.1:$PC/v2/pol/bench/small/manifests/v1"
+  [distribution]="http://127.0.0.1:$DP/v2/bench/small/manifests/v1"
+)
+for s in portcullis portcullis+policy distribution; do curl -s -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "${M[$s]}"; done
+declare -A Q P
+for s in portcullis portcullis+policy distribution; do Q[$s]=""; P[$s]=""; done
+for _ in $(seq 1 "$ROUNDS"); do
+  for s in portcullis portcullis+policy distribution; do
+    read -r q p <<< "$(rps "${M[$s]}")"
+    Q[$s]+="$q "; P[$s]+="$p "
+  done
+done
+
+# 100 concurrent cold GETs of one blob: upstream fetches per server (distinct blobs per server)
+herd() { # server-url-prefix image-name -> upstream GET count
+  python3 bench/mkimage.py "$work/$2" "$2" 4 > "$work/$2.txt"
+  skopeo copy -q --dest-tls-verify=false "oci:$work/$2:$2" "docker://127.0.0.1:$UP/bench/$2:v1" >/dev/null
+  local d; d=$(sed -n 2p "$work/$2.txt")
+  for _ in $(seq 1 100); do curl -s -o /dev/null "$1/bench/$2/blobs/$d" & done; wait
+  grep -c "GET /v2/bench/$2/blobs/$d" "$work/upstream/access.log" || true
+}
+HERD_PC=$(herd "http://127.0.0.1:$PC/v2/up" herdpc)
+HERD_DP=$(herd "http://127.0.0.1:$DP/v2" herddp)
+
+# cold pull of the 3-layer image with skopeo: through a fresh Portcullis vs straight upstream
+pull_time() { # source -> seconds
+  rm -rf "$work/pulled"
+  local start end; start=$(date +%s.%N)
+  skopeo copy -q --src-tls-verify=false "docker://$1" "oci:$work/pulled:x" >/dev/null
+  end=$(date +%s.%N); python3 -c "print(round($end-$start, 3))"
+}
+COLD_PC=""; COLD_UP=""
+for i in $(seq 1 "$ROUNDS"); do
+  COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/three:v1") "
+  rm -rf "$work/pc/data/blobs" "$work/pc/data/meta"; mkdir -p "$work/pc/data/blobs/sha256" "$work/pc/data/meta"
+  kill "$PC_PID"; wait "$PC_PID" 2>/dev/null || true
+  RUST_LOG=warn "$bin" serve --config "$work/pc/proxy.toml" >> "$work/pc/log" 2>&1 & PC_PID=$!; pids+=($PC_PID)
+  wait_http "http://127.0.0.1:$PC/v2/"
+  COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/three:v1") "
+done
+
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(round(a/b,2) if b else 'n/a')" "$1" "$2"; }
+b1p=$(median ${R[portcullis-1]}); b1d=$(median ${R[distribution-1]}); b1n=$(median ${R[nginx-1]})
+b16p=$(median ${R[portcullis-16]}); b16d=$(median ${R[distribution-16]}); b16n=$(median ${R[nginx-16]})
+qp=$(median ${Q[portcullis]}); qpp=$(median ${Q[portcullis+policy]}); qd=$(median ${Q[distribution]})
+pp=$(median ${P[portcullis+policy]}); pd=$(median ${P[distribution]})
+cp=$(median $COLD_PC); cu=$(median $COLD_UP)
+mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob, 1 round) — not a measurement" || echo "release build, $BLOB_MIB MiB blob, median of $ROUNDS rounds")
+{
+  echo "# Benchmark results"
+  echo
+  echo "$(date -u +%Y-%m-%d), $(nproc) cores; $mode. Reproduce: \`bench/run.sh\`."
+  echo
+  echo "| scenario | Portcullis | distribution proxy | nginx | Portcullis / distribution | Portcullis / nginx | goal |"
+  echo "|---|---|---|---|---|---|---|"
+  echo "| warm blob GET, 1 client (MiB/s) | $b1p | $b1d | $b1n | $(ratio "$b1p" "$b1d") | $(ratio "$b1p" "$b1n") | >= 1.2x / >= 0.8x |"
+  echo "| warm blob GET, 16 clients (MiB/s) | $b16p | $b16d | $b16n | $(ratio "$b16p" "$b16d") | $(ratio "$b16p" "$b16n") | >= 1.2x / >= 0.8x |"
+  echo "| manifest GET by tag, 64 conns, policy in scope (req/s) | $qpp | $qd | | $(ratio "$qpp" "$qd") | | >= 2x |"
+  echo "| manifest GET by tag, 64 conns, no policy (req/s) | $qp | $qd | | $(ratio "$qp" "$qd") | | |"
+  echo "| manifest GET p99 with policy (ms) | $pp | $pd | | | | < 2 ms |"
+  echo "| 100 concurrent cold GETs of one blob: upstream fetches | $HERD_PC | $HERD_DP | | | | exactly 1 |"
+  echo "| cold skopeo pull of a 3-layer image (s), vs straight from upstream: $cu s | $cp | | | $(ratio "$cp" "$cu") (vs upstream) | | <= 1.1x |"
+  echo "| peak RSS of Portcullis while streaming 16 x $BLOB_MIB MiB (MiB) | $((RSS_KIB / 1024)) | | | | | < 100 MiB |"
+  echo
+  echo "Policy decision cost and key-based verification: \`cargo bench --bench policy\`, \`cargo bench --bench verify\`."
+} > bench/results.md.new
+python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" > bench/results.svg.new <<'PY'
+import sys
+v = [float(x) if x not in ("", "n/a") else 0 for x in sys.argv[1:]]
+groups = [("blob, 1 client", v[0:3]), ("blob, 16 clients", v[3:6]), ("manifest req/s (policy)", [v[6], v[7], 0])]
+names, colours = ["Portcullis", "distribution", "nginx"], ["#2b6cb0", "#c05621", "#718096"]
+w, h = 720, 300
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+       '<text x="10" y="18" font-size="14">Relative to the best server in each scenario (higher is better)</text>']
+for gi, (label, vals) in enumerate(groups):
+    top = max(vals) or 1
+    x0 = 20 + gi * 230
+    out.append(f'<text x="{x0}" y="{h-10}">{label}</text>')
+    for i, val in enumerate(vals):
+        bh = 220 * val / top
+        x = x0 + i * 60
+        out.append(f'<rect x="{x}" y="{h-30-bh:.0f}" width="50" height="{bh:.0f}" fill="{colours[i]}"/>')
+        out.append(f'<text x="{x}" y="{h-34-bh:.0f}">{val:g}</text>')
+for i, n in enumerate(names):
+    out.append(f'<rect x="{480+i*80}" y="30" width="10" height="10" fill="{colours[i]}"/><text x="{494+i*80}" y="39">{n}</text>')
+out.append("</svg>")
+print("\n".join(out))
+PY
+if [ -n "$quick" ]; then
+  cat bench/results.md.new; rm -f bench/results.md.new bench/results.svg.new
+  [ "$HERD_PC" = 1 ] || { echo "bench: expected exactly one upstream fetch, saw $HERD_PC" >&2; exit 1; }
+  echo "bench: quick run passed"
+else
+  mv bench/results.md.new bench/results.md; mv bench/results.svg.new bench/results.svg
+  cat bench/results.md
+fi

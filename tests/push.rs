@@ -20,6 +20,17 @@ fn start_proxy(t: &std::path::Path, reg: &Registry, server: &str) -> Proxy {
     )
 }
 
+/// A proxy with users `ci` and `reader`, extra `[storage]` keys and extra auth rules.
+fn proxy_with(t: &std::path::Path, reg: &Registry, storage: &str, rules: &str) -> Proxy {
+    let dir = t.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass"), ("reader", "reader-pass")]);
+    Proxy::start(
+        &dir,
+        &format!("[storage]\npath = \"data\"\n{storage}[auth]\nhtpasswd = \"users.htpasswd\"\n{rules}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    )
+}
+
 fn setup() -> (tempfile::TempDir, Registry, Proxy) {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
@@ -143,13 +154,7 @@ fn containers_image_format_signatures_pushed_are_served_back_byte_identical() {
 fn abandoned_uploads_expire() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let dir = t.path().join("proxy");
-    std::fs::create_dir_all(&dir).unwrap();
-    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
-    let proxy = Proxy::start(
-        &dir,
-        &format!("[storage]\npath = \"data\"\nupload_ttl = \"1s\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
-    );
+    let proxy = proxy_with(t.path(), &reg, "upload_ttl = \"1s\"\n", "");
     let url = post_upload(&proxy, "gone");
     assert_eq!(authed(http().patch(&url).header("content-range", "0-3").body("abcd")).status(), 202);
     wait_for("the abandoned upload to expire", std::time::Duration::from_secs(10), || {
@@ -376,13 +381,7 @@ fn sigkill_loses_no_acknowledged_push_and_shows_no_partial_blob() {
 fn deleting_pushed_manifests_and_tags_when_allowed() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let dir = t.path().join("proxy");
-    std::fs::create_dir_all(&dir).unwrap();
-    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
-    let proxy = Proxy::start(
-        &dir,
-        &format!("[storage]\npath = \"data\"\nallow_delete = true\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
-    );
+    let proxy = proxy_with(t.path(), &reg, "allow_delete = true\n", "");
     let a = push_small_image(&proxy, "del", "a", b"{\"a\":1}");
     push_small_image(&proxy, "del", "b", b"{\"b\":2}");
     let m = |r: &str| format!("{}/v2/internal/del/manifests/{r}", proxy.url());
@@ -419,14 +418,8 @@ fn atomic_signatures_pushed_are_served_back_byte_identical() {
 fn pushed_content_is_readable_only_where_it_was_pushed_and_never_evicted() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let dir = t.path().join("proxy");
-    std::fs::create_dir_all(&dir).unwrap();
-    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass"), ("reader", "reader-pass")]);
     let rules = "[[auth.rule]]\nscope = \"internal/secret/*\"\nread = [\"ci\"]\nwrite = [\"ci\"]\n";
-    let proxy = Proxy::start(
-        &dir,
-        &format!("[storage]\npath = \"data\"\nmax_size = \"1MiB\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n{rules}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
-    );
+    let proxy = proxy_with(t.path(), &reg, "max_size = \"1MiB\"\n", rules);
     let secret = image::noise("secret layer", 700_000);
     let d = sha256(&secret);
     let r = authed(http().post(format!("{}/v2/internal/secret/app/blobs/uploads/?digest={d}", proxy.url())).body(secret.clone()));

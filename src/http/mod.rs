@@ -97,10 +97,9 @@ impl Api {
     }
 
     /// Authenticates the request and checks it may do what its route does.
-    async fn authorize<B>(&self, req: &Request<B>, route: &Route) -> Result<Option<String>> {
-        let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
+    async fn authorize<B>(&self, req: &Request<B>, route: &Route, client: &str) -> Result<Option<String>> {
         let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let user = self.auth.authenticate(header, &client).await?;
+        let user = self.auth.authenticate(header, client).await?;
         let write = !matches!(*req.method(), Method::GET | Method::HEAD);
         let name = match route {
             Route::Health | Route::Ready => return Ok(user),
@@ -152,9 +151,10 @@ impl Api {
     {
         let ns = query_param(req.uri().query(), "ns");
         let route = route::parse(req.uri().path(), ns.as_deref())?;
-        let user = self.authorize(&req, &route).await?;
+        let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
+        let user = self.authorize(&req, &route, &client).await?;
         let caller = Caller {
-            client: req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default(),
+            client,
             user: user.clone(),
             user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
         };

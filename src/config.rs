@@ -147,6 +147,16 @@ pub struct TrustConfig {
     /// `keys = ["keys/release.pub"]`: PEM public keys (ECDSA, RSA, Ed25519), relative to the file.
     #[serde(default)]
     pub keys: Vec<PathBuf>,
+    /// `trusted_root = "trust/trusted_root.json"`: a Sigstore trusted root (Fulcio CAs, Rekor
+    /// keys) for keyless signatures.
+    pub trusted_root: Option<PathBuf>,
+    /// `ca_certs = ["trust/fulcio.pem"]`: PEM CA chains (root last) for keyless signatures,
+    /// with `rekor_keys`, instead of a trusted root.
+    #[serde(default)]
+    pub ca_certs: Vec<PathBuf>,
+    /// `rekor_keys = ["trust/rekor.pub"]`: PEM transparency log keys, with `ca_certs`.
+    #[serde(default)]
+    pub rekor_keys: Vec<PathBuf>,
 }
 
 /// `[auth]` settings: users from an htpasswd file, and per-scope rules.
@@ -484,6 +494,9 @@ impl Config {
         self.auth.htpasswd = self.auth.htpasswd.as_ref().map(join);
         for t in self.trust.values_mut() {
             t.keys = t.keys.iter().map(join).collect();
+            t.trusted_root = t.trusted_root.as_ref().map(join);
+            t.ca_certs = t.ca_certs.iter().map(join).collect();
+            t.rekor_keys = t.rekor_keys.iter().map(join).collect();
         }
         for p in &mut self.policies {
             p.module = join(&p.module);
@@ -564,14 +577,7 @@ impl Config {
             let text = std::fs::read_to_string(p).map_err(|e| ("auth.htpasswd".to_string(), format!("cannot read {}: {e}", p.display())))?;
             self.auth.users = parse_htpasswd(&text).map_err(|problem| ("auth.htpasswd".to_string(), format!("{}: {problem}", p.display())))?;
         }
-        for (name, t) in &self.trust {
-            if t.keys.is_empty() {
-                return Err((format!("trust.{name}.keys"), "names no key file".into()));
-            }
-            for k in &t.keys {
-                std::fs::metadata(k).map_err(|e| (format!("trust.{name}.keys"), format!("cannot read {}: {e}", k.display())))?;
-            }
-        }
+        crate::verify::TrustStore::load(&self.trust)?;
         let mut names = HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !names.insert(p.name.clone()) {

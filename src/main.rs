@@ -67,6 +67,8 @@ enum Command {
         /// signedIdentity type: matchRepository, matchRepoDigestOrExact.
         #[arg(long, default_value = "matchRepository")]
         identity: String,
+        #[command(flatten)]
+        keyless: KeylessArgs,
     },
     /// Policy module tools.
     Policy {
@@ -109,8 +111,8 @@ fn main() -> ExitCode {
         }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
         Command::Policy { command: PolicyCommand::Test { module, settings, request } } => policy_test(&module, settings.as_deref(), &request),
-        Command::Verify { image, config, keys, trust, attestations, threshold, identity } => {
-            let args = VerifyArgs { image, keys, trust, attestations, threshold, identity };
+        Command::Verify { image, config, keys, trust, attestations, threshold, identity, keyless } => {
+            let args = VerifyArgs { image, keyless, keys, trust, attestations, threshold, identity };
             match load(config).and_then(|c| verify(c, args)) {
                 Ok(true) => Ok(()),
                 Ok(false) => return ExitCode::FAILURE,
@@ -127,8 +129,63 @@ fn main() -> ExitCode {
     }
 }
 
+/// Keyless signer constraints, named as cosign names them.
+#[derive(clap::Args, Debug, Default)]
+struct KeylessArgs {
+    /// The keyless signer's exact certificate subject (email or URI).
+    #[arg(long = "certificate-identity")]
+    subject: Option<String>,
+    /// A regexp the certificate subject must match.
+    #[arg(long = "certificate-identity-regexp")]
+    subject_regexp: Option<String>,
+    /// The exact OIDC issuer of the signer's certificate.
+    #[arg(long = "certificate-oidc-issuer")]
+    issuer: Option<String>,
+    /// A regexp the OIDC issuer must match.
+    #[arg(long = "certificate-oidc-issuer-regexp")]
+    issuer_regexp: Option<String>,
+    /// The GitHub workflow trigger the certificate must name.
+    #[arg(long = "certificate-github-workflow-trigger")]
+    github_trigger: Option<String>,
+    /// The GitHub workflow commit the certificate must name.
+    #[arg(long = "certificate-github-workflow-sha")]
+    github_sha: Option<String>,
+    /// The GitHub workflow name the certificate must name.
+    #[arg(long = "certificate-github-workflow-name")]
+    github_name: Option<String>,
+    /// The GitHub repository the certificate must name.
+    #[arg(long = "certificate-github-workflow-repository")]
+    github_repository: Option<String>,
+    /// The GitHub ref the certificate must name.
+    #[arg(long = "certificate-github-workflow-ref")]
+    github_ref: Option<String>,
+}
+
+impl KeylessArgs {
+    /// The keyless identity these flags ask for, if any flag is given.
+    fn identity(&self) -> anyhow::Result<Option<portcullis::verify::Identity>> {
+        use portcullis::verify::keyless::GithubClaim;
+        let github = [
+            (GithubClaim::WorkflowTrigger, &self.github_trigger),
+            (GithubClaim::WorkflowSha, &self.github_sha),
+            (GithubClaim::WorkflowName, &self.github_name),
+            (GithubClaim::WorkflowRepository, &self.github_repository),
+            (GithubClaim::WorkflowRef, &self.github_ref),
+        ];
+        let any = self.subject.is_some() || self.subject_regexp.is_some() || self.issuer.is_some() || self.issuer_regexp.is_some();
+        if !any && github.iter().all(|(_, v)| v.is_none()) {
+            return Ok(None);
+        }
+        let mut id = portcullis::verify::Identity::new(self.issuer.clone(), self.issuer_regexp.as_deref(), self.subject.clone(), self.subject_regexp.as_deref())
+            .map_err(|e| anyhow::anyhow!("--certificate-*: {e}"))?;
+        id.github = github.into_iter().filter_map(|(c, v)| v.clone().map(|v| (c, v))).collect();
+        Ok(Some(id))
+    }
+}
+
 struct VerifyArgs {
     image: String,
+    keyless: KeylessArgs,
     keys: Vec<PathBuf>,
     trust: Vec<String>,
     attestations: Vec<String>,
@@ -144,15 +201,18 @@ fn verify(config: Config, args: VerifyArgs) -> anyhow::Result<bool> {
         let services = portcullis::server::services(&config, true).await?;
         let (ns, repo, reference) = parse_image(&config, &args.image)?;
         let mut keys = args.keys.iter().map(|k| TrustedKey::from_file(k)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-        let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
-        let store = TrustStore::load(&entries).map_err(anyhow::Error::msg)?;
-        for name in &args.trust {
-            keys.extend(store.keys.get(name).with_context(|| format!("no [trust.{name}] in the configuration"))?.iter().cloned());
+        let store = TrustStore::from_config(&config).map_err(anyhow::Error::msg)?;
+        let (named_keys, mut roots) = store.named(&args.trust).map_err(anyhow::Error::msg)?;
+        keys.extend(named_keys);
+        let identities: Vec<_> = args.keyless.identity()?.into_iter().collect();
+        if !identities.is_empty() && roots.is_empty() {
+            roots = store.all_roots();
+            anyhow::ensure!(!roots.is_empty(), "keyless verification needs a [trust.<name>] with a trusted_root or ca_certs in the configuration");
         }
-        anyhow::ensure!(!keys.is_empty(), "give at least one --key or --trust");
+        anyhow::ensure!(!keys.is_empty() || !identities.is_empty(), "give at least one --key, --trust or --certificate-identity");
         let identity: SignedIdentity = serde_json::from_value(serde_json::json!({ "type": args.identity }))
             .with_context(|| format!("unknown --identity {}", args.identity))?;
-        let requirement = Requirement { keys, threshold: args.threshold, identity, attestations: args.attestations };
+        let requirement = Requirement { keys, identities, roots, threshold: args.threshold, identity, attestations: args.attestations };
         let served = services.cache.manifest(&ns, &repo, &reference).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let requested = upstream_identity(&services.cache, &ns, &repo, &reference).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let verifier = Verifier::new(services.cache, services.attachments, config.cache.attachment_wait.0);
@@ -229,8 +289,7 @@ fn check(config: Config) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         portcullis::tls::acceptor(cert, key).context("server.tls_cert/tls_key")?;
     }
-    let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
-    portcullis::verify::TrustStore::load(&entries).map_err(anyhow::Error::msg)?;
+    portcullis::verify::TrustStore::from_config(&config).map_err(anyhow::Error::msg)?;
     if !config.policies.is_empty() {
         let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(64 << 20);
         let engine = portcullis::policy::engine(1, max_memory)?;

@@ -288,3 +288,28 @@ fn policy_test_prints_the_decision_without_a_proxy() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("decision: verify: trust=[\"release-keys\"]"), "{stdout}");
 }
+
+#[test]
+fn keyless_identity_policy_admits_only_the_identitys_signatures() {
+    use common::keyless::{push_keyless_signature, Entry, Sigstore};
+    const ISSUER: &str = "https://issuer.sigstore.test";
+    let pki = tempfile::tempdir().unwrap();
+    let ours = Sigstore::new(pki.path(), "ours");
+    let settings = format!("[policy.settings]\nissuer = \"{ISSUER}\"\nsubject_regexp = \"@example[.]com$\"\ntrust = \"ours\"");
+    let s = setup(&format!(
+        "{}[trust.ours]\ntrusted_root = {:?}\n",
+        policy("keyless", &example("keyless-identity"), "up/*", &settings),
+        ours.trusted_root
+    ));
+    let good = s.image("ci/keyless", "keyless", "v1");
+    push_keyless_signature(&s.reg, "ci/keyless", &good.digest, &ours, &ours.issue("dev@example.com", ISSUER), Entry::Good);
+    let stranger = s.image("ci/stranger", "stranger", "v1");
+    push_keyless_signature(&s.reg, "ci/stranger", &stranger.digest, &ours, &ours.issue("eve@example.org", ISSUER), Entry::Good);
+
+    s.pull("ci/keyless:v1").success();
+    let refused = s.pull("ci/stranger:v1");
+    assert!(!refused.ok);
+    assert!(refused.stderr.contains("policy keyless") && refused.stderr.contains("does not match"), "{}", refused.stderr);
+    let audit = s.audit();
+    assert!(audit.iter().any(|l| l["repository"] == "ci/keyless" && l["decision"] == "admit"), "{audit:?}");
+}

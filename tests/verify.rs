@@ -179,3 +179,134 @@ fn named_trust_from_the_configuration() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no [trust.nope]"));
 }
+
+/// A proxy whose configuration trusts a private Sigstore twice (PEM files and a
+/// trusted_root.json) and holds a second, unrelated one.
+fn keyless_setup() -> (Setup, common::keyless::Sigstore, common::keyless::Sigstore) {
+    use common::keyless::Sigstore;
+    let t = tempfile::tempdir().unwrap();
+    let ours = Sigstore::new(&t.path().join("sigstore"), "ours");
+    let theirs = Sigstore::new(&t.path().join("elsewhere"), "theirs");
+    let extra = format!(
+        "[trust.ours-pem]\nca_certs = [{:?}]\nrekor_keys = [{:?}]\n[trust.ours-root]\ntrusted_root = {:?}\n[trust.theirs]\ntrusted_root = {:?}\n",
+        ours.ca_file, ours.rekor_file, ours.trusted_root, theirs.trusted_root
+    );
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), &extra);
+    let keys = t.path().join("keys");
+    (Setup { t, reg, proxy, keys }, ours, theirs)
+}
+
+const ISSUER: &str = "https://issuer.sigstore.test";
+const SUBJECT: &str = "dev@example.com";
+
+#[test]
+fn keyless_signatures_verify_against_the_configured_trust_root() {
+    use common::keyless::{push_keyless_signature, Entry};
+    let (s, ours, theirs) = keyless_setup();
+    let signer = ours.issue(SUBJECT, ISSUER);
+    let good = s.image("ci/keyless", "keyless");
+    push_keyless_signature(&s.reg, "ci/keyless", &good.digest, &ours, &signer, Entry::Good);
+    let exact = ["--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER];
+
+    for trust in ["ours-pem", "ours-root"] {
+        let (ok, out) = s.verify("up/ci/keyless:v1", &[&["--trust", trust][..], &exact].concat());
+        assert!(ok, "trust {trust}: {out}");
+        assert!(out.contains(&format!("signed by {SUBJECT} ({ISSUER})")), "{out}");
+    }
+    let (ok, out) = s.verify("up/ci/keyless:v1", &["--certificate-identity-regexp", r"@example\.com$", "--certificate-oidc-issuer-regexp", r"^https://issuer\."]);
+    assert!(ok, "regexps, every configured root: {out}");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/main"]].concat());
+    assert!(ok, "GitHub ref claim: {out}");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/dev"]].concat());
+    assert!(!ok && out.contains("github-workflow-ref is Some(\"refs/heads/main\")"), "{out}");
+
+    let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", "https://accounts.example"]);
+    assert!(!ok && out.contains(&format!("certificate issuer is \"{ISSUER}\"")), "wrong issuer: {out}");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", "eve@example.com", "--certificate-oidc-issuer", ISSUER]);
+    assert!(!ok && out.contains("certificate subject is [\"dev@example.com\"]"), "wrong subject: {out}");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &[&["--trust", "theirs"][..], &exact].concat());
+    assert!(!ok && out.contains("unknown transparency log"), "another trust root: {out}");
+
+    let expired = s.image("ci/expired", "expired");
+    push_keyless_signature(&s.reg, "ci/expired", &expired.digest, &ours, &signer, Entry::AfterExpiry);
+    let (ok, out) = s.verify("up/ci/expired:v1", &[&["--trust", "ours-root"][..], &exact].concat());
+    assert!(!ok && out.contains("not valid when the log integrated"), "expired certificate: {out}");
+
+    let bad_set = s.image("ci/badset", "badset");
+    push_keyless_signature(&s.reg, "ci/badset", &bad_set.digest, &ours, &signer, Entry::BadSet);
+    let (ok, out) = s.verify("up/ci/badset:v1", &[&["--trust", "ours-root"][..], &exact].concat());
+    assert!(!ok && out.contains("SET does not verify"), "bad SET: {out}");
+
+    // a certificate from another CA, logged in our log: the chain is what fails
+    let stranger = theirs.issue(SUBJECT, ISSUER);
+    let foreign = s.image("ci/foreign", "foreign");
+    push_keyless_signature(&s.reg, "ci/foreign", &foreign.digest, &ours, &stranger, Entry::Good);
+    let (ok, out) = s.verify("up/ci/foreign:v1", &[&["--trust", "ours-root"][..], &exact].concat());
+    assert!(!ok && out.contains("does not chain to a trusted certificate authority"), "other CA: {out}");
+
+    // the fixture is what cosign itself accepts: cosign verifies the same signature offline
+    std::fs::create_dir_all(s.t.path().join("cosign-home")).unwrap();
+    let env = [("SIGSTORE_ROOT_FILE", ours.ca_file.as_path()), ("SIGSTORE_REKOR_PUBLIC_KEY", ours.rekor_file.as_path())];
+    let reference = format!("{}/ci/keyless@{}", s.reg.host(), good.digest);
+    let out = cosign_with(&s.t.path().join("cosign-home"), &env, &["verify", "--insecure-ignore-sct", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER, "--allow-http-registry", &reference]);
+    assert!(out.ok, "cosign accepts the keyless fixture: {}", out.stderr);
+    let reference = format!("{}/ci/badset@{}", s.reg.host(), bad_set.digest);
+    let out = cosign_with(&s.t.path().join("cosign-home"), &env, &["verify", "--insecure-ignore-sct", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER, "--allow-http-registry", &reference]);
+    assert!(!out.ok, "cosign refuses the bad SET too");
+}
+
+#[test]
+fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
+    use base64::Engine;
+    use common::keyless::{push_bundle_referrers, statement, BundleSpec, Entry};
+    use p256::ecdsa::signature::Signer as _;
+    let (s, ours, _) = keyless_setup();
+    let signer = ours.issue(SUBJECT, ISSUER);
+    let exact = ["--trust", "ours-root", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER];
+
+    // keyless: a cosign signature statement and a SLSA attestation, both DSSE bundles
+    let img = s.image("ci/bundled", "bundled");
+    let signed = ours.dsse_bundle(&signer, statement(&img.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(), Entry::Good);
+    let attested = ours.dsse_bundle(&signer, statement(&img.digest, "https://slsa.dev/provenance/v1").as_bytes(), Entry::Good);
+    push_bundle_referrers(&s.reg, "ci/bundled", &img.digest, img.manifest.len(), &[
+        BundleSpec { json: &signed, content: "dsse-envelope", predicate: "https://sigstore.dev/cosign/sign/v1" },
+        BundleSpec { json: &attested, content: "dsse-envelope", predicate: "https://slsa.dev/provenance/v1" },
+    ]);
+    let (ok, out) = s.verify("up/ci/bundled:v1", &[&exact[..], &["--attestation", "slsaprovenance1"]].concat());
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("https://slsa.dev/provenance/v1 attested by {SUBJECT}")), "{out}");
+    let (ok, out) = s.verify("up/ci/bundled:v1", &[&exact[..], &["--attestation", "spdx"]].concat());
+    assert!(!ok && out.contains("no verified https://spdx.dev/Document attestation"), "{out}");
+
+    // keyless with a spoiled log promise
+    let bad = s.image("ci/bundled-bad", "bundled-bad");
+    let spoiled = ours.dsse_bundle(&signer, statement(&bad.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(), Entry::BadSet);
+    push_bundle_referrers(&s.reg, "ci/bundled-bad", &bad.digest, bad.manifest.len(), &[BundleSpec { json: &spoiled, content: "dsse-envelope", predicate: "https://sigstore.dev/cosign/sign/v1" }]);
+    let (ok, out) = s.verify("up/ci/bundled-bad:v1", &exact);
+    assert!(!ok && out.contains("SET does not verify"), "{out}");
+
+    // key-based: a message signature over the image manifest
+    let dir = s.t.path().join("p256");
+    let key = p256_key(&dir, "k1", 7);
+    p256_key(&dir, "k2", 8);
+    let keyed = s.image("ci/keyed", "keyed");
+    let sig: p256::ecdsa::Signature = key.sign(&keyed.manifest);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let manifest_sha = hex::decode(keyed.digest.trim_start_matches("sha256:")).unwrap();
+    let bundle = serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "k1"}, "tlogEntries": []},
+        "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(manifest_sha)}, "signature": b64.encode(sig.to_der().as_bytes())},
+    })
+    .to_string();
+    push_bundle_referrers(&s.reg, "ci/keyed", &keyed.digest, keyed.manifest.len(), &[BundleSpec { json: &bundle, content: "message-signature", predicate: "" }]);
+    let (ok, out) = s.verify("up/ci/keyed:v1", &["--key", &key_path(&dir, "k1.pub")]);
+    assert!(ok, "{out}");
+    let (ok, out) = s.verify("up/ci/keyed:v1", &["--key", &key_path(&dir, "k2.pub")]);
+    assert!(!ok && out.contains("does not verify with any trusted key"), "{out}");
+}
+
+fn key_path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}

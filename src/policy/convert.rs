@@ -6,7 +6,7 @@ use super::portcullis::policy::types::{
 use super::Subject;
 use crate::attachments::{AttachmentSet, Kind};
 use crate::manifest::{self, Manifest};
-use crate::verify::{Requirement, TrustStore, TrustedKey};
+use crate::verify::{Identity, Requirement, TrustStore, TrustedKey};
 
 fn annotations(a: &Option<serde_json::Map<String, serde_json::Value>>) -> Vec<(String, String)> {
     a.iter().flatten().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect()
@@ -83,24 +83,32 @@ pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
     }
 }
 
-/// The host requirement for a policy's `verify(requirements)`: trust names and inline keys.
-/// Keyless identities are not verified by this host yet, so they fail closed.
+/// The host requirement for a policy's `verify(requirements)`: trust names, inline keys and
+/// keyless identities (checked against the named trust entries' roots, or every configured root
+/// when none is named).
 pub fn requirement(r: &Requirements, trust: &TrustStore) -> Result<Requirement, String> {
-    if !r.identities.is_empty() {
-        return Err("keyless identities are not supported by this proxy yet".into());
-    }
-    let mut keys = Vec::new();
-    for name in &r.trust {
-        keys.extend(trust.keys.get(name).ok_or_else(|| format!("no [trust.{name}] is configured"))?.iter().cloned());
-    }
+    let (mut keys, mut roots) = trust.named(&r.trust)?;
     for (i, pem) in r.keys.iter().enumerate() {
         keys.push(TrustedKey::from_pem(&format!("inline key {i}"), pem.as_bytes())?);
     }
-    if keys.is_empty() {
-        return Err("the policy asked for verification without naming any key or trust".into());
+    let identities = r
+        .identities
+        .iter()
+        .map(|i| Identity::new(i.issuer.clone(), i.issuer_regexp.as_deref(), i.subject.clone(), i.subject_regexp.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !identities.is_empty() && roots.is_empty() {
+        roots = trust.all_roots();
+        if roots.is_empty() {
+            return Err("keyless identities need a [trust.<name>] with a trusted_root or ca_certs".into());
+        }
+    }
+    if keys.is_empty() && identities.is_empty() {
+        return Err("the policy asked for verification without naming any key, trust or identity".into());
     }
     Ok(Requirement {
         keys,
+        identities,
+        roots,
         threshold: r.threshold as usize,
         identity: crate::verify::SignedIdentity::MatchRepository,
         attestations: r.attestations.clone(),

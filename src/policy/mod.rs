@@ -522,7 +522,6 @@ fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
 }
 
 fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {
-    let entries = config.trust.iter().map(|(n, t)| (n.clone(), t.keys.clone())).collect();
-    TrustStore::load(&entries).map_err(anyhow::Error::msg)
+    TrustStore::from_config(config).map_err(anyhow::Error::msg)
 }
 

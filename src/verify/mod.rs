@@ -6,10 +6,11 @@
 //! `.att` attachment's DSSE envelopes around in-toto statements. Results are cached per
 //! (manifest, requirement, attachment set).
 
+pub mod bundle;
 pub mod identity;
+pub mod keyless;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +24,22 @@ use crate::error::{Code, RegistryError, Result};
 use crate::manifest::Manifest;
 use crate::names::{Digest, Reference, RepoName};
 pub use identity::{ImageRef, SignedIdentity};
+pub use keyless::{Identity, TrustRoot};
 
 /// The simple-signing layer media type.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation holding a layer's base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The annotation holding a keyless signature's Fulcio certificate (PEM).
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// The annotation holding the certificate's chain (PEM).
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+/// The annotation holding the Rekor bundle (SET and entry).
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// The artifact type of Sigstore bundles stored as OCI referrers.
+pub const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The predicate type of a cosign v3 image signature made as a DSSE statement.
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// The payload type of cosign attestations.
 const INTOTO_PAYLOAD: &str = "application/vnd.in-toto+json";
 
@@ -76,7 +88,11 @@ impl TrustedKey {
 pub struct Requirement {
     /// Keys, any of which may sign.
     pub keys: Vec<TrustedKey>,
-    /// How many distinct keys must have signed (0 means 1).
+    /// Keyless signer identities, any of which may sign.
+    pub identities: Vec<Identity>,
+    /// The trust roots keyless signatures must chain to.
+    pub roots: Vec<Arc<TrustRoot>>,
+    /// How many distinct signers (keys or keyless subjects) must have signed (0 means 1).
     pub threshold: usize,
     /// Which names a signature may claim.
     pub identity: SignedIdentity,
@@ -87,8 +103,51 @@ pub struct Requirement {
 impl Requirement {
     fn cache_key(&self) -> String {
         let keys: BTreeSet<&str> = self.keys.iter().map(|k| k.fingerprint.as_str()).collect();
-        format!("{keys:?}|{}|{:?}|{:?}", self.threshold.max(1), self.identity, self.attestations)
+        let identities: Vec<String> = self.identities.iter().map(Identity::key).collect();
+        let roots: BTreeSet<&str> = self.roots.iter().map(|r| r.name.as_str()).collect();
+        format!("{keys:?}|{identities:?}|{roots:?}|{}|{:?}|{:?}", self.threshold.max(1), self.identity, self.attestations)
     }
+
+    /// Finds who made `signature_b64` over `message`: a trusted key, or a keyless signer with
+    /// its certificate evidence in `annotations` (the log entry must be for one of `hashes`).
+    fn signer(&self, signature_b64: &str, message: &[u8], keyless: Option<Result<keyless::Evidence<'_>, String>>, hashes: &[String]) -> std::result::Result<String, String> {
+        if let Some(key) = self.keys.iter().find(|k| k.verifies(signature_b64, message)) {
+            return Ok(key.name.clone());
+        }
+        let evidence = match keyless {
+            Some(e) if !self.identities.is_empty() => e?,
+            _ if self.keys.is_empty() => return Err("the signature carries no certificate for a keyless identity".into()),
+            _ => return Err("signature does not verify with any trusted key".into()),
+        };
+        let signer = keyless::certify(&evidence, &self.roots, hashes)?;
+        signer
+            .key
+            .verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message)
+            .map_err(|_| "signature does not verify with its certificate's key".to_string())?;
+        let mut why = Vec::new();
+        for id in &self.identities {
+            match id.accepts(&signer) {
+                Ok(()) => return Ok(signer.name()),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(why.join("; "))
+    }
+}
+
+/// Hex SHA-256 of some bytes.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// The keyless evidence in a legacy layer's annotations, if it has a certificate.
+fn layer_evidence(annotations: &HashMap<String, String>) -> Option<std::result::Result<keyless::Evidence<'static>, String>> {
+    let cert = annotations.get(CERTIFICATE_ANNOTATION).filter(|c| !c.trim().is_empty())?;
+    Some(keyless::evidence_from_pem(
+        cert,
+        annotations.get(CHAIN_ANNOTATION).map(String::as_str).filter(|c| !c.trim().is_empty()),
+        annotations.get(BUNDLE_ANNOTATION).map(String::as_str),
+    ))
 }
 
 /// The verdict on one signature or attestation layer.
@@ -130,11 +189,46 @@ pub struct Verdict {
     pub statements: Vec<Statement>,
 }
 
+/// Verdicts by (image, requested name, manifest, requirement, attachment set): a change in the
+/// image's attachments makes a new key.
+pub struct VerdictCache {
+    inner: moka::future::Cache<String, Arc<Verdict>>,
+}
+
+impl Default for VerdictCache {
+    fn default() -> Self {
+        VerdictCache::new()
+    }
+}
+
+impl VerdictCache {
+    /// An empty cache (100k verdicts, an hour each).
+    pub fn new() -> VerdictCache {
+        VerdictCache { inner: moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(3600)).build() }
+    }
+
+    /// The key of one verification.
+    pub fn key(image: &str, requested: &ImageRef, digest: &Digest, req: &Requirement, set: &AttachmentSet) -> String {
+        let fingerprint: Vec<String> = set.items.iter().map(|a| a.descriptor.digest.to_string()).collect();
+        format!("{image}|{}|{digest}|{}|{fingerprint:?}", requested.full(), req.cache_key())
+    }
+
+    /// A cached verdict.
+    pub async fn get(&self, key: &str) -> Option<Arc<Verdict>> {
+        self.inner.get(key).await
+    }
+
+    /// Caches a verdict.
+    pub async fn insert(&self, key: String, verdict: Arc<Verdict>) {
+        self.inner.insert(key, verdict).await
+    }
+}
+
 /// Verifies manifests from the proxy's own view, caching verdicts.
 pub struct Verifier {
     cache: Arc<Cache>,
     attachments: Arc<Attachments>,
-    verdicts: moka::future::Cache<String, Arc<Verdict>>,
+    verdicts: VerdictCache,
     wait: Duration,
 }
 
@@ -159,19 +253,18 @@ impl Verifier {
         Arc::new(Verifier {
             cache,
             attachments,
-            verdicts: moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(3600)).build(),
+            verdicts: VerdictCache::new(),
             wait,
         })
     }
 
     /// Verifies the manifest `digest` of `<ns>/<repo>`, asked for as `requested`.
     pub async fn verify(&self, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement) -> Result<Arc<Verdict>> {
-        if req.keys.is_empty() {
-            return Err(RegistryError::of(Code::Denied, "the requirement names no key"));
+        if req.keys.is_empty() && req.identities.is_empty() {
+            return Err(RegistryError::of(Code::Denied, "the requirement names no key and no keyless identity"));
         }
         let set = self.attachments.wait_for(ns, repo, digest, self.wait).await?;
-        let fingerprint: Vec<String> = set.items.iter().map(|a| a.descriptor.digest.to_string()).collect();
-        let key = format!("{ns}/{repo}|{}|{digest}|{}|{fingerprint:?}", requested.full(), req.cache_key());
+        let key = VerdictCache::key(&format!("{ns}/{repo}"), requested, digest, req, &set);
         if let Some(v) = self.verdicts.get(&key).await {
             return Ok(v);
         }
@@ -187,7 +280,6 @@ impl Verifier {
         for layer in self.layers(ns, repo, set, Kind::Signature).await? {
             signatures.push(check_signature(&layer, digest, requested, &proxy_path, req));
         }
-        let signers: BTreeSet<String> = signatures.iter().filter(|v| v.verified).filter_map(|v| v.signer.clone()).collect();
         let mut attestations = Vec::new();
         let mut statements = Vec::new();
         if !req.attestations.is_empty() {
@@ -197,9 +289,26 @@ impl Verifier {
                 statements.extend(statement);
             }
         }
+        let bundles = self.layers(ns, repo, set, Kind::Referrer).await?;
+        let bundles: Vec<Layer> = bundles.into_iter().filter(|l| l.media_type == SIGSTORE_BUNDLE).collect();
+        if !bundles.is_empty() {
+            let manifest = self.cache.manifest(ns, repo, &Reference::Digest(digest.clone())).await?;
+            for layer in &bundles {
+                match check_bundle(layer, digest, &manifest.bytes, req) {
+                    BundleOutcome::Signature(v) => signatures.push(v),
+                    BundleOutcome::Attestation(v, statement) => {
+                        attestations.push(v);
+                        statements.extend(statement);
+                    }
+                }
+            }
+        }
+        let signers: BTreeSet<String> = signatures.iter().filter(|v| v.verified).filter_map(|v| v.signer.clone()).collect();
         let mut missing = Vec::new();
         if signers.len() < threshold {
-            missing.push(format!("{} of {threshold} required signers verified", signers.len()));
+            let reasons: BTreeSet<&str> = signatures.iter().filter(|v| !v.verified).map(|v| v.reason.as_str()).collect();
+            let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.into_iter().collect::<Vec<_>>().join("; ")) };
+            missing.push(format!("{} of {threshold} required signers verified{why}", signers.len()));
         }
         for wanted in &req.attestations {
             let t = predicate_type(wanted);
@@ -222,7 +331,8 @@ impl Verifier {
     /// The layers (annotations and blob bytes) of the attachments of one kind.
     async fn layers(&self, ns: &str, repo: &RepoName, set: &AttachmentSet, kind: Kind) -> Result<Vec<Layer>> {
         let mut out = Vec::new();
-        for a in set.items.iter().filter(|a| a.kind == kind) {
+        let wanted = |a: &&crate::attachments::Attachment| a.kind == kind && (kind != Kind::Referrer || a.descriptor.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE));
+        for a in set.items.iter().filter(wanted) {
             let m = self.cache.manifest(ns, repo, &Reference::Digest(a.descriptor.digest.clone())).await?;
             let manifest = Manifest::parse(&m.bytes)?;
             for l in manifest.layers {
@@ -252,11 +362,11 @@ struct Layer {
     bytes: bytes::Bytes,
 }
 
-fn verdict(layer: &Layer, signer: Option<&TrustedKey>, verified: bool, reason: impl Into<String>) -> LayerVerdict {
-    LayerVerdict { layer: layer.digest.to_string(), signer: signer.map(|k| k.name.clone()), verified, reason: reason.into() }
+fn verdict(layer: &Layer, signer: Option<&str>, verified: bool, reason: impl Into<String>) -> LayerVerdict {
+    LayerVerdict { layer: layer.digest.to_string(), signer: signer.map(str::to_string), verified, reason: reason.into() }
 }
 
-/// Checks one simple-signing layer: signature, digest, type, identity.
+/// Checks one simple-signing layer: signature (key or keyless), digest, type, identity.
 /// `proxy_path` (`<namespace>/<repo>`) also matches signatures pushed through the proxy, which
 /// name the image as `<proxy host>/<namespace>/<repo>`.
 fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_path: &str, req: &Requirement) -> LayerVerdict {
@@ -266,19 +376,21 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
     let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
         return verdict(layer, None, false, "no signature annotation");
     };
-    let Some(key) = req.keys.iter().find(|k| k.verifies(sig, &layer.bytes)) else {
-        return verdict(layer, None, false, "signature does not verify with any trusted key");
+    let signer = match req.signer(sig, &layer.bytes, layer_evidence(&layer.annotations), &[sha256_hex(&layer.bytes)]) {
+        Ok(s) => s,
+        Err(reason) => return verdict(layer, None, false, reason),
     };
+    let signer = Some(signer.as_str());
     let payload: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
         Ok(v) => v,
-        Err(e) => return verdict(layer, Some(key), false, format!("payload is not JSON: {e}")),
+        Err(e) => return verdict(layer, signer, false, format!("payload is not JSON: {e}")),
     };
     let critical = &payload["critical"];
     if critical["type"] != "cosign container image signature" {
-        return verdict(layer, Some(key), false, format!("payload type is {}, not a container image signature", critical["type"]));
+        return verdict(layer, signer, false, format!("payload type is {}, not a container image signature", critical["type"]));
     }
     if critical["image"]["docker-manifest-digest"].as_str() != Some(&digest.to_string()) {
-        return verdict(layer, Some(key), false, format!("payload is for {}, not {digest}", critical["image"]["docker-manifest-digest"]));
+        return verdict(layer, signer, false, format!("payload is for {}, not {digest}", critical["image"]["docker-manifest-digest"]));
     }
     let claimed = critical["identity"]["docker-reference"].as_str().unwrap_or("");
     if let Err(reason) = req.identity.accepts(requested, claimed) {
@@ -289,10 +401,10 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
             digest: requested.digest.clone(),
         });
         if !through_proxy.is_some_and(|r| req.identity.accepts(&r, claimed).is_ok()) {
-            return verdict(layer, Some(key), false, reason);
+            return verdict(layer, signer, false, reason);
         }
     }
-    verdict(layer, Some(key), true, format!("signed by {}", key.name))
+    verdict(layer, signer, true, format!("signed by {}", signer.unwrap_or_default()))
 }
 
 /// DSSE pre-authentication encoding.
@@ -304,7 +416,7 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 
 /// Checks one DSSE attestation layer: envelope signature, statement subject, predicate type.
 fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (LayerVerdict, Option<Statement>) {
-    let fail = |k: Option<&TrustedKey>, r: String| (verdict(layer, k, false, r), None);
+    let fail = |k: Option<&str>, r: String| (verdict(layer, k, false, r), None);
     let envelope: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
         Ok(v) => v,
         Err(e) => return fail(None, format!("envelope is not JSON: {e}")),
@@ -315,43 +427,156 @@ fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (Laye
     };
     let message = pae(payload_type, &payload);
     let sigs: Vec<&str> = envelope["signatures"].as_array().map(|a| a.iter().filter_map(|s| s["sig"].as_str()).collect()).unwrap_or_default();
-    let Some(key) = req.keys.iter().find(|k| sigs.iter().any(|s| k.verifies(s, &message))) else {
-        return fail(None, "envelope signature does not verify with any trusted key".into());
-    };
-    if payload_type != INTOTO_PAYLOAD {
-        return fail(Some(key), format!("payload type is {payload_type}, not in-toto"));
+    let hashes = [sha256_hex(&payload)];
+    let mut reason = "envelope has no signature".to_string();
+    let mut found = None;
+    for sig in &sigs {
+        match req.signer(sig, &message, layer_evidence(&layer.annotations), &hashes) {
+            Ok(s) => {
+                found = Some(s);
+                break;
+            }
+            Err(r) => reason = r,
+        }
     }
-    let statement: serde_json::Value = match serde_json::from_slice(&payload) {
+    let Some(signer) = found else {
+        return fail(None, reason.replace("signature does not", "envelope signature does not"));
+    };
+    check_statement(layer, &signer, payload_type, &payload, digest)
+}
+
+/// Checks a verified DSSE payload: an in-toto statement about `digest`.
+fn check_statement(layer: &Layer, signer: &str, payload_type: &str, payload: &[u8], digest: &Digest) -> (LayerVerdict, Option<Statement>) {
+    let fail = |r: String| (verdict(layer, Some(signer), false, r), None);
+    if payload_type != INTOTO_PAYLOAD {
+        return fail(format!("payload type is {payload_type}, not in-toto"));
+    }
+    let statement: serde_json::Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
-        Err(e) => return fail(Some(key), format!("statement is not JSON: {e}")),
+        Err(e) => return fail(format!("statement is not JSON: {e}")),
     };
     let hex = digest.hex();
     let alg = digest.algorithm().as_str();
     let about_us = statement["subject"].as_array().is_some_and(|s| s.iter().any(|x| x["digest"][alg].as_str() == Some(hex)));
     if !about_us {
-        return fail(Some(key), format!("statement subject is not {digest}"));
+        return fail(format!("statement subject is not {digest}"));
     }
     let predicate_type = statement["predicateType"].as_str().unwrap_or("").to_string();
-    let v = verdict(layer, Some(key), true, format!("{predicate_type} attested by {}", key.name));
-    (v, Some(Statement { predicate_type, signer: key.name.clone(), statement }))
+    let v = verdict(layer, Some(signer), true, format!("{predicate_type} attested by {signer}"));
+    (v, Some(Statement { predicate_type, signer: signer.to_string(), statement }))
 }
 
-/// Named trust material from `[trust.<name>]`: key files.
+/// What a Sigstore bundle referrer turned out to be.
+enum BundleOutcome {
+    /// A signature of the image.
+    Signature(LayerVerdict),
+    /// An attestation about it.
+    Attestation(LayerVerdict, Option<Statement>),
+}
+
+/// Checks one Sigstore bundle layer: a message signature over the image manifest
+/// (`manifest`), or a DSSE statement about it (a cosign signature statement, or an attestation).
+fn check_bundle(layer: &Layer, digest: &Digest, manifest: &[u8], req: &Requirement) -> BundleOutcome {
+    let b = match bundle::Bundle::parse(&layer.bytes) {
+        Ok(b) => b,
+        Err(e) => return BundleOutcome::Signature(verdict(layer, None, false, e)),
+    };
+    match &b.content {
+        bundle::Content::Message { digest: signed, signature } => {
+            if signed != digest.hex() {
+                return BundleOutcome::Signature(verdict(layer, None, false, format!("bundle signs sha256:{signed}, not {digest}")));
+            }
+            let v = match req.signer(signature, manifest, b.evidence(), std::slice::from_ref(signed)) {
+                Ok(s) => verdict(layer, Some(&s), true, format!("signed by {s}")),
+                Err(reason) => verdict(layer, None, false, reason),
+            };
+            BundleOutcome::Signature(v)
+        }
+        bundle::Content::Dsse { payload_type, payload, signatures } => {
+            let message = pae(payload_type, payload);
+            let hashes = [sha256_hex(payload)];
+            let mut reason = "envelope has no signature".to_string();
+            let mut signer = None;
+            for sig in signatures {
+                match req.signer(sig, &message, b.evidence(), &hashes) {
+                    Ok(s) => {
+                        signer = Some(s);
+                        break;
+                    }
+                    Err(r) => reason = r,
+                }
+            }
+            let Some(signer) = signer else {
+                return BundleOutcome::Attestation(verdict(layer, None, false, reason), None);
+            };
+            let (v, statement) = check_statement(layer, &signer, payload_type, payload, digest);
+            match statement {
+                Some(st) if st.predicate_type == COSIGN_SIGN_PREDICATE => {
+                    BundleOutcome::Signature(LayerVerdict { reason: format!("signed by {signer}"), ..v })
+                }
+                other => BundleOutcome::Attestation(v, other),
+            }
+        }
+    }
+}
+
+/// Named trust material from `[trust.<name>]`: keys, and roots for keyless signatures.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
     /// Keys by trust name.
     pub keys: HashMap<String, Vec<TrustedKey>>,
+    /// Keyless trust roots by trust name.
+    pub roots: HashMap<String, Arc<TrustRoot>>,
 }
 
 impl TrustStore {
-    /// Loads `[trust.<name>] keys = [...]` files; errors name the trust entry and file.
-    pub fn load(entries: &HashMap<String, Vec<PathBuf>>) -> std::result::Result<TrustStore, String> {
-        let mut keys = HashMap::new();
-        for (name, files) in entries {
-            let loaded = files.iter().map(|f| TrustedKey::from_file(f).map_err(|e| format!("trust.{name}: {e}"))).collect::<std::result::Result<Vec<_>, _>>()?;
-            keys.insert(name.clone(), loaded);
+    /// Loads every `[trust.<name>]` entry; an error is (dotted key, problem naming the file).
+    pub fn load(entries: &HashMap<String, crate::config::TrustConfig>) -> std::result::Result<TrustStore, (String, String)> {
+        let mut store = TrustStore::default();
+        for (name, t) in entries {
+            let at = |field: &str| format!("trust.{name}.{field}");
+            if t.keys.is_empty() && t.trusted_root.is_none() && t.ca_certs.is_empty() {
+                return Err((format!("trust.{name}"), "names no keys, no trusted_root and no ca_certs".into()));
+            }
+            let keys = t.keys.iter().map(|f| TrustedKey::from_file(f).map_err(|e| (at("keys"), e))).collect::<std::result::Result<Vec<_>, _>>()?;
+            store.keys.insert(name.clone(), keys);
+            let root = match (&t.trusted_root, t.ca_certs.is_empty(), t.rekor_keys.is_empty()) {
+                (Some(_), false, _) | (Some(_), _, false) => return Err((at("trusted_root"), "give either trusted_root or ca_certs with rekor_keys, not both".into())),
+                (Some(path), true, true) => Some(TrustRoot::from_trusted_root(name, path).map_err(|e| (at("trusted_root"), e))?),
+                (None, false, false) => Some(TrustRoot::from_pem_files(name, &t.ca_certs, &t.rekor_keys).map_err(|e| (at("ca_certs"), e))?),
+                (None, false, true) => return Err((at("rekor_keys"), "ca_certs need the transparency log's rekor_keys".into())),
+                (None, true, false) => return Err((at("ca_certs"), "rekor_keys need the certificate authorities' ca_certs".into())),
+                (None, true, true) => None,
+            };
+            if let Some(root) = root {
+                store.roots.insert(name.clone(), Arc::new(root));
+            }
         }
-        Ok(TrustStore { keys })
+        Ok(store)
+    }
+
+    /// Loads the trust entries of a configuration, errors as `trust.<name>.<field>: problem`.
+    pub fn from_config(config: &crate::config::Config) -> std::result::Result<TrustStore, String> {
+        TrustStore::load(&config.trust).map_err(|(key, problem)| format!("{key}: {problem}"))
+    }
+
+    /// The keys and keyless roots of the named entries.
+    pub fn named(&self, names: &[String]) -> std::result::Result<(Vec<TrustedKey>, Vec<Arc<TrustRoot>>), String> {
+        let mut keys = Vec::new();
+        let mut roots = Vec::new();
+        for name in names {
+            let k = self.keys.get(name).ok_or_else(|| format!("no [trust.{name}] is configured"))?;
+            keys.extend(k.iter().cloned());
+            roots.extend(self.roots.get(name).cloned());
+        }
+        Ok((keys, roots))
+    }
+
+    /// Every configured keyless root.
+    pub fn all_roots(&self) -> Vec<Arc<TrustRoot>> {
+        let mut names: Vec<&String> = self.roots.keys().collect();
+        names.sort();
+        names.into_iter().map(|n| Arc::clone(&self.roots[n])).collect()
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod keyless;
 pub mod liar;
 pub mod sigs;
 pub mod tls;

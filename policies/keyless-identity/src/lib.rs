@@ -1,7 +1,9 @@
 //! Require a keyless (Fulcio certificate) signature from a given OIDC issuer and subject.
 //!
 //! Settings: `{"issuer": "https://token.actions.githubusercontent.com",
-//! "subject_regexp": "^https://github.com/myorg/.*"}` (or `"subject"` for an exact match).
+//! "subject_regexp": "^https://github.com/myorg/.*"}` (or `"subject"` for an exact match), and
+//! optionally `"trust": "public-good"`, the `[trust.<name>]` whose trusted root the certificate
+//! must chain to (every configured root when absent).
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
 
@@ -13,6 +15,7 @@ struct Settings {
     issuer: String,
     subject: Option<String>,
     subject_regexp: Option<String>,
+    trust: Option<String>,
 }
 
 fn settings(text: &str) -> Result<Settings, String> {
@@ -28,7 +31,7 @@ fn decide(request: &Request, s: &Settings) -> Decision {
         return Decision::Admit;
     }
     Decision::Verify(Requirements {
-        trust: vec![],
+        trust: s.trust.iter().cloned().collect(),
         keys: vec![],
         identities: vec![Identity { issuer: Some(s.issuer.clone()), issuer_regexp: None, subject: s.subject.clone(), subject_regexp: s.subject_regexp.clone() }],
         attestations: vec![],
@@ -64,6 +67,7 @@ mod tests {
     #[test]
     fn settings_want_one_subject_form() {
         assert!(settings(r#"{"issuer":"https://i","subject":"me@example.com"}"#).is_ok());
+        assert!(settings(r#"{"issuer":"https://i","subject":"me@example.com","trust":"public-good"}"#).is_ok());
         assert!(settings(r#"{"issuer":"https://i"}"#).is_err());
         assert!(settings(r#"{"issuer":"https://i","subject":"a","subject_regexp":"b"}"#).is_err());
     }

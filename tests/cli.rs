@@ -61,7 +61,13 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
         ("[[upstream]]\nname = \"hub\"\n", "upstream", "missing field `url`"),
         ("[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"nope.pem\"\n", "upstream[0].ca_file", "cannot read"),
         ("[server\nlisten=1", "-", "parse error"),
+        ("[trust.none]\n", "trust.none", "names no keys, no trusted_root and no ca_certs"),
+        ("[trust.half]\nca_certs = [\"junk.pem\"]\n", "trust.half.rekor_keys", "ca_certs need the transparency log's rekor_keys"),
+        ("[trust.root]\ntrusted_root = \"junk.pem\"\n", "trust.root.trusted_root", "junk.pem: not a trusted_root.json"),
+        ("[trust.pem]\nca_certs = [\"junk.pem\"]\nrekor_keys = [\"junk.pem\"]\n", "trust.pem.ca_certs", "junk.pem: not PEM certificates"),
+        ("[trust.keys]\nkeys = [\"missing.pub\"]\n", "trust.keys.keys", "cannot read"),
     ];
+    std::fs::write(t.path().join("junk.pem"), "not a certificate").unwrap();
     for (i, (text, key, problem)) in cases.iter().enumerate() {
         let file = t.path().join(format!("bad{i}.toml"));
         std::fs::write(&file, text).unwrap();
@@ -74,7 +80,6 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
     let (ok, _, stderr) = portcullis(&["check", "--config", "/nonexistent/proxy.toml"], t.path());
     assert!(!ok && stderr.contains("/nonexistent/proxy.toml") && stderr.contains("cannot read"), "{stderr}");
     // a CA file that exists but holds no certificate is caught by check, naming the upstream
-    std::fs::write(t.path().join("junk.pem"), "not a certificate").unwrap();
     std::fs::write(t.path().join("ca.toml"), "[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"junk.pem\"\n").unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "ca.toml"], t.path());
     assert!(!ok, "{stderr}");

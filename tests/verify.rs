@@ -214,6 +214,11 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
         assert!(ok, "trust {trust}: {out}");
         assert!(out.contains(&format!("signed by {SUBJECT} ({ISSUER})")), "{out}");
     }
+    common::keyless::push_keyless_attestation(&s.reg, "ci/keyless", &good.digest, &ours, &signer, "https://slsa.dev/provenance/v1");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--attestation", "slsaprovenance1"]].concat());
+    assert!(ok && out.contains(&format!("https://slsa.dev/provenance/v1 attested by {SUBJECT} ({ISSUER})")), "keyless attestation: {out}");
+    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--attestation", "spdx"]].concat());
+    assert!(!ok && out.contains("no verified https://spdx.dev/Document attestation"), "{out}");
     let (ok, out) = s.verify("up/ci/keyless:v1", &["--certificate-identity-regexp", r"@example\.com$", "--certificate-oidc-issuer-regexp", r"^https://issuer\."]);
     assert!(ok, "regexps, every configured root: {out}");
     let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/main"]].concat());

@@ -321,3 +321,44 @@ pub fn statement(digest: &str, predicate_type: &str) -> String {
     })
     .to_string()
 }
+
+/// Pushes a keyless `.att` for `image_digest` as cosign does: a DSSE envelope layer with the
+/// certificate, chain and a Rekor bundle of an `intoto` entry.
+pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signer: &Signer, predicate_type: &str) {
+    let payload_type = "application/vnd.in-toto+json";
+    let st = statement(image_digest, predicate_type);
+    let pae = [format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, st.len()).as_bytes(), st.as_bytes()].concat();
+    let sig = B64.encode(signer.key.sign(&pae).unwrap());
+    let envelope = serde_json::json!({"payloadType": payload_type, "payload": B64.encode(&st), "signatures": [{"keyid": "", "sig": sig}]}).to_string();
+    let body = serde_json::json!({
+        "apiVersion": "0.0.2", "kind": "intoto",
+        "spec": {"content": {
+            "envelope": {"payloadType": payload_type, "signatures": [{"sig": B64.encode(&sig), "publicKey": B64.encode(&signer.cert_pem)}]},
+            "hash": {"algorithm": "sha256", "value": sha256_hex(envelope.as_bytes())},
+            "payloadHash": {"algorithm": "sha256", "value": sha256_hex(st.as_bytes())},
+        }},
+    });
+    let body = B64.encode(body.to_string());
+    let (integrated, index, set) = sigstore.log(&body, signer, Entry::Good);
+    let bundle = serde_json::json!({"SignedEntryTimestamp": set, "Payload": {"body": body, "integratedTime": integrated, "logIndex": index, "logID": sigstore.log_id()}}).to_string();
+    let d = push_blob(reg, repo, envelope.as_bytes());
+    let layer = serde_json::json!({
+        "mediaType": "application/vnd.dsse.envelope.v1+json", "digest": d, "size": envelope.len(),
+        "annotations": {
+            "predicateType": predicate_type,
+            "dev.cosignproject.cosign/signature": "",
+            "dev.sigstore.cosign/certificate": signer.cert_pem,
+            "dev.sigstore.cosign/chain": signer.chain_pem,
+            "dev.sigstore.cosign/bundle": bundle,
+        },
+    });
+    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#);
+    let config_digest = push_blob(reg, repo, config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [layer],
+    })
+    .to_string();
+    push_manifest(reg, repo, &format!("{}.att", image_digest.replace(':', "-")), "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+}

@@ -77,6 +77,8 @@ pub struct RegistryError {
     pub status: StatusCode,
     /// A message safe to show to the client.
     pub message: String,
+    /// Seconds the client should wait before retrying (`Retry-After`), for rate limiting.
+    pub retry_after: Option<u64>,
 }
 
 /// Shorthand for results whose error is answered to a client.
@@ -85,12 +87,18 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 impl RegistryError {
     /// An error with an explicit status.
     pub fn new(code: Code, status: StatusCode, message: impl Into<String>) -> Self {
-        RegistryError { code, status, message: message.into() }
+        RegistryError { code, status, message: message.into(), retry_after: None }
     }
 
     /// An error with the status the distribution spec gives its code.
     pub fn of(code: Code, message: impl Into<String>) -> Self {
         Self::new(code, default_status(code), message)
+    }
+
+    /// The same error, telling the client to retry after `seconds`.
+    pub fn with_retry_after(mut self, seconds: Option<u64>) -> Self {
+        self.retry_after = seconds;
+        self
     }
 
     /// A failure caused by the upstream registry (502).
@@ -117,7 +125,7 @@ impl RegistryError {
 
     /// Whether the upstream caused this error (so a cached copy may be served instead).
     pub fn is_upstream_failure(&self) -> bool {
-        self.code == Code::Upstream || self.code == Code::TooManyRequests
+        self.code == Code::Upstream || self.code == Code::TooManyRequests || self.status == StatusCode::BAD_GATEWAY
     }
 }
 

@@ -490,6 +490,9 @@ pub fn error_response(e: &RegistryError, method: &Method) -> Response<Body> {
     if e.status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
     }
+    if let Some(seconds) = e.retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     r
 }
 

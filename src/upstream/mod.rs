@@ -103,6 +103,7 @@ impl Upstream {
             return Ok(None);
         };
         let declared = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let announced = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
         if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
             return Err(too_large());
         }
@@ -114,6 +115,15 @@ impl Upstream {
             _ => parsed.media_type().to_string(),
         };
         let digest = Digest::sha256_of(&bytes);
+        if let Some(announced) = announced.filter(|a| a.starts_with("sha256:")) {
+            if announced != digest.to_string() {
+                return Err(RegistryError::new(
+                    Code::DigestInvalid,
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream {} announced manifest {announced} but sent {digest}", self.name),
+                ));
+            }
+        }
         Ok(Some(FetchedManifest { bytes, media_type, digest }))
     }
 
@@ -248,7 +258,9 @@ impl Upstream {
                     ));
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    return Err(RegistryError::of(Code::TooManyRequests, format!("upstream {} is rate limiting", self.name)));
+                    let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+                    let e = RegistryError::of(Code::TooManyRequests, format!("upstream {} is rate limiting", self.name));
+                    return Err(e.with_retry_after(retry_after.map(|s| s.min(3600))));
                 }
                 s if s.is_server_error() && attempt < self.retries => {
                     attempt += 1;

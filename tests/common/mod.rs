@@ -166,7 +166,8 @@ impl Proxy {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("proxy.toml");
         let mut f = std::fs::File::create(&path).unwrap();
-        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server}\n{config}").unwrap();
+        let grace = if server.contains("shutdown_grace") { "" } else { "shutdown_grace = \"2s\"\n" };
+        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{server}\n{config}").unwrap();
         let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path };
         p.spawn();
         p
@@ -222,6 +223,26 @@ impl Proxy {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Starts the proxy again on the same configuration and storage (a new port).

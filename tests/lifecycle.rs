@@ -1,0 +1,241 @@
+//! Process lifecycle: SIGTERM drains in-flight requests; SIGKILL at arbitrary points during
+//! cold pulls, evictions, blob uploads and manifest pushes never leaves a wrong byte, a lost
+//! acknowledged push or a leftover temporary file.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const USERS: &str = "[auth]\nhtpasswd = \"users.htpasswd\"\n";
+
+fn proxy(t: &std::path::Path, reg: &Registry, server: &str, storage: &str) -> Proxy {
+    let dir = t.join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
+    Proxy::start_with_server(
+        &dir,
+        server,
+        &format!("[storage]\npath = \"data\"\n{storage}{USERS}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    )
+}
+
+/// Reads a blob over a raw connection, slowly, telling `started` after the first MiB; returns
+/// the body's digest and length.
+fn slow_read(addr: &str, path: &str, started: mpsc::Sender<()>) -> (String, usize) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = Vec::with_capacity(length);
+    let mut buf = vec![0; 256 << 10];
+    let mut told = false;
+    while body.len() < length {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        if !told && body.len() > 1 << 20 {
+            told = true;
+            started.send(()).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    (sha256(&body), body.len())
+}
+
+#[test]
+fn sigterm_drains_in_flight_downloads_and_refuses_new_connections() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let mut p = proxy(t.path(), &reg, "shutdown_grace = \"30s\"", "");
+    let img = build_image(&t.path().join("big"), &ImageSpec { seed: "big", layers: &[48 << 20], tag: "v1" });
+    reg.push(&img, "drain/big:v1");
+    let layer = img.layers[0].clone();
+    let path = format!("/v2/up/drain/big/blobs/{layer}");
+    assert_eq!(http().get(format!("{}{path}", p.url())).send().unwrap().bytes().unwrap().len() > 0, true);
+
+    let (tx, rx) = mpsc::channel();
+    let (addr, read_path) = (p.addr.clone(), path.clone());
+    let reader = std::thread::spawn(move || slow_read(&addr, &read_path, tx));
+    rx.recv_timeout(Duration::from_secs(20)).expect("the download started");
+    p.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(TcpStream::connect(&p.addr).is_err(), "no new connections once shutting down");
+    let (digest, _) = reader.join().unwrap();
+    assert_eq!(digest, layer, "the in-flight download completed, byte for byte");
+    let status = p.wait_exit(Duration::from_secs(20)).expect("the proxy exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(p.log().contains("draining in-flight requests"), "{}", p.log());
+}
+
+#[test]
+fn sigterm_after_the_grace_period_closes_what_is_left() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let mut p = proxy(t.path(), &reg, "shutdown_grace = \"1s\"", "");
+    let img = build_image(&t.path().join("big"), &ImageSpec { seed: "grace", layers: &[48 << 20], tag: "v1" });
+    reg.push(&img, "drain/grace:v1");
+    let path = format!("/v2/up/drain/grace/blobs/{}", img.layers[0]);
+    http().get(format!("{}{path}", p.url())).send().unwrap().bytes().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let addr = p.addr.clone();
+    let reader = std::thread::spawn(move || slow_read(&addr, &path, tx));
+    rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let started = std::time::Instant::now();
+    p.sigterm();
+    let status = p.wait_exit(Duration::from_secs(10)).expect("the proxy exits once the grace period is over");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by shutdown_grace: {:?}", started.elapsed());
+    assert!(status.success());
+    let (_, len) = reader.join().unwrap();
+    assert!(len < 48 << 20, "the slow client was cut off");
+    assert!(p.log().contains("grace period over"), "{}", p.log());
+}
+
+/// A workload of cold pulls (with constant eviction), blob uploads and manifest pushes that
+/// records what the proxy acknowledged.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Acknowledged {
+    blobs: Vec<(String, Vec<u8>)>,
+    manifests: Vec<(String, String)>,
+}
+
+fn workload(addr: String, images: Arc<Vec<OciImage>>, acked: Arc<Mutex<Acknowledged>>, round: usize) -> Workload {
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let mut threads = Vec::new();
+    {
+        let (stop, client, addr, images) = (stop.clone(), client.clone(), addr.clone(), images.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = round;
+            while !stop.load(Ordering::Relaxed) {
+                let img = &images[i % images.len()];
+                for layer in &img.layers {
+                    let _ = client.get(format!("http://{addr}/v2/up/crash/img{}/blobs/{layer}", i % images.len())).send().and_then(|r| r.bytes());
+                }
+                i += 1;
+            }
+        }));
+    }
+    {
+        let (stop, addr) = (stop.clone(), addr.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let content = image::noise(&format!("push-{round}-{n}"), 256 << 10);
+                let digest = sha256(&content);
+                let url = format!("http://{addr}/v2/internal/crash/blobs/uploads/?digest={digest}");
+                let Ok(r) = client.post(url).basic_auth("ci", Some("ci-pass")).body(content.clone()).send() else { continue };
+                if r.status() != 201 {
+                    continue;
+                }
+                acked.lock().unwrap().blobs.push((digest.clone(), content.clone()));
+                let manifest = format!(
+                    r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":{}}},"layers":[]}}"#,
+                    content.len()
+                );
+                let tag = format!("r{round}-{n}");
+                let r = client
+                    .put(format!("http://{addr}/v2/internal/crash/manifests/{tag}"))
+                    .basic_auth("ci", Some("ci-pass"))
+                    .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+                    .body(manifest.clone())
+                    .send();
+                if r.is_ok_and(|r| r.status() == 201) {
+                    acked.lock().unwrap().manifests.push((tag, sha256(manifest.as_bytes())));
+                }
+            }
+        }));
+    }
+    Workload { stop, threads }
+}
+
+impl Workload {
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_arbitrary_points_keeps_the_store_consistent() {
+    let kills: usize = std::env::var("PORTCULLIS_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let images: Vec<OciImage> = (0..6)
+        .map(|i| {
+            let seed = format!("crash{i}");
+            let img = build_image(&t.path().join(&seed), &ImageSpec { seed: &seed, layers: &[3 << 20, 1 << 20], tag: "v1" });
+            reg.push(&img, &format!("crash/img{i}:v1"));
+            img
+        })
+        .collect();
+    let images = Arc::new(images);
+    // the cached images need ~24 MiB: a 10 MiB cache evicts all the time
+    let mut p = proxy(t.path(), &reg, "", "max_size = \"10MiB\"\n");
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let mut checked = (0, 0);
+    for round in 0..=kills {
+        if round == kills {
+            checked = (0, 0); // at the end, everything once more
+        } else {
+            let w = workload(p.addr.clone(), images.clone(), acked.clone(), round);
+            std::thread::sleep(Duration::from_millis(50 + (round as u64 * 7919) % 400));
+            p.kill();
+            w.finish();
+            p.restart();
+        }
+        assert_store_consistent(&p);
+        let acked = acked.lock().unwrap();
+        let (blobs, manifests) = (&acked.blobs[checked.0..], &acked.manifests[checked.1..]);
+        checked = (acked.blobs.len(), acked.manifests.len());
+        for (digest, content) in blobs {
+            let r = http().get(format!("{}/v2/internal/crash/blobs/{digest}", p.url())).send().unwrap();
+            assert_eq!(r.status(), 200, "round {round}: acknowledged blob {digest} survives");
+            assert_eq!(r.bytes().unwrap().as_ref(), content.as_slice());
+        }
+        for (tag, digest) in manifests {
+            let r = http()
+                .get(format!("{}/v2/internal/crash/manifests/{tag}", p.url()))
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200, "round {round}: acknowledged manifest {tag} survives");
+            assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+        }
+    }
+    let acked = acked.lock().unwrap();
+    assert!(!acked.blobs.is_empty() && !acked.manifests.is_empty(), "the workload got pushes through");
+    // after all that, pulls still work and are byte-identical
+    for (i, img) in images.iter().enumerate() {
+        for layer in &img.layers {
+            let bytes = http().get(format!("{}/v2/up/crash/img{i}/blobs/{layer}", p.url())).send().unwrap().bytes().unwrap();
+            assert_eq!(sha256(&bytes), *layer);
+        }
+    }
+    eprintln!("{kills} kills survived; {} blobs and {} manifests acknowledged and kept", acked.blobs.len(), acked.manifests.len());
+}

@@ -313,3 +313,49 @@ fn keyless_identity_policy_admits_only_the_identitys_signatures() {
     let audit = s.audit();
     assert!(audit.iter().any(|l| l["repository"] == "ci/keyless" && l["decision"] == "admit"), "{audit:?}");
 }
+
+#[test]
+fn ten_misbehaving_modules_at_once_fail_closed_while_others_are_served() {
+    let kinds = [("spin", "timeout = \"100ms\"", "exceeded its timeout"), ("hog", "memory = \"16MiB\"\ntimeout = \"5s\"", "memory"), ("trap", "", "trapped")];
+    let policies: String = (0..10)
+        .map(|i| {
+            let (kind, extra, _) = kinds[i % 3];
+            policy(&format!("bad{i}"), &faulty(kind), &format!("up/bad{i}/*"), extra)
+        })
+        .collect();
+    let s = setup(&policies);
+    for i in 0..10 {
+        s.image(&format!("bad{i}/app"), &format!("bad{i}"), "v1");
+    }
+    for i in 0..5 {
+        s.image(&format!("fine/app{i}"), &format!("fine{i}"), "v1");
+    }
+    let url = |repo: &str| format!("{}/v2/up/{repo}/manifests/v1", s.proxy.url());
+    let started = Instant::now();
+    let bad: Vec<_> = (0..30)
+        .map(|n| {
+            let (u, i) = (url(&format!("bad{}/app", n % 10)), n % 10);
+            std::thread::spawn(move || {
+                let r = http().get(u).send().unwrap();
+                (i, r.status().as_u16(), r.text().unwrap())
+            })
+        })
+        .collect();
+    let good: Vec<_> = (0..50)
+        .map(|n| {
+            let u = url(&format!("fine/app{}", n % 5));
+            std::thread::spawn(move || http().get(u).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().status().as_u16())
+        })
+        .collect();
+    for h in good {
+        assert_eq!(h.join().unwrap(), 200, "images outside the bad scopes are served");
+    }
+    for h in bad {
+        let (i, status, body) = h.join().unwrap();
+        let (_, _, reason) = kinds[i % 3];
+        assert_eq!((status, error_code(&body).as_str()), (403, "DENIED"), "bad{i}: {body}");
+        assert!(body.contains(&format!("policy bad{i}")) && body.contains(reason), "bad{i}: {body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+    s.pull("fine/app0:v1").success();
+}

@@ -217,6 +217,12 @@ pub struct ServerConfig {
     /// `shutdown_grace = "30s"`: how long in-flight requests may run on after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace: HumanDuration,
+    /// `header_timeout = "30s"`: how long a client may take to send a request's headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// `body_timeout = "60s"`: how long a request body may pause between bytes.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: HumanDuration,
     /// `tls_cert = "tls/cert.pem"`: serve HTTPS with this PEM certificate chain.
     pub tls_cert: Option<PathBuf>,
     /// `tls_key = "tls/key.pem"`: the PEM private key for `tls_cert`.
@@ -335,6 +341,12 @@ fn default_listen() -> SocketAddr {
 fn default_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
 fn default_storage_path() -> PathBuf {
     PathBuf::from("data")
 }
@@ -371,7 +383,14 @@ fn default_retries() -> u32 {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen(), shutdown_grace: default_grace(), tls_cert: None, tls_key: None }
+        ServerConfig {
+            listen: default_listen(),
+            shutdown_grace: default_grace(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 impl Default for StorageConfig {

@@ -340,7 +340,8 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
         eprintln!("portcullis listening on {addr}");
         spawn_reloader(Arc::clone(&api), config_path);
-        portcullis::server::run(listener, api, tls, config.server.shutdown_grace.0, shutdown_signal()).await;
+        let timeouts = portcullis::server::Timeouts { grace: config.server.shutdown_grace.0, header: config.server.header_timeout.0 };
+        portcullis::server::run(listener, api, tls, timeouts, shutdown_signal()).await;
         Ok(())
     })
 }

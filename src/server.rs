@@ -22,9 +22,6 @@ use crate::verify::Verifier;
 use crate::store::fs::FsStore;
 use crate::store::Store;
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The proxy's services over one store: the cache and the attachment resolver.
 pub struct Services {
     /// The pull-through cache.
@@ -54,7 +51,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
         let (config, cache, attachments) = (config.clone(), Arc::clone(&cache), Arc::clone(&attachments));
         tokio::task::spawn_blocking(move || Policies::new(&config, cache, attachments, verifier)).await??
     };
-    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, policies, config.storage.allow_delete)))
+    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, policies, config.storage.allow_delete).with_body_timeout(config.server.body_timeout.0)))
 }
 
 /// The client's address, attached to each request.
@@ -64,11 +61,21 @@ pub struct ClientAddr(pub std::net::SocketAddr);
 /// How long a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for up to `grace`.
-pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, grace: Duration, shutdown: impl Future<Output = ()>) {
+/// How connections are served: the drain period after shutdown, the header deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+    /// How long a client may take to send its request headers.
+    pub header: Duration,
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to `timeouts.grace`.
+pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, timeouts: Timeouts, shutdown: impl Future<Output = ()>) {
+    let grace = timeouts.grace;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.header);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {

@@ -31,6 +31,7 @@ pub struct Api {
     auth: Arc<Auth>,
     policies: Arc<Policies>,
     allow_delete: bool,
+    body_timeout: std::time::Duration,
 }
 
 /// Who sent a request, for policies and the audit log.
@@ -62,7 +63,13 @@ impl Api {
         policies: Arc<Policies>,
         allow_delete: bool,
     ) -> Api {
-        Api { cache, attachments, uploads, auth, policies, allow_delete }
+        Api { cache, attachments, uploads, auth, policies, allow_delete, body_timeout: std::time::Duration::from_secs(60) }
+    }
+
+    /// Sets how long a request body may pause between bytes before the request fails.
+    pub fn with_body_timeout(mut self, timeout: std::time::Duration) -> Api {
+        self.body_timeout = timeout;
+        self
     }
 
     /// The policy engine (for reloads).
@@ -198,7 +205,7 @@ impl Api {
             Route::Tags { name } if read => self.tags(&req, &name).await,
             Route::Referrers { name, digest } if read => self.referrers(&req, &name, &digest).await,
             Route::Signatures { name, digest } if method == Method::PUT => {
-                let body = read_body(req.into_body(), 1 << 20).await?;
+                let body = read_body(req.into_body(), 1 << 20, self.body_timeout).await?;
                 uploads::put_signature(&self.cache, &name.namespace, &name.repo, &digest, body).await?;
                 Ok(empty(StatusCode::CREATED).into())
             }
@@ -262,7 +269,7 @@ impl Api {
         let digest = query_param(query.as_deref(), "digest").map(|d| d.parse::<crate::names::Digest>()).transpose()?;
         let method = req.method().clone();
         let content_range = req.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = body_stream(req.into_body());
+        let body = body_stream(req.into_body(), self.body_timeout);
         match (method, id) {
             (Method::POST, None) => {
                 if let (Some(mount), Some(from)) = (query_param(query.as_deref(), "mount"), query_param(query.as_deref(), "from")) {
@@ -322,7 +329,7 @@ impl Api {
         B::Error: std::fmt::Display + Send,
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE).await?;
+        let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE, self.body_timeout).await?;
         let parsed = crate::manifest::Manifest::parse(&body)?;
         let digest = crate::names::Digest::sha256_of(&body);
         self.admit(caller, true, name, reference, &digest, parsed.media_type(), &body).await?;
@@ -434,31 +441,40 @@ fn parse_content_range(v: &str) -> Result<u64> {
     }
 }
 
-/// A request body as a stream of chunks.
-fn body_stream<B>(body: B) -> ByteStream
+/// A request body as a stream of chunks; a pause longer than `idle` ends it with an error.
+fn body_stream<B>(body: B, idle: std::time::Duration) -> ByteStream
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display + Send,
 {
     use futures_util::StreamExt;
-    http_body_util::BodyStream::new(body)
-        .filter_map(|frame| async move {
-            match frame {
-                Ok(f) => f.into_data().ok().map(Ok),
-                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
-            }
-        })
-        .boxed()
+    let frames = http_body_util::BodyStream::new(body).filter_map(|frame| async move {
+        match frame {
+            Ok(f) => f.into_data().ok().map(Ok),
+            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+        }
+    });
+    futures_util::stream::unfold((Box::pin(frames), false), move |(mut frames, done)| async move {
+        if done {
+            return None;
+        }
+        match tokio::time::timeout(idle, frames.next()).await {
+            Ok(Some(item)) => Some((item, (frames, false))),
+            Ok(None) => None,
+            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body stalled")), (frames, true))),
+        }
+    })
+    .boxed()
 }
 
 /// Reads a whole request body of at most `limit` bytes.
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes>
+async fn read_body<B>(body: B, limit: usize, idle: std::time::Duration) -> Result<Bytes>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display + Send,
 {
     use futures_util::StreamExt;
-    let mut s = body_stream(body);
+    let mut s = body_stream(body, idle);
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| RegistryError::of(Code::ManifestInvalid, format!("request body failed: {e}")))?;

@@ -211,3 +211,28 @@ fn atomic_signatures_are_mirrored_and_served_when_the_upstream_fails() {
     let other = format!("{}/extensions/v2/liar/r/signatures/{}", proxy.url(), sha256(b"other"));
     assert_eq!(http().get(other).send().unwrap().json::<serde_json::Value>().unwrap(), serde_json::json!({"signatures": []}));
 }
+
+#[test]
+fn ten_thousand_tags_are_gathered_from_upstream_pages_and_paginated_for_clients() {
+    let (_t, liar, proxy) = setup();
+    let mut tags: Vec<String> = (0..10_000).map(|i| format!("v{i:05}")).collect();
+    tags.sort();
+    liar.tags("big/app", tags.clone());
+    let r = http().get(format!("{}/v2/liar/big/app/tags/list", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let all: serde_json::Value = r.json().unwrap();
+    assert_eq!(all["tags"].as_array().unwrap().len(), 10_000, "every upstream page followed");
+    // clients page through with n and last, following Link
+    let mut seen = Vec::new();
+    let mut next = Some(format!("/v2/liar/big/app/tags/list?n=700"));
+    while let Some(path) = next {
+        let r = http().get(format!("{}{path}", proxy.url())).send().unwrap();
+        assert_eq!(r.status(), 200);
+        next = r.headers().get("link").map(|l| l.to_str().unwrap().split(['<', '>']).nth(1).unwrap().to_string());
+        let page: serde_json::Value = r.json().unwrap();
+        let page = page["tags"].as_array().unwrap();
+        assert!(page.len() <= 700);
+        seen.extend(page.iter().map(|t| t.as_str().unwrap().to_string()));
+    }
+    assert_eq!(seen, tags, "all 10k tags, in order, once each");
+}

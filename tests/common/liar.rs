@@ -38,6 +38,7 @@ struct State {
     authorizations: Vec<(String, Option<String>)>,
     signatures: Option<(u16, String)>,
     token_required: bool,
+    tags: HashMap<String, Vec<String>>,
 }
 
 /// A running liar on a loopback port.
@@ -92,6 +93,11 @@ impl Liar {
     /// Answers the atomic signatures extension with this status and body.
     pub fn signatures(&self, status: u16, body: &str) {
         self.state.lock().unwrap().signatures = Some((status, body.to_string()));
+    }
+
+    /// Serves `tags` for `repo`, a thousand per page with `Link` headers as docker-registry does.
+    pub fn tags(&self, repo: &str, tags: Vec<String>) {
+        self.state.lock().unwrap().tags.insert(repo.to_string(), tags);
     }
 
     /// Requires a bearer token (from `/token`) on every `/v2/<repo>` request.
@@ -151,6 +157,19 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         return r;
     }
     let rest = path.trim_start_matches("/v2/");
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        let Some(all) = s.tags.get(repo) else { return full(404, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}"#) };
+        let query = req.uri().query().unwrap_or("");
+        let last = query.split('&').find_map(|kv| kv.strip_prefix("last=")).unwrap_or("");
+        let start = if last.is_empty() { 0 } else { all.iter().position(|t| t == last).map(|i| i + 1).unwrap_or(all.len()) };
+        let page: Vec<&String> = all[start..].iter().take(1000).collect();
+        let mut r = full(200, serde_json::json!({"name": repo, "tags": page}).to_string());
+        if start + page.len() < all.len() {
+            let next = format!("</v2/{repo}/tags/list?last={}&n=1000>; rel=\"next\"", page.last().unwrap());
+            r.headers_mut().insert("link", next.parse().unwrap());
+        }
+        return r;
+    }
     if let Some((repo, reference)) = rest.split_once("/manifests/") {
         return match s.manifests.get(&format!("{repo}:{reference}")) {
             Some((mt, bytes)) => {

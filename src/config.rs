@@ -239,6 +239,10 @@ pub struct StorageConfig {
     /// `max_size = "20GiB"`: cached content beyond this is evicted, least recently used first.
     #[serde(default = "default_max_size")]
     pub max_size: ByteSize,
+    /// `min_free = "256MiB"`: below this much free disk space, blobs are streamed from the
+    /// upstream without being cached.
+    #[serde(default = "default_min_free")]
+    pub min_free: ByteSize,
     /// `upload_ttl = "24h"`: an unfinished upload session is removed after this long.
     #[serde(default = "default_upload_ttl")]
     pub upload_ttl: HumanDuration,
@@ -353,6 +357,9 @@ fn default_storage_path() -> PathBuf {
 fn default_max_size() -> ByteSize {
     ByteSize(20 << 30)
 }
+fn default_min_free() -> ByteSize {
+    ByteSize(256 << 20)
+}
 fn default_upload_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(24 * 3600))
 }
@@ -395,7 +402,13 @@ impl Default for ServerConfig {
 }
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { path: default_storage_path(), max_size: default_max_size(), upload_ttl: default_upload_ttl(), allow_delete: false }
+        StorageConfig {
+            path: default_storage_path(),
+            max_size: default_max_size(),
+            min_free: default_min_free(),
+            upload_ttl: default_upload_ttl(),
+            allow_delete: false,
+        }
     }
 }
 impl Default for CacheConfig {

@@ -148,6 +148,10 @@ fn default_status(code: Code) -> StatusCode {
 
 impl From<std::io::Error> for RegistryError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            tracing::error!(error = %e, "storage is full");
+            return RegistryError::new(Code::Internal, StatusCode::INSUFFICIENT_STORAGE, "the proxy's storage is full");
+        }
         RegistryError::internal(format!("storage: {e}"))
     }
 }

@@ -59,27 +59,27 @@ impl Default for Fill {
 }
 
 /// The hasher for a digest's algorithm.
-enum Hasher {
+pub(crate) enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
-    fn new(alg: Algorithm) -> Hasher {
+    pub(crate) fn new(alg: Algorithm) -> Hasher {
         match alg {
             Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
             Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
         }
     }
 
-    fn update(&mut self, b: &[u8]) {
+    pub(crate) fn update(&mut self, b: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(b),
             Hasher::Sha512(h) => h.update(b),
         }
     }
 
-    fn finish(self, alg: Algorithm) -> Digest {
+    pub(crate) fn finish(self, alg: Algorithm) -> Digest {
         match self {
             Hasher::Sha256(h) => Digest::from_raw(alg, &h.finalize()),
             Hasher::Sha512(h) => Digest::from_raw(alg, &h.finalize()),
@@ -329,4 +329,43 @@ mod tests {
         assert_eq!(e.status, http::StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
+}
+
+/// Streams an upstream blob straight to the client (nothing cached), checking its size and
+/// digest as it goes: a mismatch, a short body or a stall ends the stream with an error.
+pub fn verified_stream(blob: FetchedBlob, digest: Digest, idle: Duration) -> ByteStream {
+    struct St {
+        body: ByteStream,
+        hasher: Option<Hasher>,
+        seen: u64,
+        size: Option<u64>,
+        digest: Digest,
+    }
+    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), seen: 0, size: blob.size, digest };
+    futures_util::stream::unfold(st, move |mut st| async move {
+        let hasher = st.hasher.as_mut()?;
+        match tokio::time::timeout(idle, st.body.next()).await {
+            Err(_) => {
+                st.hasher = None;
+                Some((Err(io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")), st))
+            }
+            Ok(Some(Ok(chunk))) => {
+                hasher.update(&chunk);
+                st.seen += chunk.len() as u64;
+                Some((Ok(chunk), st))
+            }
+            Ok(Some(Err(e))) => {
+                st.hasher = None;
+                Some((Err(e), st))
+            }
+            Ok(None) => {
+                let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
+                if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
+                    return Some((Err(io::Error::other("upstream blob does not match its digest")), st));
+                }
+                None
+            }
+        }
+    })
+    .boxed()
 }

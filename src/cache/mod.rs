@@ -105,6 +105,7 @@ pub struct Cache {
     pinned: std::sync::RwLock<std::collections::HashSet<Digest>>,
     tag_ttl: Duration,
     idle_timeout: Duration,
+    min_free: u64,
     manifests: moka::future::Cache<Digest, Bytes>,
     tags: moka::future::Cache<TagKey, TagRecord>,
     missing: moka::future::Cache<TagKey, ()>,
@@ -143,6 +144,7 @@ impl Cache {
             pinned,
             tag_ttl: config.cache.tag_ttl.0,
             idle_timeout,
+            min_free: config.storage.min_free.0,
             manifests: moka::future::Cache::builder()
                 .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(memory)
@@ -509,6 +511,9 @@ impl Cache {
             return Ok(found);
         }
         let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
+        if self.low_on_space() && !self.fills.lock().expect("fills lock").contains_key(digest) {
+            return self.pass_through(&upstream, repo, digest, range).await;
+        }
         let fill = self.join_fill(&upstream, repo, digest);
         // a whole blob is teed from the download; a range waits for the blob to be stored
         let streaming = fill
@@ -522,6 +527,23 @@ impl Cache {
             Some(size) => Ok((ServedBlob { size, body: fill.reader(), status: CacheStatus::Miss }, None)),
             None => self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest)),
         }
+    }
+
+    /// Whether free disk space is below `storage.min_free`.
+    fn low_on_space(&self) -> bool {
+        self.store.free_space().is_some_and(|free| free < self.min_free)
+    }
+
+    /// Streams a blob from the upstream without caching it (the disk is nearly full).
+    async fn pass_through(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
+        if range.is_some() {
+            return Err(RegistryError::new(Code::Internal, http::StatusCode::INSUFFICIENT_STORAGE, "the proxy's storage is full; ranges of uncached blobs cannot be served"));
+        }
+        tracing::warn!(%digest, "storage below min_free; streaming from upstream without caching");
+        let blob = upstream.get_blob(repo, digest).await?.ok_or_else(|| blob_unknown(digest))?;
+        let size = blob.size;
+        let body = fill::verified_stream(blob, digest.clone(), self.idle_timeout);
+        Ok((ServedBlob { size, body, status: CacheStatus::Miss }, None))
     }
 
     async fn local_blob(&self, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<Option<(ServedBlob, Option<ByteRange>)>> {

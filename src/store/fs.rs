@@ -187,6 +187,17 @@ impl Store for FsStore {
         self.root.join("tmp")
     }
 
+    fn free_space(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes()).ok()?;
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statvfs struct of the right layout
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    }
+
     async fn ready(&self) -> io::Result<()> {
         let probe = self.spool_dir().join(format!("ready-{}", uuid::Uuid::new_v4()));
         tokio::fs::write(&probe, b"ok").await?;

@@ -69,6 +69,11 @@ pub trait Store: Send + Sync + 'static {
     /// A local directory for spool files that will be ingested (same filesystem when possible).
     fn spool_dir(&self) -> PathBuf;
 
+    /// Free bytes where the store writes, when it can tell.
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the store can currently be written (for readiness).
     async fn ready(&self) -> io::Result<()>;
 }

@@ -6,37 +6,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-static BUILD: Once = Once::new();
-
-/// Builds the example and test policy modules once per test binary (a no-op when built).
-fn module(workspace: &str, name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    BUILD.call_once(|| {
-        for ws in ["policies", "tests/policies"] {
-            let status = Command::new("cargo")
-                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-                .current_dir(root.join(ws))
-                .status()
-                .expect("cargo");
-            assert!(status.success(), "building the policies in {ws} (needs `rustup target add wasm32-wasip2`)");
-        }
-    });
-    let path = root.join(workspace).join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
-
 fn example(name: &str) -> String {
-    module("policies", name).display().to_string()
+    policy_module("policies", name).display().to_string()
 }
 
 fn faulty(name: &str) -> String {
-    module("tests/policies", name).display().to_string()
+    policy_module("tests/policies", name).display().to_string()
 }
 
 struct Setup {

@@ -53,6 +53,9 @@ pub struct Upstream {
     timeout: Duration,
 }
 
+/// Idle connections kept open per upstream host after a burst of requests.
+pub const IDLE_CONNECTIONS: usize = 16;
+
 impl Upstream {
     /// Builds the client for one `[[upstream]]` entry.
     pub fn new(config: &UpstreamConfig) -> anyhow::Result<Upstream> {
@@ -60,6 +63,8 @@ impl Upstream {
             .connect_timeout(config.connect_timeout.0)
             .read_timeout(config.timeout.0)
             .redirect(reqwest::redirect::Policy::limited(5))
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.ca_file {
             let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)?;

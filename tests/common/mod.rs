@@ -487,3 +487,24 @@ pub fn push_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &s
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
 }
 
+
+static POLICY_BUILD: std::sync::Once = std::sync::Once::new();
+
+/// Builds the example and test policy modules once per test binary (a no-op when built) and
+/// returns the path of one: `workspace` is `policies` or `tests/policies`.
+pub fn policy_module(workspace: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    POLICY_BUILD.call_once(|| {
+        for ws in ["policies", "tests/policies"] {
+            let status = Command::new("cargo")
+                .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(root.join(ws))
+                .status()
+                .expect("cargo");
+            assert!(status.success(), "building the policies in {ws} (needs `rustup target add wasm32-wasip2`)");
+        }
+    });
+    let path = root.join(workspace).join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}

@@ -42,28 +42,50 @@ impl Audit {
     /// Writes one decision.
     pub fn record(&self, s: &Subject, policy: &str, mode: PolicyMode, outcome: &Outcome, took: Duration, cached: bool) {
         let (decision, reason) = match outcome {
-            Outcome::Admit => ("admit", String::new()),
-            Outcome::Reject(r) => ("reject", r.clone()),
+            Outcome::Admit => ("admit", ""),
+            Outcome::Reject(r) => ("reject", r.as_str()),
         };
-        let line = serde_json::json!({
-            "time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-            "client": s.client,
-            "user": s.user,
-            "operation": if s.push { "push" } else { "pull" },
-            "namespace": s.namespace,
-            "repository": s.repository,
-            "reference": s.reference,
-            "digest": s.digest,
-            "policy": policy,
-            "mode": match mode { PolicyMode::Enforce => "enforce", PolicyMode::Warn => "warn" },
-            "decision": decision,
-            "reason": reason,
-            "duration_us": took.as_micros() as u64,
-            "cache_hit": cached,
-        })
-        .to_string();
+        let line = Line {
+            time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            client: &s.client,
+            user: s.user.as_deref(),
+            operation: if s.push { "push" } else { "pull" },
+            namespace: &s.namespace,
+            repository: &s.repository,
+            reference: &s.reference,
+            digest: &s.digest,
+            policy,
+            mode: match mode {
+                PolicyMode::Enforce => "enforce",
+                PolicyMode::Warn => "warn",
+            },
+            decision,
+            reason,
+            duration_us: took.as_micros() as u64,
+            cache_hit: cached,
+        };
+        let Ok(line) = serde_json::to_string(&line) else { return };
         if self.lines.lock().expect("audit lock").send(line).is_err() {
             tracing::error!("the audit writer stopped");
         }
     }
+}
+
+/// One audit line, serialised straight from borrowed fields.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: f64,
+    client: &'a str,
+    user: Option<&'a str>,
+    operation: &'a str,
+    namespace: &'a str,
+    repository: &'a str,
+    reference: &'a str,
+    digest: &'a str,
+    policy: &'a str,
+    mode: &'a str,
+    decision: &'a str,
+    reason: &'a str,
+    duration_us: u64,
+    cache_hit: bool,
 }

@@ -90,7 +90,7 @@ pub struct Policies {
     set: RwLock<Arc<PolicySet>>,
     cache_dir: PathBuf,
     permits: Arc<tokio::sync::Semaphore>,
-    decisions: moka::future::Cache<String, Outcome>,
+    decisions: moka::sync::Cache<String, Outcome>,
     verifier: Arc<Verifier>,
     attachments: Arc<Attachments>,
     cache: Arc<Cache>,
@@ -368,7 +368,7 @@ impl Policies {
             set: RwLock::new(Arc::new(set)),
             cache_dir,
             permits: Arc::new(tokio::sync::Semaphore::new(host.concurrency as usize)),
-            decisions: moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build(),
+            decisions: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build(),
             verifier,
             attachments,
             cache,
@@ -437,22 +437,12 @@ impl Policies {
     }
 
     async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, bool) {
-        let fingerprint: Vec<String> = attachments.items.iter().map(|a| a.descriptor.digest.to_string()).collect();
-        let key = format!(
-            "{}|{}|{}|{}/{}|{}|{}|{fingerprint:?}",
-            policy.digest,
-            policy.settings_hash,
-            subject.push,
-            subject.namespace,
-            subject.repository,
-            subject.reference,
-            subject.digest
-        );
-        if let Some(o) = self.decisions.get(&key).await {
+        let key = decision_key(policy, subject, attachments);
+        if let Some(o) = self.decisions.get(&key) {
             return (o, true);
         }
         let outcome = self.evaluate(policy, subject, attachments).await;
-        self.decisions.insert(key, outcome.clone()).await;
+        self.decisions.insert(key, outcome.clone());
         (outcome, false)
     }
 
@@ -519,6 +509,22 @@ fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
     };
     tracing::warn!(policy = %name, error = %text, "policy failed; rejecting");
     format!("policy module {why}")
+}
+
+/// What a cached decision depends on: the module and its settings, the operation, the image,
+/// how it was asked for, and its attachments.
+fn decision_key(policy: &Loaded, subject: &Subject, attachments: &AttachmentSet) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(256 + 72 * attachments.items.len());
+    let _ = write!(
+        key,
+        "{}|{}|{}|{}/{}|{}|{}",
+        policy.digest, policy.settings_hash, subject.push, subject.namespace, subject.repository, subject.reference, subject.digest
+    );
+    for a in &attachments.items {
+        let _ = write!(key, "|{}", a.descriptor.digest);
+    }
+    key
 }
 
 fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {

@@ -212,3 +212,29 @@ fn every_write_path_needs_credentials_and_brute_force_shows_in_the_log() {
     assert!(failures >= 20, "each failed attempt is logged with its client: {failures}");
     assert!(!log.contains("guess-") && !log.contains("ci-pass") && !log.contains("reader-pass") && !log.contains(CI), "no secret in any log line");
 }
+
+#[test]
+fn unknown_users_cost_as_much_to_refuse_as_wrong_passwords() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    // cost 10: each check takes tens of milliseconds, far above the request's own cost
+    let line = format!("ci:{}\n", bcrypt::hash("ci-pass", 10).unwrap());
+    std::fs::write(dir.join("users.htpasswd"), line).unwrap();
+    let proxy = Proxy::start(&dir, &format!("[storage]\npath = \"data\"\n{}[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", "[auth]\nhtpasswd = \"users.htpasswd\"\n", reg.url()));
+    let url = format!("{}/v2/internal/app/blobs/uploads/", proxy.url());
+    let median = |user: &str| {
+        let mut took: Vec<Duration> = (0..7)
+            .map(|_| {
+                let started = Instant::now();
+                assert_eq!(http().post(&url).basic_auth(user, Some("nope")).send().unwrap().status(), 401);
+                started.elapsed()
+            })
+            .collect();
+        took.sort();
+        took[3]
+    };
+    let (known, unknown) = (median("ci"), median("mallory"));
+    assert!(unknown * 2 > known && known * 2 > unknown, "an unknown user is refused in the same time as a wrong password: {unknown:?} vs {known:?}");
+}

@@ -14,6 +14,9 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct Records {
     store: Arc<dyn Store>,
+    /// Pushed-tag look-ups (including "not pushed"), kept in memory: every pull by tag asks.
+    /// This process is the only writer of tag records, and every write goes through here.
+    tags: moka::sync::Cache<String, Option<Digest>>,
 }
 
 fn key(ns: &str, repo: &RepoName, rest: &str) -> String {
@@ -23,18 +26,30 @@ fn key(ns: &str, repo: &RepoName, rest: &str) -> String {
 impl Records {
     /// Records over a store.
     pub fn new(store: Arc<dyn Store>) -> Records {
-        Records { store }
+        Records { store, tags: moka::sync::Cache::new(100_000) }
     }
 
     /// The digest a pushed tag points at.
     pub async fn tag(&self, ns: &str, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        let Some(raw) = self.store.get_meta(&key(ns, repo, &format!("_tags/{tag}"))).await? else { return Ok(None) };
-        Ok(std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()))
+        let k = key(ns, repo, &format!("_tags/{tag}"));
+        if let Some(known) = self.tags.get(&k) {
+            return Ok(known);
+        }
+        let digest = match self.store.get_meta(&k).await? {
+            Some(raw) => std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()),
+            None => None,
+        };
+        self.tags.insert(k, digest.clone());
+        Ok(digest)
     }
 
     /// Points a pushed tag at a digest (durably, before the push is acknowledged).
     pub async fn set_tag(&self, ns: &str, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
-        self.store.put_meta(&key(ns, repo, &format!("_tags/{tag}")), digest.to_string().as_bytes()).await?;
+        let k = key(ns, repo, &format!("_tags/{tag}"));
+        self.tags.invalidate(&k);
+        let written = self.store.put_meta(&k, digest.to_string().as_bytes()).await;
+        self.tags.invalidate(&k);
+        written?;
         Ok(())
     }
 
@@ -91,7 +106,9 @@ impl Records {
     pub async fn delete_tag(&self, ns: &str, repo: &RepoName, tag: &Tag) -> Result<bool> {
         let k = key(ns, repo, &format!("_tags/{tag}"));
         let existed = self.store.get_meta(&k).await?.is_some();
-        self.store.delete_meta(&k).await?;
+        let deleted = self.store.delete_meta(&k).await;
+        self.tags.invalidate(&k);
+        deleted?;
         Ok(existed)
     }
 

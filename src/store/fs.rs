@@ -16,6 +16,14 @@ pub const READ_CHUNK: usize = 256 * 1024;
 /// Blobs (or ranges) at least this large are served from a memory map.
 const MAP_THRESHOLD: u64 = 1 << 20;
 
+/// The slice size of a mapped blob's stream. hyper queues up to 16 slices per connection for
+/// one vectored write, so 64 KiB slices keep at most ~1 MiB per connection in flight.
+const MAP_CHUNK: usize = 64 * 1024;
+
+/// How many slices behind the one being handed out pages are released: past hyper's queue, so
+/// released pages have been written and are not faulted in again.
+const MAP_RELEASE_BEHIND: usize = 32;
+
 /// Reads a small range whole.
 fn read_range(file: std::fs::File, offset: u64, len: u64) -> io::Result<ByteStream> {
     use std::os::unix::fs::FileExt;
@@ -24,10 +32,10 @@ fn read_range(file: std::fs::File, offset: u64, len: u64) -> io::Result<ByteStre
     Ok(futures_util::stream::once(async move { Ok(Bytes::from(buf)) }).boxed())
 }
 
-/// Streams a range of a stored blob from a read-only memory map, in `READ_CHUNK` slices: the
+/// Streams a range of a stored blob from a read-only memory map, in `MAP_CHUNK` slices: the
 /// bytes go from the page cache to the socket with one copy and no blocking-pool hop per chunk.
-/// Pages two chunks behind are released from the mapping (they refault from the page cache if
-/// still needed), so resident memory stays small whatever the blob size. Stored blobs are never
+/// Pages well behind the slice handed out are released from the mapping (they refault from the
+/// page cache if ever needed again), so resident memory stays small whatever the blob size. Stored blobs are never
 /// modified in place (written once, renamed into place), so the mapping stays valid.
 fn mapped_stream(file: &std::fs::File, offset: u64, len: u64) -> io::Result<ByteStream> {
     // SAFETY: blob files are immutable once stored (see above); unlinking does not unmap
@@ -35,16 +43,16 @@ fn mapped_stream(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Byte
     let _ = map.advise(memmap2::Advice::Sequential);
     let map = std::sync::Arc::new(map);
     let all = Bytes::from_owner(MapOwner(std::sync::Arc::clone(&map)));
-    let chunks = (len as usize).div_ceil(READ_CHUNK);
+    let chunks = (len as usize).div_ceil(MAP_CHUNK);
     Ok(futures_util::stream::iter((0..chunks).map(move |i| {
-        if i >= 2 {
-            let behind = (i - 2) * READ_CHUNK;
+        if i >= MAP_RELEASE_BEHIND + 8 && i % 8 == 0 {
+            let behind = (i - MAP_RELEASE_BEHIND - 8) * MAP_CHUNK;
             // SAFETY: DontNeed on a read-only shared file mapping only drops page-table
             // entries; a later read refaults the same bytes from the (immutable) file
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, behind, READ_CHUNK) };
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, behind, 8 * MAP_CHUNK) };
         }
-        let start = i * READ_CHUNK;
-        Ok(all.slice(start..(start + READ_CHUNK).min(all.len())))
+        let start = i * MAP_CHUNK;
+        Ok(all.slice(start..(start + MAP_CHUNK).min(all.len())))
     }))
     .boxed())
 }

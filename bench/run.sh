@@ -13,7 +13,8 @@ if [ -n "$quick" ]; then
   BLOB_MIB=8; ROUNDS=1; WRK_SECS=1; bin=target/debug/portcullis
   [ -x "$bin" ] || cargo build --quiet
 else
-  BLOB_MIB=256; ROUNDS=5; WRK_SECS=5; bin=target/release/portcullis
+  # BLOB_MIB and ROUNDS may be set, e.g. BLOB_MIB=1024 ROUNDS=1 for the 1 GiB memory check
+  BLOB_MIB="${BLOB_MIB:-256}"; ROUNDS="${ROUNDS:-5}"; WRK_SECS=5; bin=target/release/portcullis
   cargo build --release --quiet
 fi
 for tool in docker-registry nginx wrk curl skopeo python3; do

@@ -262,8 +262,8 @@ fn sigstore_bundles_found_through_the_referrers_tag_schema_are_served() {
     );
     let entry = index["manifests"].as_array().unwrap().iter().find(|m| m["digest"] == artifact_digest.as_str()).unwrap();
     assert_eq!(entry["annotations"]["dev.sigstore.bundle.content"], "message-signature");
-    assert!(s.proxy.has_blob(&bundle_digest), "the bundle blob is cached");
-    assert!(s.proxy.has_blob(&artifact_digest), "the bundle manifest is cached");
+    assert!(s.proxy.cached(&bundle_digest), "the bundle blob is cached");
+    assert!(s.proxy.cached(&artifact_digest), "the bundle manifest is cached");
     let (_, filtered) = referrers(&s.proxy, repo, &img.digest, Some("application/vnd.dev.sigstore.bundle.v0.3+json"));
     assert_eq!(filtered["manifests"].as_array().unwrap().len(), 1);
 }

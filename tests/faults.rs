@@ -52,7 +52,7 @@ fn assert_fails_and_caches_nothing(behaviour: fn(Vec<u8>) -> Behaviour, size: us
     assert_eq!(status, 200);
     assert_eq!(body, good);
     assert_eq!(liar.hits(&format!("GET /v2/r/blobs/{digest}")), 2);
-    assert!(proxy.has_blob(&digest));
+    assert!(proxy.cached(&digest));
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn redirects_to_object_storage_do_not_carry_the_registry_token() {
     let at_registry = registry.authorizations(&format!("/blobs/{digest}"));
     assert!(at_registry.contains(&Some("Bearer good-token".into())), "the registry got its token: {at_registry:?}");
     assert_eq!(storage.authorizations("/objects/"), vec![None], "object storage got no Authorization");
-    assert!(proxy.has_blob(&digest));
+    assert!(proxy.cached(&digest));
 }
 
 /// Peak resident memory of a process, in bytes.

@@ -27,7 +27,7 @@ fn skopeo_pull_is_byte_identical_and_second_pull_is_served_from_cache() {
     skopeo_pull(&format!("{}/up/demo/app:v1", proxy.addr), &out1).success();
     for d in img.blobs() {
         assert_eq!(pulled_blob(&out1, &d), img.blob(&d), "blob {d} differs");
-        assert!(proxy.has_blob(&d), "blob {d} cached");
+        assert!(proxy.cached(&d), "blob {d} cached");
     }
     assert_eq!(pulled_blob(&out1, &img.digest), img.manifest, "manifest differs");
     let blob_gets = reg.count("GET", "/blobs/");
@@ -64,7 +64,7 @@ fn podman_pulls_through_a_registries_conf_mirror() {
     assert_eq!(inspect.stdout.trim(), img.digest, "podman stored the upstream's manifest digest");
     assert!(proxy.log().contains("/v2/registry.invalid/team/tool/manifests/v2"));
     for d in &img.layers {
-        assert!(proxy.has_blob(d), "layer {d} cached by the proxy");
+        assert!(proxy.cached(d), "layer {d} cached by the proxy");
     }
     // by digest too
     let by_digest = format!("registry.invalid/team/tool@{}", img.digest);
@@ -126,7 +126,7 @@ fn fifty_concurrent_gets_of_a_missing_blob_make_one_upstream_fetch() {
         assert_eq!(got, layer, "every client got the right bytes");
     }
     assert_eq!(reg.count("GET", &format!("/blobs/{layer}")), 1, "exactly one upstream fetch");
-    assert!(proxy.has_blob(&layer));
+    assert!(proxy.cached(&layer));
 }
 
 #[test]
@@ -265,10 +265,10 @@ fn cache_beyond_max_size_evicts_least_recently_used() {
         assert_eq!(sha256(&r.bytes().unwrap()), d);
     };
     get("ev/a", &a.layers[0]);
-    assert!(proxy.has_blob(&a.layers[0]));
+    assert!(proxy.cached(&a.layers[0]));
     get("ev/b", &b.layers[0]);
     wait_for("eviction of the older blob", Duration::from_secs(10), || !proxy.has_blob(&a.layers[0]));
-    assert!(proxy.has_blob(&b.layers[0]), "the newer blob stays");
+    assert!(proxy.cached(&b.layers[0]), "the newer blob stays");
     get("ev/a", &a.layers[0]);
     assert_eq!(reg.count("GET", &format!("/blobs/{}", a.layers[0])), 2, "an evicted blob is fetched again");
 }

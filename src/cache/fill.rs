@@ -35,6 +35,12 @@ pub enum FillState {
         /// The announced size, if any.
         size: Option<u64>,
     },
+    /// Every byte arrived and the digest matched; the blob is being made durable and moved
+    /// into the store. Clients streaming from the spool file may finish.
+    Verified {
+        /// The blob's size.
+        size: u64,
+    },
     /// The digest matched and the blob is in the store.
     Complete {
         /// The blob's size.
@@ -149,11 +155,7 @@ impl Fill {
             return Err(RegistryError::upstream("upstream blob body was truncated"));
         }
         let (writer, hasher) = sink.expect("sink present");
-        let actual = blocking(move || {
-            writer.sync_all()?;
-            Ok(hasher.finish(alg))
-        })
-        .await?;
+        let actual = hasher.finish(alg);
         if &actual != digest {
             tracing::warn!(expected = %digest, %actual, "upstream blob does not match its digest");
             return Err(RegistryError::new(
@@ -162,6 +164,9 @@ impl Fill {
                 format!("upstream content does not match digest {digest}"),
             ));
         }
+        // clients get their last bytes now; durability is the store's business, not theirs
+        self.state.send_replace(FillState::Verified { size: written });
+        blocking(move || writer.sync_all()).await?;
         Ok(written)
     }
 
@@ -210,7 +215,7 @@ impl Fill {
                 let (limit, finished) = match state {
                     FillState::Starting => (0, false),
                     FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
-                    FillState::Complete { size } => (size, true),
+                    FillState::Verified { size } | FillState::Complete { size } => (size, true),
                     FillState::NotFound => return Some((Err(io::Error::other("blob vanished upstream")), (fill, rx, pos))),
                     FillState::Failed(e) => return Some((Err(io::Error::other(e.message)), (fill, rx, u64::MAX))),
                 };

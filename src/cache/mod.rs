@@ -474,7 +474,7 @@ impl Cache {
 
     async fn save_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
         let json = serde_json::to_vec(record).map_err(RegistryError::internal)?;
-        self.store.put_meta(&Self::tag_meta_key(key), &json).await?;
+        self.store.put_cache_meta(&Self::tag_meta_key(key), &json).await?;
         self.tags.insert(key.clone(), record.clone()).await;
         Ok(())
     }
@@ -519,6 +519,7 @@ impl Cache {
         let streaming = fill
             .settle(digest, |state| match state {
                 FillState::Streaming { size, .. } if range.is_none() => Some(Ok(Some(*size))),
+                FillState::Verified { size } if range.is_none() => Some(Ok(Some(Some(*size)))),
                 FillState::Complete { .. } => Some(Ok(None)),
                 _ => None,
             })
@@ -632,7 +633,7 @@ impl Cache {
         let key = format!("referrers/{}/{repo}/_referrers/{}", upstream.name, digest.tag_prefix());
         let raw = match upstream.get_referrers(repo, digest).await {
             Ok(Some(bytes)) => {
-                self.store.put_meta(&key, &bytes).await?;
+                self.store.put_cache_meta(&key, &bytes).await?;
                 Some(bytes)
             }
             Ok(None) => None,
@@ -665,7 +666,7 @@ impl Cache {
         let key = format!("signatures/{}/{repo}/_signatures/{}", upstream.name, digest.tag_prefix());
         let fetched = match upstream.get_signatures(repo, digest).await {
             Ok(Some(bytes)) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["signatures"].is_array()) => {
-                self.store.put_meta(&key, &bytes).await?;
+                self.store.put_cache_meta(&key, &bytes).await?;
                 Some(bytes)
             }
             Ok(_) => None,

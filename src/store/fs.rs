@@ -118,17 +118,28 @@ impl FsStore {
 
 /// Writes a file atomically: a spool file, fsync, rename, fsync of the directory.
 pub async fn write_atomic(spool_dir: &Path, path: &Path, value: &[u8]) -> io::Result<()> {
+    write_renamed(spool_dir, path, value, true).await
+}
+
+/// Writes a file through a spool file and a rename; with `durable`, fsyncs the file before
+/// the rename and the directory after it.
+async fn write_renamed(spool_dir: &Path, path: &Path, value: &[u8], durable: bool) -> io::Result<()> {
     let tmp = spool_dir.join(format!("meta-{}", uuid::Uuid::new_v4()));
     let (tmp2, path2, value) = (tmp.clone(), path.to_path_buf(), value.to_vec());
     let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp2)?;
         f.write_all(&value)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         let parent = path2.parent().expect("record paths have a parent");
         std::fs::create_dir_all(parent)?;
         std::fs::rename(&tmp2, &path2)?;
-        std::fs::File::open(parent)?.sync_all()
+        if durable {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
     })
     .await
     .map_err(io::Error::other)?;
@@ -216,6 +227,10 @@ impl Store for FsStore {
 
     async fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
         write_atomic(&self.spool_dir(), &self.meta_path(key)?, value).await
+    }
+
+    async fn put_cache_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        write_renamed(&self.spool_dir(), &self.meta_path(key)?, value, false).await
     }
 
     async fn delete_meta(&self, key: &str) -> io::Result<()> {

@@ -57,8 +57,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a metadata record.
     async fn get_meta(&self, key: &str) -> io::Result<Option<Bytes>>;
 
-    /// Writes a metadata record atomically.
+    /// Writes a metadata record atomically and durably (it survives a power loss once this
+    /// returns): for what clients pushed.
     async fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()>;
+
+    /// Writes a metadata record atomically, without waiting for the disk: for what the cache
+    /// can learn again from the upstream (a crash never leaves a torn record, a power loss may
+    /// lose the latest one).
+    async fn put_cache_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.put_meta(key, value).await
+    }
 
     /// Removes a metadata record.
     async fn delete_meta(&self, key: &str) -> io::Result<()>;

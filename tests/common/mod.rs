@@ -267,6 +267,19 @@ impl Proxy {
         self.data().join("blobs").join(alg).join(hex).exists()
     }
 
+    /// Whether a blob is (or within 10 s becomes) cached: a fill moves a blob into the store
+    /// just after its client got the last byte.
+    pub fn cached(&self, digest: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.has_blob(digest) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Files left in the spool directory (partial downloads).
     pub fn spool_files(&self) -> usize {
         std::fs::read_dir(self.data().join("tmp")).map(|d| d.count()).unwrap_or(0)

@@ -26,6 +26,10 @@ const ATTACHMENT_LAYER_TYPES: [&str; 2] = ["application/vnd.dev.cosign.simplesig
 /// How long a resolved set is reused before the (cheap, cached) resolution runs again.
 const SET_TTL: Duration = Duration::from_secs(5);
 
+/// How long a manifest GET waits before its attachments are looked up in the background
+/// (anything that needs them, a policy or a client asking, looks them up at once).
+const PREFETCH_DELAY: Duration = Duration::from_millis(300);
+
 /// What an attachment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +109,9 @@ impl Attachments {
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // after the pull that asked for the manifest has fetched its blobs: the lookups
+            // (several upstream requests) would otherwise compete with it
+            tokio::time::sleep(PREFETCH_DELAY).await;
             let _ = this.resolve(&key.0, &key.1, &key.2).await;
         });
     }

@@ -263,16 +263,7 @@ pub fn push_keyless_signature(reg: &Registry, repo: &str, image_digest: &str, si
             "dev.sigstore.cosign/bundle": bundle,
         },
     });
-    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#);
-    let config_digest = push_blob(reg, repo, config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [layer],
-    })
-    .to_string();
-    let tag = format!("{}.sig", image_digest.replace(':', "-"));
-    push_manifest(reg, repo, &tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+    push_attachment(reg, repo, &format!("{}.sig", image_digest.replace(':', "-")), &d, layer);
 }
 
 /// One Sigstore bundle to attach: its JSON, `dev.sigstore.bundle.content` and predicate type.
@@ -352,7 +343,12 @@ pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, 
             "dev.sigstore.cosign/bundle": bundle,
         },
     });
-    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#);
+    push_attachment(reg, repo, &format!("{}.att", image_digest.replace(':', "-")), &d, layer);
+}
+
+/// Pushes a one-layer attachment manifest (as cosign writes `.sig` and `.att`) under `tag`.
+fn push_attachment(reg: &Registry, repo: &str, tag: &str, layer_digest: &str, layer: serde_json::Value) {
+    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#);
     let config_digest = push_blob(reg, repo, config.as_bytes());
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -360,5 +356,5 @@ pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, 
         "layers": [layer],
     })
     .to_string();
-    push_manifest(reg, repo, &format!("{}.att", image_digest.replace(':', "-")), "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+    push_manifest(reg, repo, tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
 }

@@ -128,6 +128,18 @@ impl Registry {
         self.log().lines().filter(|l| l.contains(&format!("\"{method} /v2/")) && l.contains(needle)).count()
     }
 
+    /// [`Registry::count`] once the registry's access log has caught up (it logs a request after
+    /// answering it): waits up to 5 s for at least `at_least` lines, then a moment more for any
+    /// others.
+    pub fn count_settled(&self, method: &str, needle: &str, at_least: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.count(method, needle) < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.count(method, needle)
+    }
+
     /// Pushes an OCI layout image to `repo:tag` here with skopeo.
     pub fn push(&self, image: &OciImage, repo_tag: &str) {
         skopeo(&[

@@ -60,21 +60,34 @@ fn slow_read(addr: &str, path: &str, started: mpsc::Sender<()>) -> (String, usiz
     (sha256(&body), body.len())
 }
 
-#[test]
-fn sigterm_drains_in_flight_downloads_and_refuses_new_connections() {
+/// A proxy with `shutdown_grace`, a cached 48 MiB blob, and a slow client a MiB into it.
+struct InFlight {
+    _t: tempfile::TempDir,
+    _reg: Registry,
+    p: Proxy,
+    layer: String,
+    reader: std::thread::JoinHandle<(String, usize)>,
+}
+
+fn slow_download_in_flight(grace: &str) -> InFlight {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let mut p = proxy(t.path(), &reg, "shutdown_grace = \"30s\"", "");
+    let p = proxy(t.path(), &reg, &format!("shutdown_grace = \"{grace}\""), "");
     let img = build_image(&t.path().join("big"), &ImageSpec { seed: "big", layers: &[48 << 20], tag: "v1" });
     reg.push(&img, "drain/big:v1");
     let layer = img.layers[0].clone();
     let path = format!("/v2/up/drain/big/blobs/{layer}");
-    assert_eq!(http().get(format!("{}{path}", p.url())).send().unwrap().bytes().unwrap().len() > 0, true);
-
+    assert!(!http().get(format!("{}{path}", p.url())).send().unwrap().bytes().unwrap().is_empty());
     let (tx, rx) = mpsc::channel();
-    let (addr, read_path) = (p.addr.clone(), path.clone());
-    let reader = std::thread::spawn(move || slow_read(&addr, &read_path, tx));
+    let addr = p.addr.clone();
+    let reader = std::thread::spawn(move || slow_read(&addr, &path, tx));
     rx.recv_timeout(Duration::from_secs(20)).expect("the download started");
+    InFlight { _t: t, _reg: reg, p, layer, reader }
+}
+
+#[test]
+fn sigterm_drains_in_flight_downloads_and_refuses_new_connections() {
+    let InFlight { mut p, layer, reader, _t: _dir, _reg: _upstream } = slow_download_in_flight("30s");
     p.sigterm();
     std::thread::sleep(Duration::from_millis(300));
     assert!(TcpStream::connect(&p.addr).is_err(), "no new connections once shutting down");
@@ -87,17 +100,7 @@ fn sigterm_drains_in_flight_downloads_and_refuses_new_connections() {
 
 #[test]
 fn sigterm_after_the_grace_period_closes_what_is_left() {
-    let t = tempfile::tempdir().unwrap();
-    let reg = Registry::start(&t.path().join("upstream"));
-    let mut p = proxy(t.path(), &reg, "shutdown_grace = \"1s\"", "");
-    let img = build_image(&t.path().join("big"), &ImageSpec { seed: "grace", layers: &[48 << 20], tag: "v1" });
-    reg.push(&img, "drain/grace:v1");
-    let path = format!("/v2/up/drain/grace/blobs/{}", img.layers[0]);
-    http().get(format!("{}{path}", p.url())).send().unwrap().bytes().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let addr = p.addr.clone();
-    let reader = std::thread::spawn(move || slow_read(&addr, &path, tx));
-    rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let InFlight { mut p, reader, _t: _dir, _reg: _upstream, .. } = slow_download_in_flight("1s");
     let started = std::time::Instant::now();
     p.sigterm();
     let status = p.wait_exit(Duration::from_secs(10)).expect("the proxy exits once the grace period is over");

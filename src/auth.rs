@@ -23,7 +23,7 @@ pub enum Access {
 pub struct Auth {
     users: HashMap<String, String>,
     /// A hash of a password nobody has, at the users' bcrypt cost: checked for unknown users so
-    /// that a wrong user name costs the same time as a wrong password.
+    /// that a wrong user name costs the same time as a wrong password (empty without users).
     dummy_hash: String,
     config: AuthConfig,
     verified: moka::sync::Cache<[u8; 32], String>,
@@ -35,7 +35,11 @@ impl Auth {
         let cost = config.users.first().and_then(|(_, h)| h.get(4..6)).and_then(|c| c.parse().ok()).unwrap_or(10);
         Auth {
             users: config.users.iter().cloned().collect(),
-            dummy_hash: bcrypt::hash("portcullis: no such user", cost).unwrap_or_default(),
+            dummy_hash: if config.users.is_empty() {
+                String::new()
+            } else {
+                bcrypt::hash("portcullis: no such user", cost).unwrap_or_default()
+            },
             config: config.clone(),
             verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(300)).build(),
         }
@@ -65,6 +69,10 @@ impl Auth {
         let key: [u8; 32] = sha2::Sha256::digest(format!("{user}\0{password}")).into();
         if let Some(u) = self.verified.get(&key) {
             return Ok(Some(u));
+        }
+        if self.users.is_empty() {
+            tracing::warn!(%client, user = %user, "failed sign-in: no users are configured");
+            return Err(unauthorized("authentication failed"));
         }
         let known = self.users.get(user);
         let hash = known.unwrap_or(&self.dummy_hash).clone();

@@ -1,21 +1,24 @@
 //! Blob fills: one upstream download per missing blob, teed to every waiting client.
 //!
-//! A fill spools the upstream body to a file, hashing it as it goes. Clients read the spool
-//! file as it grows but are always held one byte short of the end until the digest matched;
+//! A fill receives the upstream body into memory and, alongside, writes it to a spool file,
+//! hashing it as it goes. Clients read the newest bytes straight from memory and older ones
+//! from the spool file, but are always held one byte short of the end until the digest matched;
 //! if it does not (or the upstream fails), their responses end in an error and nothing is
-//! stored. Memory per fill is one bounded write buffer, whatever the blob's size.
+//! stored. Memory per fill is bounded (`MAX_BACKLOG` not yet written plus `WINDOW` written),
+//! whatever the blob's size.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Code, RegistryError, Result};
 use crate::names::{Algorithm, Digest};
@@ -23,20 +26,29 @@ use crate::store::fs::READ_CHUNK;
 use crate::store::ByteStream;
 use crate::upstream::FetchedBlob;
 
+/// Bytes received but not yet written to the spool file before the download waits for the disk.
+const MAX_BACKLOG: u64 = 1 << 20;
+/// Bytes already written that stay in memory for clients trailing just behind the download.
+const WINDOW: u64 = 256 * 1024;
+/// The most bytes one spool write takes at once.
+const WRITE_BATCH: usize = 512 * 1024;
+
 /// Where a fill stands.
 #[derive(Debug, Clone)]
 pub enum FillState {
     /// Waiting for the upstream's response.
     Starting,
-    /// Bytes are arriving; `written` are in the spool file.
+    /// Bytes are arriving: `received` from the upstream, `written` of them in the spool file.
     Streaming {
+        /// Bytes received so far.
+        received: u64,
         /// Bytes in the spool file so far.
         written: u64,
         /// The announced size, if any.
         size: Option<u64>,
     },
     /// Every byte arrived and the digest matched; the blob is being made durable and moved
-    /// into the store. Clients streaming from the spool file may finish.
+    /// into the store. Clients may finish.
     Verified {
         /// The blob's size.
         size: u64,
@@ -56,11 +68,60 @@ pub enum FillState {
 pub struct Fill {
     state: watch::Sender<FillState>,
     spool: OnceLock<Arc<File>>,
+    recent: Mutex<Recent>,
+}
+
+/// The newest bytes of a fill, contiguous: `chunks` hold the bytes from offset `start` on.
+#[derive(Default)]
+struct Recent {
+    start: u64,
+    len: u64,
+    chunks: VecDeque<Bytes>,
+}
+
+impl Recent {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+
+    /// Drops the oldest chunks that are on disk, keeping at least `WINDOW` bytes of them.
+    fn trim(&mut self, written: u64) {
+        while let Some(front) = self.chunks.front() {
+            let n = front.len() as u64;
+            let end = self.start + n;
+            let written_kept = written.saturating_sub(self.start);
+            if end > written || written_kept - n < WINDOW {
+                break;
+            }
+            self.chunks.pop_front();
+            self.start = end;
+            self.len -= n;
+        }
+    }
+
+    /// The bytes from `pos` up to (not including) `limit`, from one chunk, if still in memory.
+    fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        if pos < self.start || pos >= self.start + self.len {
+            return None;
+        }
+        let mut offset = self.start;
+        for chunk in &self.chunks {
+            let end = offset + chunk.len() as u64;
+            if pos < end {
+                let from = (pos - offset) as usize;
+                let to = (limit.min(end) - offset) as usize;
+                return Some(chunk.slice(from..to));
+            }
+            offset = end;
+        }
+        None
+    }
 }
 
 impl Default for Fill {
     fn default() -> Self {
-        Fill { state: watch::channel(FillState::Starting).0, spool: OnceLock::new() }
+        Fill { state: watch::channel(FillState::Starting).0, spool: OnceLock::new(), recent: Mutex::default() }
     }
 }
 
@@ -111,7 +172,7 @@ impl Fill {
         result
     }
 
-    async fn download_inner(&self, mut blob: FetchedBlob, digest: &Digest, spool: &PathBuf, idle: Duration) -> Result<u64> {
+    async fn download_inner(&self, blob: FetchedBlob, digest: &Digest, spool: &PathBuf, idle: Duration) -> Result<u64> {
         let path = spool.clone();
         let (writer, reader) = blocking(move || {
             let w = File::create(&path)?;
@@ -120,41 +181,17 @@ impl Fill {
         })
         .await?;
         let _ = self.spool.set(Arc::new(reader));
-        self.state.send_replace(FillState::Streaming { written: 0, size: blob.size });
+        let size = blob.size;
+        self.state.send_replace(FillState::Streaming { received: 0, written: 0, size });
 
         let alg = digest.algorithm();
-        let mut sink = Some((writer, Hasher::new(alg)));
-        let mut written = 0u64;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            let next = tokio::time::timeout(idle, blob.body.next())
-                .await
-                .map_err(|_| RegistryError::upstream_timeout("upstream stalled while sending a blob"))?;
-            let done = match next {
-                Some(Ok(chunk)) => {
-                    buf.extend_from_slice(&chunk);
-                    false
-                }
-                Some(Err(e)) => return Err(RegistryError::upstream(format!("upstream blob body failed: {e}"))),
-                None => true,
-            };
-            if buf.len() >= READ_CHUNK || (done && !buf.is_empty()) {
-                let chunk = buf.split().freeze();
-                written += chunk.len() as u64;
-                if blob.size.is_some_and(|s| written > s) {
-                    return Err(RegistryError::upstream("upstream sent more bytes than it announced"));
-                }
-                sink = Some(write_chunk(sink.take().expect("sink present"), chunk).await?);
-                self.state.send_replace(FillState::Streaming { written, size: blob.size });
-            }
-            if done {
-                break;
-            }
-        }
-        if blob.size.is_some_and(|s| written != s) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (received, (writer, hasher, written)) =
+            tokio::try_join!(self.receive(blob, tx, idle), self.write(writer, Hasher::new(alg), rx))?;
+        debug_assert_eq!(received, written);
+        if size.is_some_and(|s| written != s) {
             return Err(RegistryError::upstream("upstream blob body was truncated"));
         }
-        let (writer, hasher) = sink.expect("sink present");
         let actual = hasher.finish(alg);
         if &actual != digest {
             tracing::warn!(expected = %digest, %actual, "upstream blob does not match its digest");
@@ -168,6 +205,78 @@ impl Fill {
         self.state.send_replace(FillState::Verified { size: written });
         blocking(move || writer.sync_all()).await?;
         Ok(written)
+    }
+
+    /// Receives the upstream body into memory, handing each chunk to the writer; waits for the
+    /// disk when more than `MAX_BACKLOG` bytes are not yet written. Returns the bytes received.
+    async fn receive(&self, mut blob: FetchedBlob, tx: mpsc::UnboundedSender<Bytes>, idle: Duration) -> Result<u64> {
+        let mut progress = self.subscribe();
+        let mut received = 0u64;
+        loop {
+            while self.backlog(received) > MAX_BACKLOG {
+                if progress.changed().await.is_err() {
+                    return Err(RegistryError::internal("blob fill vanished"));
+                }
+            }
+            let next = tokio::time::timeout(idle, blob.body.next())
+                .await
+                .map_err(|_| RegistryError::upstream_timeout("upstream stalled while sending a blob"))?;
+            let chunk = match next {
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Err(RegistryError::upstream(format!("upstream blob body failed: {e}"))),
+                None => return Ok(received),
+            };
+            received += chunk.len() as u64;
+            if blob.size.is_some_and(|s| received > s) {
+                return Err(RegistryError::upstream("upstream sent more bytes than it announced"));
+            }
+            self.recent.lock().expect("recent lock").push(chunk.clone());
+            if tx.send(chunk).is_err() {
+                return Err(RegistryError::internal("blob writer stopped"));
+            }
+            self.state.send_modify(|s| {
+                if let FillState::Streaming { received: r, .. } = s {
+                    *r = received;
+                }
+            });
+        }
+    }
+
+    /// Bytes received but not yet in the spool file.
+    fn backlog(&self, received: u64) -> u64 {
+        match &*self.state.borrow() {
+            FillState::Streaming { written, .. } => received.saturating_sub(*written),
+            _ => 0,
+        }
+    }
+
+    /// Writes and hashes the chunks in order, in batches, off the async threads.
+    async fn write(&self, file: File, hasher: Hasher, mut rx: mpsc::UnboundedReceiver<Bytes>) -> Result<(File, Hasher, u64)> {
+        let mut sink = (file, hasher);
+        let mut written = 0u64;
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let mut n = batch[0].len();
+            while n < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        n += c.len();
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            sink = write_batch(sink, batch).await?;
+            written += n as u64;
+            self.recent.lock().expect("recent lock").trim(written);
+            self.state.send_modify(|s| {
+                if let FillState::Streaming { written: w, .. } = s {
+                    *w = written;
+                }
+            });
+        }
+        Ok((sink.0, sink.1, written))
     }
 
     /// Waits until `decide` answers for the current state; the fill's end always gets an answer
@@ -192,12 +301,19 @@ impl Fill {
 
     /// Marks the fill complete: the blob is in the store.
     pub fn complete(&self, size: u64) {
+        self.forget_recent();
         self.state.send_replace(FillState::Complete { size });
     }
 
     /// Marks the fill failed.
     pub fn fail(&self, e: RegistryError) {
+        self.forget_recent();
         self.state.send_replace(FillState::Failed(e));
+    }
+
+    /// Frees the bytes held in memory; readers go on from the file.
+    fn forget_recent(&self) {
+        *self.recent.lock().expect("recent lock") = Recent::default();
     }
 
     /// Marks the blob as absent upstream.
@@ -205,7 +321,7 @@ impl Fill {
         self.state.send_replace(FillState::NotFound);
     }
 
-    /// Streams the blob to one client from the growing spool file.
+    /// Streams the blob to one client: the newest bytes from memory, older ones from the spool.
     pub fn reader(self: &Arc<Self>) -> ByteStream {
         let rx = self.subscribe();
         let fill = Arc::clone(self);
@@ -214,7 +330,7 @@ impl Fill {
                 let state = rx.borrow_and_update().clone();
                 let (limit, finished) = match state {
                     FillState::Starting => (0, false),
-                    FillState::Streaming { written, .. } => (written.saturating_sub(1), false),
+                    FillState::Streaming { received, .. } => (received.saturating_sub(1), false),
                     FillState::Verified { size } | FillState::Complete { size } => (size, true),
                     FillState::NotFound => return Some((Err(io::Error::other("blob vanished upstream")), (fill, rx, pos))),
                     FillState::Failed(e) => return Some((Err(io::Error::other(e.message)), (fill, rx, u64::MAX))),
@@ -223,15 +339,7 @@ impl Fill {
                     return None;
                 }
                 if pos < limit {
-                    let file = Arc::clone(fill.spool.get().expect("spool set before streaming"));
-                    let len = (limit - pos).min(READ_CHUNK as u64) as usize;
-                    let chunk = blocking(move || {
-                        let mut buf = vec![0u8; len];
-                        file.read_exact_at(&mut buf, pos)?;
-                        Ok(Bytes::from(buf))
-                    })
-                    .await;
-                    return match chunk {
+                    return match fill.read_at(pos, limit).await {
                         Ok(c) => {
                             let next = pos + c.len() as u64;
                             Some((Ok(c), (fill, rx, next)))
@@ -249,14 +357,32 @@ impl Fill {
         })
         .boxed()
     }
+
+    /// Bytes from `pos` towards `limit`: from memory if still there, else from the spool file
+    /// (which holds everything that left memory).
+    async fn read_at(&self, pos: u64, limit: u64) -> io::Result<Bytes> {
+        if let Some(chunk) = self.recent.lock().expect("recent lock").slice(pos, limit) {
+            return Ok(chunk);
+        }
+        let file = Arc::clone(self.spool.get().expect("spool set before streaming"));
+        let len = (limit - pos).min(READ_CHUNK as u64) as usize;
+        blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, pos)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
 }
 
-async fn write_chunk(sink: (File, Hasher), chunk: Bytes) -> io::Result<(File, Hasher)> {
+async fn write_batch(sink: (File, Hasher), batch: Vec<Bytes>) -> io::Result<(File, Hasher)> {
     blocking(move || {
         use std::io::Write;
         let (mut file, mut hasher) = sink;
-        hasher.update(&chunk);
-        file.write_all(&chunk)?;
+        for chunk in &batch {
+            hasher.update(chunk);
+            file.write_all(chunk)?;
+        }
         Ok((file, hasher))
     })
     .await
@@ -298,6 +424,42 @@ mod tests {
         });
         assert_eq!(collect(reader).await.unwrap(), data);
         dl.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn readers_get_every_byte_from_memory_or_the_spool_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        let fill = Arc::new(Fill::default());
+        let early = fill.reader();
+        let chunks = data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let n = fill.download(blob_of(chunks, None), &digest, dir.path().join("s"), Duration::from_secs(5));
+        let (n, got) = tokio::join!(n, collect(early));
+        assert_eq!(n.unwrap(), data.len() as u64);
+        assert_eq!(got.unwrap(), data, "a reader keeping up");
+        // a reader that joins after the download left memory reads the file
+        assert_eq!(collect(fill.reader()).await.unwrap(), data, "a late reader");
+        fill.complete(data.len() as u64);
+        assert_eq!(collect(fill.reader()).await.unwrap(), data, "a reader after completion");
+    }
+
+    #[test]
+    fn recent_keeps_a_window_of_written_bytes_and_slices_within_chunks() {
+        let mut r = Recent::default();
+        for i in 0..8u8 {
+            r.push(Bytes::from(vec![i; 100_000]));
+        }
+        r.trim(300_000);
+        assert_eq!(r.start, 0, "fewer than WINDOW written bytes: all kept");
+        r.trim(800_000);
+        assert_eq!(800_000 - r.start, 300_000, "whole chunks are dropped while WINDOW stays");
+        assert!(r.slice(100_000, 800_000).is_none(), "dropped bytes are not in memory");
+        let s = r.slice(550_000, 560_000).unwrap();
+        assert_eq!(s.len(), 10_000);
+        assert!(s.iter().all(|&b| b == 5));
+        assert_eq!(r.slice(750_000, 800_000).unwrap().len(), 50_000);
+        assert!(r.slice(800_000, 900_000).is_none());
     }
 
     #[tokio::test]

@@ -203,11 +203,11 @@ impl Cache {
         Ok(())
     }
 
-    /// Stores a manifest pushed by a client (verified bytes), pinned.
+    /// Stores a manifest pushed by a client (verified bytes), pinned and durable.
     pub async fn store_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         self.pin(digest).await?;
-        self.keep_manifest(digest, bytes).await?;
-        self.lru.remove(digest);
+        self.write_manifest(digest, bytes, true).await?;
+        self.manifests.insert(digest.clone(), bytes.clone()).await;
         Ok(())
     }
 
@@ -353,7 +353,10 @@ impl Cache {
         let this = self.self_arc();
         self.manifest_flights
             .run(digest.clone(), async move {
-                // a run that finished between the caller's look-up and this one stored it already
+                // a run that finished between the caller's look-up and this one kept it already
+                if let Some(b) = this.manifests.get(&d).await {
+                    return Ok((b, CacheStatus::Hit));
+                }
                 if let Some(b) = this.store.read_small(&d).await? {
                     return Ok((b, CacheStatus::Hit));
                 }
@@ -371,19 +374,44 @@ impl Cache {
             .await
     }
 
-    /// Stores verified manifest bytes and keeps them in memory.
+    /// Keeps verified manifest bytes from the upstream: in memory now, on disk shortly after
+    /// (the client does not wait for the disk; a failed write only costs a later refetch).
     pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+        self.manifests.insert(digest.clone(), bytes.clone()).await;
+        let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
+        tokio::spawn(async move {
+            match this.write_manifest(&d, &b, false).await {
+                Ok(()) if !this.pinned.read().expect("pinned lock").contains(&d) => {
+                    this.lru.insert(d, b.len() as u64);
+                    this.evict_if_needed();
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(digest = %d, error = %e.message, "could not cache a manifest on disk"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Writes manifest bytes into the store through a synced spool file.
+    async fn write_manifest(&self, digest: &Digest, bytes: &Bytes, durable: bool) -> Result<()> {
         let spool = self.store.spool_dir().join(format!("manifest-{}", uuid::Uuid::new_v4()));
-        tokio::fs::write(&spool, bytes).await?;
-        let stored = self.store.ingest(&spool, digest).await;
+        let (path, b) = (spool.clone(), bytes.clone());
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&b)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(RegistryError::internal)?;
+        let stored = match written {
+            Ok(()) => self.store.ingest(&spool, digest, durable).await,
+            Err(e) => Err(e),
+        };
         if stored.is_err() {
             let _ = tokio::fs::remove_file(&spool).await;
         }
-        stored?;
-        self.lru.insert(digest.clone(), bytes.len() as u64);
-        self.manifests.insert(digest.clone(), bytes.clone()).await;
-        self.evict_if_needed();
-        Ok(())
+        Ok(stored?)
     }
 
     /// Resolves a tag to a digest: fresh record, else revalidate (shared), else stale.
@@ -392,30 +420,34 @@ impl Cache {
             let (_, repo, tag) = &key;
             return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
         }
-        if let Some(fresh) = self.fresh_tag(&key).await? {
+        if let Some(fresh) = self.tags.get(&key).await.filter(|r| self.is_fresh(r)) {
             return Ok((fresh, CacheStatus::Hit));
         }
         let (up, this, k) = (Arc::clone(upstream), self.self_arc(), key.clone());
+        // boxed: the upstream path is rare and would otherwise deepen every request's future
         self.tag_flights
-            .run(key, async move {
-                // a run that finished between the caller's look-up and this one refreshed it
-                if let Some(fresh) = this.fresh_tag(&k).await? {
-                    return Ok((fresh, CacheStatus::Hit));
-                }
+            .run(key, Box::pin(async move {
+                // from disk after a restart; or a run that finished just before this one
                 let known = this.load_tag(&k).await?;
-                this.revalidate_tag(&up, &k, known).await
-            })
+                match known {
+                    Some(r) if this.is_fresh(&r) => Ok((r, CacheStatus::Hit)),
+                    known => this.revalidate_tag(&up, &k, known).await,
+                }
+            }))
             .await
     }
 
-    /// The tag's record if it was confirmed upstream within the TTL.
-    async fn fresh_tag(&self, key: &TagKey) -> Result<Option<TagRecord>> {
-        let known = self.load_tag(key).await?;
-        Ok(known.filter(|r| now_secs().saturating_sub(r.checked_at) < self.tag_ttl.as_secs().max(1)))
+    /// Whether a tag record was confirmed upstream within the TTL.
+    fn is_fresh(&self, record: &TagRecord) -> bool {
+        now_secs().saturating_sub(record.checked_at) < self.tag_ttl.as_secs().max(1)
     }
 
     async fn revalidate_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
         let (_, repo, tag) = key;
+        if known.is_none() {
+            // nothing to compare a HEAD with: one GET answers
+            return self.fetch_tag(upstream, key, None).await;
+        }
         let head = match upstream.head_manifest(repo, tag.as_str()).await {
             Ok(h) => h,
             Err(e) if e.is_upstream_failure() && known.is_some() => {
@@ -425,11 +457,7 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let Some(head) = head else {
-            self.forget_tag(key).await?;
-            if is_attachment_tag(tag.as_str()) {
-                self.missing.insert(key.clone(), ()).await;
-            }
-            return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
+            return Err(self.tag_gone(key).await?);
         };
         if let (Some(k), Some(d)) = (&known, &head.digest) {
             if &k.digest == d {
@@ -438,21 +466,35 @@ impl Cache {
                 return Ok((record, CacheStatus::Revalidated));
             }
         }
+        self.fetch_tag(upstream, key, known).await
+    }
+
+    /// The tag's manifest fetched upstream and recorded; `known` is served if the upstream fails.
+    async fn fetch_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
+        let (_, repo, tag) = key;
         let fetched = match upstream.get_manifest(repo, tag.as_str()).await {
             Ok(Some(f)) => f,
-            Ok(None) => return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}"))),
+            Ok(None) => return Err(self.tag_gone(key).await?),
             Err(e) if e.is_upstream_failure() && known.is_some() => {
                 return Ok((known.expect("checked"), CacheStatus::Stale));
             }
             Err(e) => return Err(e),
         };
-        if head.digest.as_ref().is_some_and(|d| d.algorithm() == fetched.digest.algorithm() && d != &fetched.digest) {
-            tracing::info!(%repo, %tag, "tag moved between HEAD and GET; using the GET");
-        }
         self.keep_manifest(&fetched.digest, &fetched.bytes).await?;
         let record = TagRecord { digest: fetched.digest.clone(), checked_at: now_secs() };
         self.save_tag(key, &record).await?;
         Ok((record, CacheStatus::Miss))
+    }
+
+    /// Forgets a tag the upstream no longer has (remembering missing attachment tags for a
+    /// while) and returns the error for the client.
+    async fn tag_gone(&self, key: &TagKey) -> Result<RegistryError> {
+        self.forget_tag(key).await?;
+        let (_, repo, tag) = key;
+        if is_attachment_tag(tag.as_str()) {
+            self.missing.insert(key.clone(), ()).await;
+        }
+        Ok(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")))
     }
 
     fn tag_meta_key((ns, repo, tag): &TagKey) -> String {
@@ -472,10 +514,17 @@ impl Cache {
         Ok(Some(record))
     }
 
+    /// Records a tag's resolution: in memory now, on disk shortly after (the client does not
+    /// wait; a lost record only costs a revalidation).
     async fn save_tag(&self, key: &TagKey, record: &TagRecord) -> Result<()> {
         let json = serde_json::to_vec(record).map_err(RegistryError::internal)?;
-        self.store.put_cache_meta(&Self::tag_meta_key(key), &json).await?;
         self.tags.insert(key.clone(), record.clone()).await;
+        let (store, meta_key) = (Arc::clone(&self.store), Self::tag_meta_key(key));
+        tokio::spawn(async move {
+            if let Err(e) = store.put_cache_meta(&meta_key, &json).await {
+                tracing::warn!(key = %meta_key, error = %e, "could not record a tag on disk");
+            }
+        });
         Ok(())
     }
 
@@ -587,7 +636,7 @@ impl Cache {
             Err(e) => Err(e),
         };
         let outcome = match outcome {
-            Ok(Some(size)) => match self.store.ingest(&spool, digest).await {
+            Ok(Some(size)) => match self.store.ingest(&spool, digest, false).await {
                 Ok(()) => Ok(Some(size)),
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&spool).await;

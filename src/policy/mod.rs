@@ -9,6 +9,7 @@
 mod audit;
 mod convert;
 mod host;
+mod ticker;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -116,14 +117,7 @@ pub fn engine(concurrency: u32, max_memory: usize) -> anyhow::Result<Engine> {
         .max_memory_size(max_memory);
     cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg)?;
-    let weak = engine.weak();
-    std::thread::Builder::new().name("policy-epoch".into()).spawn(move || loop {
-        std::thread::sleep(EPOCH_TICK);
-        match weak.upgrade() {
-            Some(e) => e.increment_epoch(),
-            None => return,
-        }
-    })?;
+    ticker::register(&engine)?;
     Ok(engine)
 }
 
@@ -340,6 +334,7 @@ impl Loaded {
 
     /// Asks the module for its metadata and to validate its settings.
     fn validate(&self, engine: &Engine) -> anyhow::Result<(PolicyMetadata, std::result::Result<(), String>)> {
+        let _running = ticker::running();
         let mut store = self.store(engine, Arc::new(CallContext::detached()));
         let instance = self.pre.instantiate(&mut store).map_err(anyhow::Error::from)?;
         let meta = instance.call_metadata(&mut store).map_err(anyhow::Error::from)?;
@@ -349,6 +344,7 @@ impl Loaded {
 
     /// Runs one evaluation (blocking: call from a blocking thread).
     fn evaluate(&self, engine: &Engine, ctx: Arc<CallContext>, request: &Request) -> wasmtime::Result<Decision> {
+        let _running = ticker::running();
         let mut store = self.store(engine, ctx);
         let instance = self.pre.instantiate(&mut store)?;
         instance.call_evaluate(&mut store, request, &self.settings)

@@ -142,7 +142,7 @@ impl Uploads {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(RegistryError::of(Code::DigestInvalid, format!("content is {actual}, not {digest}")));
         }
-        self.cache.store().ingest(&data, digest).await?;
+        self.cache.store().ingest(&data, digest, true).await?;
         self.cache.pin(digest).await?;
         let (name, _) = self.cache.namespace(ns)?;
         self.cache.records.link_blob(&name, repo, digest).await?;

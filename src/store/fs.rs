@@ -182,12 +182,20 @@ impl Store for FsStore {
         Ok(not_found_is_none(tokio::fs::read(self.blob_path(digest)).await)?.map(Bytes::from))
     }
 
-    async fn ingest(&self, file: &Path, digest: &Digest) -> io::Result<()> {
-        let target = self.blob_path(digest);
-        if tokio::fs::try_exists(&target).await? {
-            return tokio::fs::remove_file(file).await;
-        }
-        tokio::fs::rename(file, &target).await
+    async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()> {
+        let (file, target) = (file.to_path_buf(), self.blob_path(digest));
+        tokio::task::spawn_blocking(move || {
+            if target.try_exists()? {
+                return std::fs::remove_file(&file);
+            }
+            std::fs::rename(&file, &target)?;
+            if durable {
+                std::fs::File::open(target.parent().expect("blob paths have a parent"))?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
@@ -288,7 +296,7 @@ mod tests {
         assert!(store.blob_size(&d).await.unwrap().is_none());
         let spool = store.spool_dir().join("x");
         std::fs::write(&spool, b"hello world").unwrap();
-        store.ingest(&spool, &d).await.unwrap();
+        store.ingest(&spool, &d, true).await.unwrap();
         assert!(!spool.exists());
         assert_eq!(store.blob_size(&d).await.unwrap(), Some(11));
         let mut s = store.read_blob(&d, 6, Some(3)).await.unwrap().unwrap();

@@ -42,8 +42,10 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a whole small blob (a manifest) into memory, or `None` when absent.
     async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>>;
 
-    /// Moves a local file whose content the caller verified to match `digest` into the store.
-    async fn ingest(&self, file: &Path, digest: &Digest) -> io::Result<()>;
+    /// Moves a local file whose content the caller verified (and made durable) to match
+    /// `digest` into the store; with `durable`, the move itself survives a power loss once this
+    /// returns (for what clients pushed; cached content can be fetched again).
+    async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()>;
 
     /// Removes a blob.
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;

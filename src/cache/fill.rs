@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -172,8 +172,8 @@ impl Fill {
         result
     }
 
-    async fn download_inner(&self, blob: FetchedBlob, digest: &Digest, spool: &PathBuf, idle: Duration) -> Result<u64> {
-        let path = spool.clone();
+    async fn download_inner(&self, blob: FetchedBlob, digest: &Digest, spool: &Path, idle: Duration) -> Result<u64> {
+        let path = spool.to_path_buf();
         let (writer, reader) = blocking(move || {
             let w = File::create(&path)?;
             let r = File::open(&path)?;
@@ -392,6 +392,45 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
+/// Streams an upstream blob straight to the client (nothing cached), checking its size and
+/// digest as it goes: a mismatch, a short body or a stall ends the stream with an error.
+pub fn verified_stream(blob: FetchedBlob, digest: Digest, idle: Duration) -> ByteStream {
+    struct St {
+        body: ByteStream,
+        hasher: Option<Hasher>,
+        seen: u64,
+        size: Option<u64>,
+        digest: Digest,
+    }
+    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), seen: 0, size: blob.size, digest };
+    futures_util::stream::unfold(st, move |mut st| async move {
+        let hasher = st.hasher.as_mut()?;
+        match tokio::time::timeout(idle, st.body.next()).await {
+            Err(_) => {
+                st.hasher = None;
+                Some((Err(io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")), st))
+            }
+            Ok(Some(Ok(chunk))) => {
+                hasher.update(&chunk);
+                st.seen += chunk.len() as u64;
+                Some((Ok(chunk), st))
+            }
+            Ok(Some(Err(e))) => {
+                st.hasher = None;
+                Some((Err(e), st))
+            }
+            Ok(None) => {
+                let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
+                if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
+                    return Some((Err(io::Error::other("upstream blob does not match its digest")), st));
+                }
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,43 +535,4 @@ mod tests {
         assert_eq!(e.status, http::StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
-}
-
-/// Streams an upstream blob straight to the client (nothing cached), checking its size and
-/// digest as it goes: a mismatch, a short body or a stall ends the stream with an error.
-pub fn verified_stream(blob: FetchedBlob, digest: Digest, idle: Duration) -> ByteStream {
-    struct St {
-        body: ByteStream,
-        hasher: Option<Hasher>,
-        seen: u64,
-        size: Option<u64>,
-        digest: Digest,
-    }
-    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), seen: 0, size: blob.size, digest };
-    futures_util::stream::unfold(st, move |mut st| async move {
-        let hasher = st.hasher.as_mut()?;
-        match tokio::time::timeout(idle, st.body.next()).await {
-            Err(_) => {
-                st.hasher = None;
-                Some((Err(io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")), st))
-            }
-            Ok(Some(Ok(chunk))) => {
-                hasher.update(&chunk);
-                st.seen += chunk.len() as u64;
-                Some((Ok(chunk), st))
-            }
-            Ok(Some(Err(e))) => {
-                st.hasher = None;
-                Some((Err(e), st))
-            }
-            Ok(None) => {
-                let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
-                if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
-                    return Some((Err(io::Error::other("upstream blob does not match its digest")), st));
-                }
-                None
-            }
-        }
-    })
-    .boxed()
 }

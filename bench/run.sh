@@ -200,10 +200,10 @@ mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob
   echo
   echo "Policy decision cost and key-based verification: \`cargo bench --bench policy\`, \`cargo bench --bench verify\`."
 } > bench/results.md.new
-python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" > bench/results.svg.new <<'PY'
+python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" "$qn" > bench/results.svg.new <<'PY'
 import sys
 v = [float(x) if x not in ("", "n/a") else 0 for x in sys.argv[1:]]
-groups = [("blob, 1 client", v[0:3]), ("blob, 16 clients", v[3:6]), ("manifest req/s (policy)", [v[6], v[7], 0])]
+groups = [("blob, 1 client", v[0:3]), ("blob, 16 clients", v[3:6]), ("manifest req/s (policy)", v[6:9])]
 names, colours = ["Portcullis", "distribution", "nginx"], ["#2b6cb0", "#c05621", "#718096"]
 w, h = 720, 300
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',

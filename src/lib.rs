@@ -10,6 +10,7 @@
 //! - [`manifest`], [`names`]: manifest media types and validated names, digests, references.
 //! - [`auth`]: who may read and write (htpasswd users, per-scope rules); [`tls`]: HTTPS.
 //! - [`push`]: blob uploads and manifest pushes.
+//! - [`registry`]: manifest pulls, pushes and deletes as clients ask for them, through the policies.
 //! - [`verify`]: native verification of cosign signatures and attestations.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`server`]: serving the API on a listener with graceful shutdown.
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod names;
 pub mod policy;
 pub mod push;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;

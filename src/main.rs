@@ -32,6 +32,7 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the proxy.
     Serve {

@@ -6,10 +6,13 @@ mod checks;
 
 use std::path::Path;
 
+/// A fuzz target's name and its checks.
+type Target = (&'static str, fn(&[u8]));
+
 #[test]
 fn fuzz_regressions_and_seeds_replay_without_panicking() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let targets: [(&str, fn(&[u8])); 4] =
+    let targets: [Target; 4] =
         [("route", checks::route), ("names", checks::names), ("manifest", checks::manifest), ("attachments", checks::attachments)];
     let mut replayed = 0;
     for (name, check) in targets {

@@ -14,8 +14,9 @@ use crate::attachments::Attachments;
 use crate::auth::{Access, Auth};
 use crate::cache::{ByteRange, Cache, CacheStatus};
 use crate::error::{Code, RegistryError, Result};
-use crate::policy::{Policies, Subject};
+use crate::policy::Policies;
 use crate::push::uploads::{self, Uploads};
+use crate::registry::{Caller, Registry};
 use crate::store::ByteStream;
 use body::{Body, RequestLog};
 use route::{Name, Route};
@@ -29,16 +30,8 @@ pub struct Api {
     attachments: Arc<Attachments>,
     uploads: Arc<Uploads>,
     auth: Arc<Auth>,
-    policies: Arc<Policies>,
-    allow_delete: bool,
+    registry: Registry,
     body_timeout: std::time::Duration,
-}
-
-/// Who sent a request, for policies and the audit log.
-struct Caller {
-    client: String,
-    user: Option<String>,
-    user_agent: Option<String>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -63,7 +56,8 @@ impl Api {
         policies: Arc<Policies>,
         allow_delete: bool,
     ) -> Api {
-        Api { cache, attachments, uploads, auth, policies, allow_delete, body_timeout: std::time::Duration::from_secs(60) }
+        let registry = Registry::new(Arc::clone(&cache), Arc::clone(&attachments), Arc::clone(&auth), policies, allow_delete);
+        Api { cache, attachments, uploads, auth, registry, body_timeout: std::time::Duration::from_secs(60) }
     }
 
     /// Sets how long a request body may pause between bytes before the request fails.
@@ -74,33 +68,7 @@ impl Api {
 
     /// The policy engine (for reloads).
     pub fn policies(&self) -> &Arc<Policies> {
-        &self.policies
-    }
-
-    /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
-    async fn admit(&self, caller: &Caller, push: bool, name: &Name, reference: &crate::names::Reference, digest: &crate::names::Digest, media_type: &str, manifest: &Bytes) -> Result<()> {
-        if self.policies.is_empty() {
-            return Ok(());
-        }
-        let tag_subject = match reference {
-            crate::names::Reference::Tag(t) => crate::cache::attachment_subject(t.as_str()),
-            crate::names::Reference::Digest(_) => None,
-        };
-        let manifest_subject = crate::manifest::Manifest::parse(manifest).ok().and_then(|m| m.subject.map(|s| s.digest));
-        let subject = Subject {
-            push,
-            namespace: self.cache.canonical_namespace(&name.namespace).unwrap_or(&name.namespace).to_string(),
-            repository: name.repo.to_string(),
-            reference: reference.to_string(),
-            digest: digest.to_string(),
-            media_type: media_type.to_string(),
-            manifest: manifest.clone(),
-            attaches_to: tag_subject.or(manifest_subject).map(|d| d.to_string()),
-            client: caller.client.clone(),
-            user: caller.user.clone(),
-            user_agent: caller.user_agent.clone(),
-        };
-        self.policies.check(&subject).await
+        self.registry.policies()
     }
 
     /// Authenticates the request and checks it may do what its route does.
@@ -127,8 +95,7 @@ impl Api {
     }
 
     fn scope(&self, name: &Name) -> String {
-        let ns = self.cache.canonical_namespace(&name.namespace).unwrap_or(&name.namespace);
-        format!("{ns}/{}", name.repo)
+        self.registry.scope(&name.namespace, &name.repo)
     }
 
     /// Answers one request; never fails (errors become OCI error responses).
@@ -172,12 +139,7 @@ impl Api {
             Route::Upload { name, id } => self.upload(req, &name, id.as_deref(), user.as_deref()).await,
             Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference, &caller).await,
             Route::Manifest { name, reference } if method == Method::DELETE => {
-                if !self.allow_delete {
-                    return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
-                }
-                if let Some(subject) = uploads::delete_manifest(&self.cache, &name.namespace, &name.repo, &reference).await? {
-                    self.attachments.invalidate(&name.namespace, &name.repo, &subject).await;
-                }
+                self.registry.delete_manifest(&name.namespace, &name.repo, &reference).await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
             }
             Route::Base if read => {
@@ -189,9 +151,7 @@ impl Api {
             Route::Ready if read => self.ready(method).await,
             Route::Manifest { name, reference } if read => {
                 let accept = header_values(req.headers(), header::ACCEPT);
-                let m = self.cache.manifest_for(&name.namespace, &name.repo, &reference, &accept).await?;
-                self.attachments.prefetch(&name.namespace, &name.repo, &reference, &m).await;
-                self.admit(&caller, false, &name, &reference, &m.digest, &m.media_type, &m.bytes).await?;
+                let m = self.registry.pull_manifest(&caller, &name.namespace, &name.repo, &reference, &accept).await?;
                 let r = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, &m.media_type)
@@ -274,7 +234,7 @@ impl Api {
             (Method::POST, None) => {
                 if let (Some(mount), Some(from)) = (query_param(query.as_deref(), "mount"), query_param(query.as_deref(), "from")) {
                     let mount: crate::names::Digest = mount.parse()?;
-                    if self.mount(user, &from, ns, repo, &mount).await {
+                    if self.registry.mount(user, &from, ns, repo, &mount).await {
                         return Ok(blob_created(name, &mount).into());
                     }
                 }
@@ -309,20 +269,6 @@ impl Api {
         }
     }
 
-    /// Mounts a blob from another repository the user may read; false: upload it instead.
-    async fn mount(&self, user: Option<&str>, from: &str, ns: &str, repo: &crate::names::RepoName, digest: &crate::names::Digest) -> bool {
-        let Some((from_ns, from_repo)) = from.split_once('/') else { return false };
-        let Ok(from_repo) = from_repo.parse::<crate::names::RepoName>() else { return false };
-        let from_name = Name { namespace: from_ns.to_string(), repo: from_repo.clone(), full: from.to_string() };
-        if self.auth.authorize(user, &self.scope(&from_name), Access::Read).is_err() {
-            return false;
-        }
-        if self.cache.blob_size(from_ns, &from_repo, digest).await.is_err() || self.cache.store().blob_size(digest).await.ok().flatten().is_none() {
-            return false;
-        }
-        uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
-    }
-
     async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference, caller: &Caller) -> Result<Reply>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -330,18 +276,7 @@ impl Api {
     {
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE, self.body_timeout).await?;
-        let parsed = crate::manifest::Manifest::parse(&body)?;
-        let digest = crate::names::Digest::sha256_of(&body);
-        self.admit(caller, true, name, reference, &digest, parsed.media_type(), &body).await?;
-        let pushed = uploads::put_manifest(&self.cache, &name.namespace, &name.repo, reference, content_type.as_deref(), body).await?;
-        if let Some(subject) = &pushed.subject {
-            self.attachments.invalidate(&name.namespace, &name.repo, subject).await;
-        }
-        if let crate::names::Reference::Tag(t) = reference {
-            if let Some(subject) = crate::cache::attachment_subject(t.as_str()) {
-                self.attachments.invalidate(&name.namespace, &name.repo, &subject).await;
-            }
-        }
+        let pushed = self.registry.push_manifest(caller, &name.namespace, &name.repo, reference, content_type.as_deref(), body).await?;
         let mut r = empty(StatusCode::CREATED);
         let h = r.headers_mut();
         h.insert(header::LOCATION, hv(&format!("/v2/{}/manifests/{}", name.full, pushed.digest))?);

@@ -32,8 +32,8 @@ impl Audit {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::Builder::new().name("policy-audit".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
-                let batch = std::iter::once(first).chain(rx.try_iter());
-                let written = batch.map(|line| writeln!(out, "{line}")).collect::<std::io::Result<()>>().and_then(|_| out.flush());
+                let mut batch = std::iter::once(first).chain(rx.try_iter());
+                let written = batch.try_for_each(|line| writeln!(out, "{line}")).and_then(|_| out.flush());
                 if let Err(e) = written {
                     tracing::error!(error = %e, "cannot write the audit log");
                 }

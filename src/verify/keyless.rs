@@ -491,8 +491,8 @@ fn check_chain(e: &Evidence<'_>, root: &TrustRoot, t: i64) -> Result<(), String>
     let mut last = String::new();
     for ca in root.authorities.iter().filter(|a| a.window.contains(t)) {
         let anchor = webpki::anchor_from_trusted_cert(&ca.root).map_err(|err| format!("{err:?}"))?;
-        let mut intermediates: Vec<CertificateDer<'_>> = ca.intermediates.iter().map(|c| c.clone()).collect();
-        intermediates.extend(e.chain.iter().map(|c| c.clone()));
+        let mut intermediates: Vec<CertificateDer<'_>> = ca.intermediates.to_vec();
+        intermediates.extend(e.chain.iter().cloned());
         match leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &[anchor],

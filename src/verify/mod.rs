@@ -380,7 +380,8 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
         Ok(s) => s,
         Err(reason) => return verdict(layer, None, false, reason),
     };
-    let signer = Some(signer.as_str());
+    let signer_name = signer;
+    let signer = Some(signer_name.as_str());
     let payload: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
         Ok(v) => v,
         Err(e) => return verdict(layer, signer, false, format!("payload is not JSON: {e}")),
@@ -400,11 +401,11 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
             tag: requested.tag.clone(),
             digest: requested.digest.clone(),
         });
-        if !through_proxy.is_some_and(|r| req.identity.accepts(&r, claimed).is_ok()) {
+        if through_proxy.is_none_or(|r| req.identity.accepts(&r, claimed).is_err()) {
             return verdict(layer, signer, false, reason);
         }
     }
-    verdict(layer, signer, true, format!("signed by {}", signer.unwrap_or_default()))
+    verdict(layer, signer, true, format!("signed by {signer_name}"))
 }
 
 /// DSSE pre-authentication encoding.
@@ -580,23 +581,6 @@ impl TrustStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pae_matches_the_dsse_spec_example() {
-        // from the DSSE protocol document
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world");
-    }
-
-    #[test]
-    fn predicate_type_aliases() {
-        assert_eq!(predicate_type("slsaprovenance"), "https://slsa.dev/provenance/v0.2");
-        assert_eq!(predicate_type("https://example.com/x"), "https://example.com/x");
-    }
-}
-
 /// The name a proxied image has at its upstream (what signatures made there claim):
 /// `<upstream host>/<repo>`; for a local namespace, `<namespace>/<repo>`.
 pub fn upstream_identity(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ImageRef> {
@@ -613,4 +597,21 @@ pub fn upstream_identity(cache: &Cache, ns: &str, repo: &RepoName, reference: &R
     r.tag = tag;
     r.digest = digest;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pae_matches_the_dsse_spec_example() {
+        // from the DSSE protocol document
+        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world");
+    }
+
+    #[test]
+    fn predicate_type_aliases() {
+        assert_eq!(predicate_type("slsaprovenance"), "https://slsa.dev/provenance/v0.2");
+        assert_eq!(predicate_type("https://example.com/x"), "https://example.com/x");
+    }
 }

@@ -1,0 +1,144 @@
+//! The registry's manifest operations as clients ask for them: pulls and pushes decided by the
+//! policies in scope, deletes, and cross-repository blob mounts. The HTTP layer parses requests
+//! and calls these; the cache, attachments and policies stay unaware of one another here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::attachments::Attachments;
+use crate::auth::{Access, Auth};
+use crate::cache::{Cache, ServedManifest};
+use crate::error::{Code, RegistryError, Result};
+use crate::manifest::Manifest;
+use crate::names::{Digest, Reference, RepoName};
+use crate::policy::{Policies, Subject};
+use crate::push::uploads::{self, Pushed};
+
+/// Who sent a request, for policies and the audit log.
+pub struct Caller {
+    /// The client's address.
+    pub client: String,
+    /// The signed-in user, if any.
+    pub user: Option<String>,
+    /// The client's User-Agent, if any.
+    pub user_agent: Option<String>,
+}
+
+/// A manifest a policy decides on.
+struct Decided<'a> {
+    reference: &'a Reference,
+    digest: &'a Digest,
+    media_type: &'a str,
+    bytes: &'a Bytes,
+}
+
+/// Manifest pulls, pushes and deletes, and blob mounts, over the cache.
+pub struct Registry {
+    cache: Arc<Cache>,
+    attachments: Arc<Attachments>,
+    auth: Arc<Auth>,
+    policies: Arc<Policies>,
+    allow_delete: bool,
+}
+
+impl Registry {
+    /// Builds the registry over its services.
+    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, auth: Arc<Auth>, policies: Arc<Policies>, allow_delete: bool) -> Registry {
+        Registry { cache, attachments, auth, policies, allow_delete }
+    }
+
+    /// The policy engine (for reloads).
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    /// `<namespace>/<repository>` as auth rules and policies name it (aliases resolved).
+    pub fn scope(&self, ns: &str, repo: &RepoName) -> String {
+        let ns = self.cache.canonical_namespace(ns).unwrap_or(ns);
+        format!("{ns}/{repo}")
+    }
+
+    /// A manifest for a pull: served in a media type the client accepts, its attachments
+    /// fetched alongside, and admitted by the policies in scope (`DENIED` otherwise).
+    pub async fn pull_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
+        let m = self.cache.manifest_for(ns, repo, reference, accept).await?;
+        self.attachments.prefetch(ns, repo, reference, &m).await;
+        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes };
+        self.admit(caller, false, ns, repo, decided).await?;
+        Ok(m)
+    }
+
+    /// Stores a pushed manifest once the policies in scope admit it; cached attachment lists
+    /// it changes are dropped.
+    pub async fn push_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
+        let parsed = Manifest::parse(&body)?;
+        let digest = Digest::sha256_of(&body);
+        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body };
+        self.admit(caller, true, ns, repo, decided).await?;
+        let pushed = uploads::put_manifest(&self.cache, ns, repo, reference, content_type, body).await?;
+        if let Some(subject) = &pushed.subject {
+            self.attachments.invalidate(ns, repo, subject).await;
+        }
+        if let Some(subject) = tag_subject(reference) {
+            self.attachments.invalidate(ns, repo, &subject).await;
+        }
+        Ok(pushed)
+    }
+
+    /// Deletes a pushed manifest or tag, when deletes are enabled.
+    pub async fn delete_manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<()> {
+        if !self.allow_delete {
+            return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
+        }
+        if let Some(subject) = uploads::delete_manifest(&self.cache, ns, repo, reference).await? {
+            self.attachments.invalidate(ns, repo, &subject).await;
+        }
+        Ok(())
+    }
+
+    /// Mounts a blob from `from` (`<namespace>/<repository>`) the user may read into
+    /// `ns/repo`; false when the client should upload it instead.
+    pub async fn mount(&self, user: Option<&str>, from: &str, ns: &str, repo: &RepoName, digest: &Digest) -> bool {
+        let Some((from_ns, from_repo)) = from.split_once('/') else { return false };
+        let Ok(from_repo) = from_repo.parse::<RepoName>() else { return false };
+        if self.auth.authorize(user, &self.scope(from_ns, &from_repo), Access::Read).is_err() {
+            return false;
+        }
+        let readable = self.cache.blob_size(from_ns, &from_repo, digest).await.is_ok();
+        if !readable || self.cache.store().blob_size(digest).await.ok().flatten().is_none() {
+            return false;
+        }
+        uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
+    }
+
+    /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
+    async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: Decided<'_>) -> Result<()> {
+        if self.policies.is_empty() {
+            return Ok(());
+        }
+        let manifest_subject = Manifest::parse(m.bytes).ok().and_then(|p| p.subject.map(|s| s.digest));
+        let subject = Subject {
+            push,
+            namespace: self.cache.canonical_namespace(ns).unwrap_or(ns).to_string(),
+            repository: repo.to_string(),
+            reference: m.reference.to_string(),
+            digest: m.digest.to_string(),
+            media_type: m.media_type.to_string(),
+            manifest: m.bytes.clone(),
+            attaches_to: tag_subject(m.reference).or(manifest_subject).map(|d| d.to_string()),
+            client: caller.client.clone(),
+            user: caller.user.clone(),
+            user_agent: caller.user_agent.clone(),
+        };
+        self.policies.check(&subject).await
+    }
+}
+
+/// The image an attachment tag (`sha256-<hex>.sig` and the like) belongs to.
+fn tag_subject(reference: &Reference) -> Option<Digest> {
+    match reference {
+        Reference::Tag(t) => crate::cache::attachment_subject(t.as_str()),
+        Reference::Digest(_) => None,
+    }
+}

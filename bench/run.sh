@@ -39,12 +39,11 @@ registry() { # name port [remote]
   wait_http "http://127.0.0.1:$2/v2/"
 }
 
-# upstream with a big blob, a 3-layer image and a small image
+# upstream with a big blob and a small image (3-layer images for cold pulls come later)
 UP=$(port); registry upstream "$UP"
 python3 bench/mkimage.py "$work/big" big "$BLOB_MIB" > "$work/big.txt"
-python3 bench/mkimage.py "$work/three" three 4 4 4 > "$work/three.txt"
 python3 bench/mkimage.py "$work/small" small 1 > "$work/small.txt"
-for img in big three small; do
+for img in big small; do
   skopeo copy -q --dest-tls-verify=false "oci:$work/$img:$img" "docker://127.0.0.1:$UP/bench/$img:v1" >/dev/null
 done
 BIG=$(sed -n 2p "$work/big.txt"); BIG_FILE="$work/big/blobs/sha256/${BIG#sha256:}"
@@ -158,7 +157,9 @@ herd() { # server-url-prefix image-name -> upstream GET count
 HERD_PC=$(herd "http://127.0.0.1:$PC/v2/up" herdpc)
 HERD_DP=$(herd "http://127.0.0.1:$DP/v2" herddp)
 
-# cold pull of the 3-layer image with skopeo: through a fresh Portcullis vs straight upstream
+# cold pull of a 3-layer image with skopeo, through the running Portcullis vs straight from the
+# upstream: each round pushes a new image (fresh layers, so it is cold for the proxy) and pulls it
+# both ways, the order alternating between rounds
 pull_time() { # source -> seconds
   rm -rf "$work/pulled"
   local start end; start=$(date +%s.%N)
@@ -167,12 +168,13 @@ pull_time() { # source -> seconds
 }
 COLD_PC=""; COLD_UP=""
 for i in $(seq 1 "$((ROUNDS * 3))"); do   # a pull takes a fraction of a second: more rounds
-  COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/three:v1") "
-  rm -rf "$work/pc/data/blobs" "$work/pc/data/meta"; mkdir -p "$work/pc/data/blobs/sha256" "$work/pc/data/meta"
-  kill "$PC_PID"; wait "$PC_PID" 2>/dev/null || true
-  RUST_LOG=warn "$bin" serve --config "$work/pc/proxy.toml" >> "$work/pc/log" 2>&1 & PC_PID=$!; pids+=($PC_PID)
-  wait_http "http://127.0.0.1:$PC/v2/"
-  COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/three:v1") "
+  rm -rf "$work/cold"; python3 bench/mkimage.py "$work/cold" cold 4 4 4 >/dev/null
+  skopeo copy -q --dest-tls-verify=false "oci:$work/cold:cold" "docker://127.0.0.1:$UP/bench/cold$i:v1" >/dev/null
+  if [ $((i % 2)) = 1 ]; then
+    COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/cold$i:v1") "; COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/cold$i:v1") "
+  else
+    COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/cold$i:v1") "; COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/cold$i:v1") "
+  fi
 done
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(round(a/b,2) if b else 'n/a')" "$1" "$2"; }

@@ -143,7 +143,10 @@ fn tags_move_after_the_ttl_and_not_before() {
         assert_eq!(r.status(), 200);
         r.headers()["docker-content-digest"].to_str().unwrap().to_string()
     };
+    let (heads0, gets0) = (reg.count("HEAD", "/moving/tag/manifests/v1"), reg.count("GET", "/moving/tag/manifests/v1"));
     assert_eq!(digest(&url), a.digest);
+    assert_eq!(reg.count_settled("GET", "/moving/tag/manifests/v1", gets0 + 1), gets0 + 1, "a new tag is fetched with one GET");
+    assert_eq!(reg.count("HEAD", "/moving/tag/manifests/v1"), heads0, "and no HEAD before it");
     reg.push(&b, "moving/tag:v1");
     assert_eq!(digest(&url), a.digest, "within the TTL the cached resolution is served");
     let heads_before = reg.count("HEAD", "/manifests/v1");

@@ -114,7 +114,7 @@ impl Registry {
 
     /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
     async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: Decided<'_>) -> Result<()> {
-        if self.policies.is_empty() {
+        if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
         }
         let manifest_subject = Manifest::parse(m.bytes).ok().and_then(|p| p.subject.map(|s| s.digest));

@@ -396,6 +396,11 @@ impl Policies {
         self.set.read().expect("policy lock").policies.is_empty()
     }
 
+    /// Whether any policy's scope covers `<namespace>/<repository>`.
+    pub fn applies_to(&self, scope: &str) -> bool {
+        self.set.read().expect("policy lock").policies.iter().any(|p| p.config.scope.iter().any(|g| glob_match(g, scope)))
+    }
+
     /// Decides on a manifest: every policy in scope must admit it. A rejection is `DENIED`
     /// with the policy's reason.
     pub async fn check(&self, subject: &Subject) -> Result<()> {

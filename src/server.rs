@@ -126,7 +126,12 @@ pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>,
     }
     drop(listener);
     tracing::info!("shutting down; draining in-flight requests");
+    let started = std::time::Instant::now();
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+    // what was served is cached before the process ends (within what is left of the grace)
+    if tokio::time::timeout(grace.saturating_sub(started.elapsed()), api.settle()).await.is_err() {
+        tracing::warn!("grace period over; blob downloads still under way are dropped");
     }
 }

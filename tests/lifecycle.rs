@@ -99,6 +99,26 @@ fn sigterm_drains_in_flight_downloads_and_refuses_new_connections() {
 }
 
 #[test]
+fn sigterm_keeps_what_was_just_served_cold() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let mut p = proxy(t.path(), &reg, "shutdown_grace = \"30s\"", "");
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "fresh", layers: &[16 << 20], tag: "v1" });
+    reg.push(&img, "fresh/img:v1");
+    let manifest = http().get(format!("{}/v2/up/fresh/img/manifests/v1", p.url())).send().unwrap();
+    assert_eq!(manifest.status(), 200);
+    let blob = http().get(format!("{}/v2/up/fresh/img/blobs/{}", p.url(), img.layers[0])).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256(&blob), img.layers[0]);
+    p.sigterm();
+    let status = p.wait_exit(Duration::from_secs(20)).expect("the proxy exits");
+    assert!(status.success(), "{status:?}");
+    assert!(p.has_blob(&img.layers[0]), "a blob served cold just before SIGTERM is cached when the proxy has exited");
+    assert!(p.has_blob(&img.digest), "and so is its manifest");
+    assert_eq!(p.spool_files(), 0, "no temporary file is left behind");
+    assert_store_consistent(&p);
+}
+
+#[test]
 fn sigterm_after_the_grace_period_closes_what_is_left() {
     let InFlight { mut p, reader, _t: _dir, _reg: _upstream, .. } = slow_download_in_flight("1s");
     let started = std::time::Instant::now();

@@ -114,7 +114,16 @@ pub struct Cache {
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
     lru: LruIndex,
     evicting: tokio::sync::Mutex<()>,
+    background: Background,
     weak: std::sync::Weak<Cache>,
+}
+
+/// Work the cache finishes after answering (blob fills, manifest and tag records), counted so
+/// that a graceful shutdown can wait for it.
+#[derive(Default)]
+struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 impl Cache {
@@ -159,8 +168,35 @@ impl Cache {
             fills: Mutex::default(),
             lru,
             evicting: tokio::sync::Mutex::new(()),
+            background: Background::default(),
             weak: weak.clone(),
         }))
+    }
+
+    /// Runs `work` after the answer, counted until it ends (see [`Cache::settle`]).
+    fn spawn_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        self.background.running.fetch_add(1, Ordering::SeqCst);
+        let this = self.self_arc();
+        tokio::spawn(async move {
+            work.await;
+            if this.background.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                this.background.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits until the work started after answers (fills, cache records) has ended.
+    pub async fn settle(&self) {
+        loop {
+            let idle = self.background.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.background.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// The store underneath (for readiness checks).
@@ -379,7 +415,7 @@ impl Cache {
     pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         self.manifests.insert(digest.clone(), bytes.clone()).await;
         let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
-        tokio::spawn(async move {
+        self.spawn_background(async move {
             match this.write_manifest(&d, &b, false).await {
                 Ok(()) if !this.pinned.read().expect("pinned lock").contains(&d) => {
                     this.lru.insert(d, b.len() as u64);
@@ -520,7 +556,7 @@ impl Cache {
         let json = serde_json::to_vec(record).map_err(RegistryError::internal)?;
         self.tags.insert(key.clone(), record.clone()).await;
         let (store, meta_key) = (Arc::clone(&self.store), Self::tag_meta_key(key));
-        tokio::spawn(async move {
+        self.spawn_background(async move {
             if let Err(e) = store.put_cache_meta(&meta_key, &json).await {
                 tracing::warn!(key = %meta_key, error = %e, "could not record a tag on disk");
             }
@@ -618,7 +654,7 @@ impl Cache {
         fills.insert(digest.clone(), Arc::clone(&fill));
         drop(fills);
         let (this, up, repo, d, f) = (self.self_arc(), Arc::clone(upstream), repo.clone(), digest.clone(), Arc::clone(&fill));
-        tokio::spawn(async move { this.run_fill(&up, &repo, &d, &f).await });
+        self.spawn_background(async move { this.run_fill(&up, &repo, &d, &f).await });
         fill
     }
 

@@ -66,6 +66,11 @@ impl Api {
         self
     }
 
+    /// Waits until the work the cache started after its answers has ended (for shutdown).
+    pub async fn settle(&self) {
+        self.cache.settle().await
+    }
+
     /// The policy engine (for reloads).
     pub fn policies(&self) -> &Arc<Policies> {
         self.registry.policies()

@@ -40,12 +40,14 @@ pub struct Registry {
     auth: Arc<Auth>,
     policies: Arc<Policies>,
     allow_delete: bool,
+    /// Each manifest's `subject`, parsed once per digest (content-addressed, so it never changes).
+    subjects: moka::sync::Cache<Digest, Option<Digest>>,
 }
 
 impl Registry {
     /// Builds the registry over its services.
     pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, auth: Arc<Auth>, policies: Arc<Policies>, allow_delete: bool) -> Registry {
-        Registry { cache, attachments, auth, policies, allow_delete }
+        Registry { cache, attachments, auth, policies, allow_delete, subjects: moka::sync::Cache::new(100_000) }
     }
 
     /// The policy engine (for reloads).
@@ -117,7 +119,7 @@ impl Registry {
         if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
         }
-        let manifest_subject = Manifest::parse(m.bytes).ok().and_then(|p| p.subject.map(|s| s.digest));
+        let manifest_subject = self.subjects.get_with_by_ref(m.digest, || Manifest::parse(m.bytes).ok().and_then(|p| p.subject.map(|s| s.digest)));
         let subject = Subject {
             push,
             namespace: self.cache.canonical_namespace(ns).unwrap_or(ns).to_string(),

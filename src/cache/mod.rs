@@ -348,7 +348,7 @@ impl Cache {
         layers.extend(extra);
         let bytes = Bytes::from(serde_json::to_vec(&ours).map_err(RegistryError::internal)?);
         let digest = Digest::sha256_of(&bytes);
-        self.keep_manifest(&digest, &bytes).await?;
+        self.keep_manifest(&digest, &bytes).await;
         served(bytes, digest, theirs.status)
     }
 
@@ -404,7 +404,7 @@ impl Cache {
                         format!("upstream manifest does not match digest {d}"),
                     ));
                 }
-                this.keep_manifest(&d, &fetched.bytes).await?;
+                this.keep_manifest(&d, &fetched.bytes).await;
                 Ok((fetched.bytes, CacheStatus::Miss))
             })
             .await
@@ -412,7 +412,7 @@ impl Cache {
 
     /// Keeps verified manifest bytes from the upstream: in memory now, on disk shortly after
     /// (the client does not wait for the disk; a failed write only costs a later refetch).
-    pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
+    pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) {
         self.manifests.insert(digest.clone(), bytes.clone()).await;
         let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
         self.spawn_background(async move {
@@ -425,7 +425,6 @@ impl Cache {
                 Err(e) => tracing::warn!(digest = %d, error = %e.message, "could not cache a manifest on disk"),
             }
         });
-        Ok(())
     }
 
     /// Writes manifest bytes into the store through a synced spool file.
@@ -516,7 +515,7 @@ impl Cache {
             }
             Err(e) => return Err(e),
         };
-        self.keep_manifest(&fetched.digest, &fetched.bytes).await?;
+        self.keep_manifest(&fetched.digest, &fetched.bytes).await;
         let record = TagRecord { digest: fetched.digest.clone(), checked_at: now_secs() };
         self.save_tag(key, &record).await?;
         Ok((record, CacheStatus::Miss))

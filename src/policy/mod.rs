@@ -391,11 +391,6 @@ impl Policies {
         Ok(())
     }
 
-    /// Whether any policy is configured at all.
-    pub fn is_empty(&self) -> bool {
-        self.set.read().expect("policy lock").policies.is_empty()
-    }
-
     /// Whether any policy's scope covers `<namespace>/<repository>`.
     pub fn applies_to(&self, scope: &str) -> bool {
         self.set.read().expect("policy lock").policies.iter().any(|p| p.config.scope.iter().any(|g| glob_match(g, scope)))

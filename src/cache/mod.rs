@@ -242,7 +242,7 @@ impl Cache {
     /// Stores a manifest pushed by a client (verified bytes), pinned and durable.
     pub async fn store_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         self.pin(digest).await?;
-        self.write_manifest(digest, bytes, true).await?;
+        self.store.put_small(digest, bytes, true).await?;
         self.manifests.insert(digest.clone(), bytes.clone()).await;
         Ok(())
     }
@@ -416,37 +416,15 @@ impl Cache {
         self.manifests.insert(digest.clone(), bytes.clone()).await;
         let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
         self.spawn_background(async move {
-            match this.write_manifest(&d, &b, false).await {
+            match this.store.put_small(&d, &b, false).await {
                 Ok(()) if !this.pinned.read().expect("pinned lock").contains(&d) => {
                     this.lru.insert(d, b.len() as u64);
                     this.evict_if_needed();
                 }
                 Ok(()) => {}
-                Err(e) => tracing::warn!(digest = %d, error = %e.message, "could not cache a manifest on disk"),
+                Err(e) => tracing::warn!(digest = %d, error = %e, "could not cache a manifest on disk"),
             }
         });
-    }
-
-    /// Writes manifest bytes into the store through a synced spool file.
-    async fn write_manifest(&self, digest: &Digest, bytes: &Bytes, durable: bool) -> Result<()> {
-        let spool = self.store.spool_dir().join(format!("manifest-{}", uuid::Uuid::new_v4()));
-        let (path, b) = (spool.clone(), bytes.clone());
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&path)?;
-            f.write_all(&b)?;
-            f.sync_all()
-        })
-        .await
-        .map_err(RegistryError::internal)?;
-        let stored = match written {
-            Ok(()) => self.store.ingest(&spool, digest, durable).await,
-            Err(e) => Err(e),
-        };
-        if stored.is_err() {
-            let _ = tokio::fs::remove_file(&spool).await;
-        }
-        Ok(stored?)
     }
 
     /// Resolves a tag to a digest: fresh record, else revalidate (shared), else stale.

@@ -47,6 +47,29 @@ pub trait Store: Send + Sync + 'static {
     /// returns (for what clients pushed; cached content can be fetched again).
     async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()>;
 
+    /// Stores small verified content (a manifest) under `digest` through a synced spool file;
+    /// `durable` as for [`Store::ingest`].
+    async fn put_small(&self, digest: &Digest, bytes: &Bytes, durable: bool) -> io::Result<()> {
+        let spool = self.spool_dir().join(format!("small-{}", uuid::Uuid::new_v4()));
+        let (path, b) = (spool.clone(), bytes.clone());
+        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&b)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(io::Error::other)?;
+        let stored = match written {
+            Ok(()) => self.ingest(&spool, digest, durable).await,
+            Err(e) => Err(e),
+        };
+        if stored.is_err() {
+            let _ = tokio::fs::remove_file(&spool).await;
+        }
+        stored
+    }
+
     /// Removes a blob.
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
 

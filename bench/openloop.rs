@@ -1,0 +1,148 @@
+//! Open-loop load generator for the benchmark: GETs at a fixed rate over a fixed number of
+//! keep-alive HTTP/1.1 connections, printing latency percentiles.
+//!
+//! Each request has a due time (`rate` per second, spread evenly over the connections). Its
+//! latency counts from when it was due if its connection was still busy then (a slow answer
+//! delays the next requests, and that wait is the server's), else from when it was sent. So
+//! the numbers are the server's latency at that load, not the length of a closed loop's queue.
+//!
+//! ```text
+//! openloop URL RATE CONNECTIONS SECONDS [HEADER...]
+//! ```
+//! Prints one line: `<requests/s achieved> <p50 ms> <p99 ms> <max ms> <errors>`. A server that
+//! cannot keep up achieves less than RATE, and its late answers show in the percentiles.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// What one run asks for.
+struct Load {
+    host: String,
+    path: String,
+    headers: Vec<String>,
+    rate: f64,
+    connections: usize,
+    seconds: f64,
+}
+
+/// What one connection measured: latencies in microseconds, and failed requests.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u32>,
+    errors: u64,
+}
+
+fn main() -> Result<(), String> {
+    let load = parse_args(std::env::args().skip(1).collect())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (tally, elapsed) = runtime.block_on(run(&load))?;
+    println!("{}", summary(tally, elapsed));
+    Ok(())
+}
+
+fn parse_args(args: Vec<String>) -> Result<Load, String> {
+    let usage = "usage: openloop URL RATE CONNECTIONS SECONDS [HEADER...]";
+    if args.len() < 4 {
+        return Err(usage.into());
+    }
+    let rest = args[0].strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h.to_string(), format!("/{p}"))).unwrap_or((rest.to_string(), "/".into()));
+    let number = |i: usize| args[i].parse::<f64>().map_err(|_| format!("{usage}: {} is not a number", args[i]));
+    let load = Load { host, path, headers: args[4..].to_vec(), rate: number(1)?, connections: number(2)? as usize, seconds: number(3)? };
+    if load.rate <= 0.0 || load.connections == 0 || load.seconds <= 0.0 {
+        return Err(format!("{usage}: RATE, CONNECTIONS and SECONDS must be positive"));
+    }
+    Ok(load)
+}
+
+async fn run(load: &Load) -> Result<(Tally, Duration), String> {
+    let mut request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n", load.path, load.host);
+    for h in &load.headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let start = Instant::now() + Duration::from_millis(100);
+    let end = start + Duration::from_secs_f64(load.seconds);
+    let interval = Duration::from_secs_f64(load.connections as f64 / load.rate);
+    let mut tasks = Vec::new();
+    for k in 0..load.connections {
+        let stream = TcpStream::connect(&load.host).await.map_err(|e| format!("connect {}: {e}", load.host))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let first = start + Duration::from_secs_f64(k as f64 / load.rate);
+        tasks.push(tokio::spawn(connection(stream, request.clone().into_bytes(), first, interval, end)));
+    }
+    let mut tally = Tally::default();
+    for t in tasks {
+        let part = t.await.map_err(|e| e.to_string())?;
+        tally.latencies.extend(part.latencies);
+        tally.errors += part.errors;
+    }
+    Ok((tally, Instant::now().max(end) - start))
+}
+
+/// Sends the request on one connection at each due time until `end`.
+async fn connection(mut stream: TcpStream, request: Vec<u8>, first: Instant, interval: Duration, end: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut due = first;
+    let mut free_at = first;
+    while due < end {
+        tokio::time::sleep_until(due).await;
+        let sent = Instant::now();
+        let from = if free_at > due { due } else { sent };
+        let ok = stream.write_all(&request).await.is_ok() && read_response(&mut stream, &mut buf).await.unwrap_or(false);
+        free_at = Instant::now();
+        if ok {
+            tally.latencies.push((free_at - from).as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            tally.errors += 1;
+            break;
+        }
+        due += interval;
+    }
+    tally
+}
+
+/// Reads one response with a Content-Length body; true if its status was 200.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Ok(false);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let ok = head.starts_with("http/1.1 200");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        if read_more(stream, buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(ok)
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn summary(mut tally: Tally, elapsed: Duration) -> String {
+    tally.latencies.sort_unstable();
+    let n = tally.latencies.len();
+    let at = |q: f64| if n == 0 { 0.0 } else { tally.latencies[((n as f64 * q) as usize).min(n - 1)] as f64 / 1000.0 };
+    format!("{:.0} {:.3} {:.3} {:.3} {}", n as f64 / elapsed.as_secs_f64(), at(0.50), at(0.99), at(1.0), tally.errors)
+}

@@ -107,6 +107,8 @@ pub struct Cache {
     idle_timeout: Duration,
     min_free: u64,
     manifests: moka::future::Cache<Digest, Bytes>,
+    /// The media type of each manifest served, so that serving one does not parse it each time.
+    media_types: moka::sync::Cache<Digest, Arc<str>>,
     tags: moka::future::Cache<TagKey, TagRecord>,
     missing: moka::future::Cache<TagKey, ()>,
     manifest_flights: SingleFlight<Digest, Result<(Bytes, CacheStatus)>>,
@@ -158,6 +160,7 @@ impl Cache {
                 .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(memory)
                 .build(),
+            media_types: moka::sync::Cache::new(100_000),
             tags: moka::future::Cache::builder().max_capacity(100_000).build(),
             missing: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -277,18 +280,31 @@ impl Cache {
         Ok(Some(b))
     }
 
+    /// A manifest as served, its media type parsed once per digest (the bytes are the digest's).
+    fn served(&self, bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
+        let media_type = match self.media_types.get(&digest) {
+            Some(t) => t,
+            None => {
+                let t: Arc<str> = Manifest::parse(&bytes)?.media_type().into();
+                self.media_types.insert(digest.clone(), Arc::clone(&t));
+                t
+            }
+        };
+        Ok(ServedManifest { bytes, media_type: media_type.to_string(), digest, status })
+    }
+
     /// Serves a manifest by tag or digest.
     pub async fn manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
         let (name, upstream) = self.namespace(ns)?;
         match (reference, upstream) {
             (Reference::Digest(d), Some(up)) => {
                 let (bytes, status) = self.manifest_by_digest(&up, repo, d).await?;
-                served(bytes, d.clone(), status)
+                self.served(bytes, d.clone(), status)
             }
             (Reference::Digest(d), None) => {
                 let linked = self.records.has_manifest(&name, repo, d).await?;
                 match self.local_manifest(d).await? {
-                    Some(bytes) if linked => served(bytes, d.clone(), CacheStatus::Hit),
+                    Some(bytes) if linked => self.served(bytes, d.clone(), CacheStatus::Hit),
                     _ => Err(manifest_unknown(repo, d)),
                 }
             }
@@ -298,7 +314,7 @@ impl Cache {
                     (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => self.merged_attachment(&up, repo, tag, d).await,
                     (Some(d), _) => {
                         let bytes = self.local_manifest(&d).await?.ok_or_else(|| manifest_unknown(repo, &d))?;
-                        served(bytes, d, CacheStatus::Hit)
+                        self.served(bytes, d, CacheStatus::Hit)
                     }
                     (None, Some(up)) => self.upstream_tag(&up, repo, tag).await,
                     (None, None) => Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}"))),
@@ -313,7 +329,7 @@ impl Cache {
         let (record, tag_status) = self.resolve_tag(upstream, key).await?;
         let (bytes, status) = self.manifest_by_digest(upstream, repo, &record.digest).await?;
         let status = if status == CacheStatus::Hit { tag_status } else { status };
-        served(bytes, record.digest, status)
+        self.served(bytes, record.digest, status)
     }
 
     /// A pushed attachment tag of a proxied repository: the pushed manifest, with the layers only
@@ -325,7 +341,7 @@ impl Cache {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(%repo, %tag, error = %e.message, "no upstream version to merge");
-                return served(local_bytes, local, CacheStatus::Hit);
+                return self.served(local_bytes, local, CacheStatus::Hit);
             }
         };
         let mut ours: serde_json::Value = serde_json::from_slice(&local_bytes).map_err(RegistryError::internal)?;
@@ -334,7 +350,7 @@ impl Cache {
             .and_then(|v| v.get("layers").and_then(|l| l.as_array().cloned()))
             .unwrap_or_default();
         let Some(layers) = ours.get_mut("layers").and_then(|l| l.as_array_mut()) else {
-            return served(local_bytes, local, CacheStatus::Hit);
+            return self.served(local_bytes, local, CacheStatus::Hit);
         };
         let known: std::collections::HashSet<String> =
             layers.iter().filter_map(|l| l.get("digest").and_then(|d| d.as_str()).map(str::to_string)).collect();
@@ -343,13 +359,13 @@ impl Cache {
             .filter(|l| l.get("digest").and_then(|d| d.as_str()).is_some_and(|d| !known.contains(d)))
             .collect();
         if extra.is_empty() {
-            return served(local_bytes, local, CacheStatus::Hit);
+            return self.served(local_bytes, local, CacheStatus::Hit);
         }
         layers.extend(extra);
         let bytes = Bytes::from(serde_json::to_vec(&ours).map_err(RegistryError::internal)?);
         let digest = Digest::sha256_of(&bytes);
         self.keep_manifest(&digest, &bytes).await;
-        served(bytes, digest, theirs.status)
+        self.served(bytes, digest, theirs.status)
     }
 
     /// Serves a manifest in a media type the client accepts (an index falls back to linux/amd64).
@@ -821,10 +837,6 @@ pub fn attachment_subject(tag: &str) -> Option<Digest> {
     format!("sha256:{hex}").parse().ok()
 }
 
-fn served(bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
-    let media_type = Manifest::parse(&bytes)?.media_type().to_string();
-    Ok(ServedManifest { bytes, media_type, digest, status })
-}
 
 /// Whether fetched bytes hash to the requested digest, in the digest's own algorithm.
 fn digest_matches(fetched: &FetchedManifest, wanted: &Digest) -> bool {

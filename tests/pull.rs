@@ -38,6 +38,10 @@ fn skopeo_pull_is_byte_identical_and_second_pull_is_served_from_cache() {
     assert_eq!(pulled_blob(&out2, &img.layers[1]), img.blob(&img.layers[1]));
     assert_eq!(reg.count_settled("GET", "/blobs/", blob_gets), blob_gets, "the second pull makes no upstream blob request");
     assert!(proxy.log().contains("cache=hit") || proxy.log().contains("cache=\"hit\""), "access log records hits");
+    // skopeo asks the proxy for atomic signatures (the proxy offers the extension); the
+    // upstream does not say it offers them, so it is not asked for each image
+    assert!(proxy.log().contains("/extensions/v2/up/demo/app/signatures/"), "skopeo asked for atomic signatures");
+    assert!(!reg.log().contains("/extensions/v2/"), "the upstream was asked for an extension it does not offer");
 }
 
 #[test]

@@ -51,7 +51,12 @@ pub struct Upstream {
     tokens: moka::future::Cache<String, Token>,
     retries: u32,
     timeout: Duration,
+    /// Whether the upstream offers the atomic signatures extension, and when that was learnt.
+    signatures_offered: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
 }
+
+/// How long an upstream's answer about the signatures extension is trusted.
+const SIGNATURES_OFFER_TTL: Duration = Duration::from_secs(600);
 
 /// Idle connections kept open per upstream host after a burst of requests.
 pub const IDLE_CONNECTIONS: usize = 16;
@@ -84,6 +89,7 @@ impl Upstream {
             tokens: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
             retries: config.retries,
             timeout: config.timeout.0,
+            signatures_offered: std::sync::Mutex::new(None),
         })
     }
 
@@ -178,12 +184,35 @@ impl Upstream {
 
     /// GETs the atomic signatures extension list of a digest; `None` where not offered.
     pub async fn get_signatures(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Bytes>> {
+        if !self.offers_signatures().await? {
+            return Ok(None);
+        }
         let base = self.base.as_str().trim_end_matches('/');
         let url = format!("{base}/extensions/v2/{repo}/signatures/{digest}");
         match self.send_with(Method::GET, &url, repo, HeaderMap::new(), Absent::AnyClientError).await? {
             Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether the upstream offers the atomic signatures extension: its `/v2/` answer (200 or
+    /// 401) carries `X-Registry-Supports-Signatures: 1`, the header containers/image looks for.
+    /// Asked again after `SIGNATURES_OFFER_TTL`; registries without it are not asked per image.
+    async fn offers_signatures(&self) -> Result<bool> {
+        if let Some((offered, at)) = *self.signatures_offered.lock().expect("signatures lock") {
+            if at.elapsed() < SIGNATURES_OFFER_TTL {
+                return Ok(offered);
+            }
+        }
+        let url = format!("{}/v2/", self.base.as_str().trim_end_matches('/'));
+        let resp = match tokio::time::timeout(self.timeout, self.http.get(&url).send()).await {
+            Err(_) => return Err(RegistryError::upstream_timeout(format!("upstream {} did not answer in time", self.name))),
+            Ok(Err(e)) => return Err(transport_error(&self.name, &e)),
+            Ok(Ok(r)) => r,
+        };
+        let offered = resp.headers().get("x-registry-supports-signatures").is_some_and(|v| v.as_bytes() == b"1");
+        *self.signatures_offered.lock().expect("signatures lock") = Some((offered, std::time::Instant::now()));
+        Ok(offered)
     }
 
     /// Lists all tags of a repository (following `Link` pages); `None` when absent upstream.

@@ -134,7 +134,10 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         return full(200, r#"{"token":"good-token","expires_in":300}"#);
     }
     if path == "/v2/" {
-        return full(200, "{}");
+        // it serves the atomic signatures extension, and says so as such registries do
+        let mut r = full(200, "{}");
+        r.headers_mut().insert("x-registry-supports-signatures", hyper::header::HeaderValue::from_static("1"));
+        return r;
     }
     if path.starts_with("/extensions/v2/") {
         return match &s.signatures {

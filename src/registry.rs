@@ -129,12 +129,18 @@ impl Registry {
             media_type: m.media_type.to_string(),
             manifest: m.bytes.clone(),
             attaches_to: tag_subject(m.reference).or(manifest_subject).map(|d| d.to_string()),
-            client: caller.client.clone(),
+            client: client_ip(&caller.client),
             user: caller.user.clone(),
             user_agent: caller.user_agent.clone(),
         };
         self.policies.check(&subject).await
     }
+}
+
+/// The IP address of a client's `ip:port`: what policies see of it (a port says nothing about
+/// the client, and would make every connection a new decision).
+fn client_ip(address: &str) -> String {
+    address.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| address.to_string())
 }
 
 /// The image an attachment tag (`sha256-<hex>.sig` and the like) belongs to.

@@ -54,7 +54,7 @@ pub struct Subject {
     pub manifest: bytes::Bytes,
     /// The image an attachment manifest attaches to.
     pub attaches_to: Option<String>,
-    /// The client's address.
+    /// The client's IP address.
     pub client: String,
     /// The signed-in user.
     pub user: Option<String>,
@@ -433,7 +433,7 @@ impl Policies {
     }
 
     async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, bool) {
-        let key = decision_key(policy, subject, attachments);
+        let key = decision_key(&policy.digest, &policy.settings_hash, subject, attachments);
         if let Some(o) = self.decisions.get(&key) {
             return (o, true);
         }
@@ -509,13 +509,15 @@ fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
 
 /// What a cached decision depends on: the module and its settings, the operation, the image,
 /// how it was asked for, and its attachments.
-fn decision_key(policy: &Loaded, subject: &Subject, attachments: &AttachmentSet) -> String {
+/// The decision cache key: everything the module is told (the client's fields quoted, so that
+/// no two different askers can spell the same key).
+fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachments: &AttachmentSet) -> String {
     use std::fmt::Write;
-    let mut key = String::with_capacity(256 + 72 * attachments.items.len());
+    let mut key = String::with_capacity(320 + 72 * attachments.items.len());
     let _ = write!(
         key,
-        "{}|{}|{}|{}/{}|{}|{}",
-        policy.digest, policy.settings_hash, subject.push, subject.namespace, subject.repository, subject.reference, subject.digest
+        "{module}|{settings_hash}|{}|{}/{}|{}|{}|{:?}|{:?}|{:?}",
+        subject.push, subject.namespace, subject.repository, subject.reference, subject.digest, subject.client, subject.user, subject.user_agent
     );
     for a in &attachments.items {
         let _ = write!(key, "|{}", a.descriptor.digest);
@@ -527,3 +529,50 @@ fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {
     TrustStore::from_config(config).map_err(anyhow::Error::msg)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject() -> Subject {
+        Subject {
+            push: false,
+            namespace: "up".into(),
+            repository: "demo/app".into(),
+            reference: "v1".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            manifest: bytes::Bytes::new(),
+            attaches_to: None,
+            client: "10.0.0.1".into(),
+            user: Some("alice".into()),
+            user_agent: Some("podman/4.3".into()),
+        }
+    }
+
+    #[test]
+    fn decisions_are_cached_per_asker_as_well_as_per_manifest() {
+        let none = AttachmentSet::default();
+        let key = |s: &Subject| decision_key("module", "settings", s, &none);
+        let base = subject();
+        assert_eq!(key(&base), key(&subject()), "the same question has the same key");
+        let variants: [fn(&mut Subject); 6] = [
+            |s| s.user = Some("bob".into()),
+            |s| s.user = None,
+            |s| s.client = "10.0.0.2".into(),
+            |s| s.user_agent = Some("skopeo".into()),
+            |s| s.reference = "v2".into(),
+            |s| s.push = true,
+        ];
+        for change in variants {
+            let mut other = subject();
+            change(&mut other);
+            assert_ne!(key(&base), key(&other), "{other:?}");
+        }
+        // a separator inside a client's field cannot make two askers share a key
+        let (mut a, mut b) = (subject(), subject());
+        (a.user, a.user_agent) = (Some("x|y".into()), Some("z".into()));
+        (b.user, b.user_agent) = (Some("x".into()), Some("y|z".into()));
+        assert_ne!(key(&a), key(&b));
+    }
+}

@@ -31,6 +31,7 @@ struct Decided<'a> {
     digest: &'a Digest,
     media_type: &'a str,
     bytes: &'a Bytes,
+    subject: Option<&'a Digest>,
 }
 
 /// Manifest pulls, pushes and deletes, and blob mounts, over the cache.
@@ -40,14 +41,12 @@ pub struct Registry {
     auth: Arc<Auth>,
     policies: Arc<Policies>,
     allow_delete: bool,
-    /// Each manifest's `subject`, parsed once per digest (content-addressed, so it never changes).
-    subjects: moka::sync::Cache<Digest, Option<Digest>>,
 }
 
 impl Registry {
     /// Builds the registry over its services.
     pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, auth: Arc<Auth>, policies: Arc<Policies>, allow_delete: bool) -> Registry {
-        Registry { cache, attachments, auth, policies, allow_delete, subjects: moka::sync::Cache::new(100_000) }
+        Registry { cache, attachments, auth, policies, allow_delete }
     }
 
     /// The policy engine (for reloads).
@@ -66,7 +65,7 @@ impl Registry {
     pub async fn pull_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
         let m = self.cache.manifest_for(ns, repo, reference, accept).await?;
         self.attachments.prefetch(ns, repo, reference, &m).await;
-        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes };
+        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes, subject: m.subject.as_ref() };
         self.admit(caller, false, ns, repo, decided).await?;
         Ok(m)
     }
@@ -76,7 +75,8 @@ impl Registry {
     pub async fn push_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
         let parsed = Manifest::parse(&body)?;
         let digest = Digest::sha256_of(&body);
-        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body };
+        let subject = parsed.subject.as_ref().map(|s| &s.digest);
+        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body, subject };
         self.admit(caller, true, ns, repo, decided).await?;
         let pushed = uploads::put_manifest(&self.cache, ns, repo, reference, content_type, body).await?;
         if let Some(subject) = &pushed.subject {
@@ -119,7 +119,6 @@ impl Registry {
         if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
         }
-        let manifest_subject = self.subjects.get_with_by_ref(m.digest, || Manifest::parse(m.bytes).ok().and_then(|p| p.subject.map(|s| s.digest)));
         let subject = Subject {
             push,
             namespace: self.cache.canonical_namespace(ns).unwrap_or(ns).to_string(),
@@ -128,7 +127,7 @@ impl Registry {
             digest: m.digest.to_string(),
             media_type: m.media_type.to_string(),
             manifest: m.bytes.clone(),
-            attaches_to: tag_subject(m.reference).or(manifest_subject).map(|d| d.to_string()),
+            attaches_to: tag_subject(m.reference).or(m.subject.cloned()).map(|d| d.to_string()),
             client: client_ip(&caller.client),
             user: caller.user.clone(),
             user_agent: caller.user_agent.clone(),

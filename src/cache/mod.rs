@@ -61,8 +61,17 @@ pub struct ServedManifest {
     pub media_type: String,
     /// Its digest.
     pub digest: Digest,
+    /// The image it refers to (its `subject` field), if any.
+    pub subject: Option<Digest>,
     /// How it was served.
     pub status: CacheStatus,
+}
+
+/// What serving a manifest needs to know of its content, parsed once per digest.
+#[derive(Clone)]
+struct ManifestFacts {
+    media_type: Arc<str>,
+    subject: Option<Digest>,
 }
 
 /// A blob ready to stream.
@@ -107,8 +116,8 @@ pub struct Cache {
     idle_timeout: Duration,
     min_free: u64,
     manifests: moka::future::Cache<Digest, Bytes>,
-    /// The media type of each manifest served, so that serving one does not parse it each time.
-    media_types: moka::sync::Cache<Digest, Arc<str>>,
+    /// The facts of each manifest served, so that serving one does not parse it each time.
+    facts: moka::sync::Cache<Digest, ManifestFacts>,
     tags: moka::future::Cache<TagKey, TagRecord>,
     missing: moka::future::Cache<TagKey, ()>,
     manifest_flights: SingleFlight<Digest, Result<(Bytes, CacheStatus)>>,
@@ -160,7 +169,7 @@ impl Cache {
                 .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
                 .max_capacity(memory)
                 .build(),
-            media_types: moka::sync::Cache::new(100_000),
+            facts: moka::sync::Cache::new(100_000),
             tags: moka::future::Cache::builder().max_capacity(100_000).build(),
             missing: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -280,17 +289,18 @@ impl Cache {
         Ok(Some(b))
     }
 
-    /// A manifest as served, its media type parsed once per digest (the bytes are the digest's).
+    /// A manifest as served, its content parsed once per digest (the bytes are the digest's).
     fn served(&self, bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
-        let media_type = match self.media_types.get(&digest) {
-            Some(t) => t,
+        let facts = match self.facts.get(&digest) {
+            Some(f) => f,
             None => {
-                let t: Arc<str> = Manifest::parse(&bytes)?.media_type().into();
-                self.media_types.insert(digest.clone(), Arc::clone(&t));
-                t
+                let parsed = Manifest::parse(&bytes)?;
+                let f = ManifestFacts { media_type: parsed.media_type().into(), subject: parsed.subject.map(|s| s.digest) };
+                self.facts.insert(digest.clone(), f.clone());
+                f
             }
         };
-        Ok(ServedManifest { bytes, media_type: media_type.to_string(), digest, status })
+        Ok(ServedManifest { bytes, media_type: facts.media_type.to_string(), digest, subject: facts.subject, status })
     }
 
     /// Serves a manifest by tag or digest.
@@ -836,7 +846,6 @@ pub fn attachment_subject(tag: &str) -> Option<Digest> {
     let hex = &tag["sha256-".len().."sha256-".len() + 64];
     format!("sha256:{hex}").parse().ok()
 }
-
 
 /// Whether fetched bytes hash to the requested digest, in the digest's own algorithm.
 fn digest_matches(fetched: &FetchedManifest, wanted: &Digest) -> bool {

@@ -70,7 +70,7 @@ pub struct PolicyConfig {
     /// `mode = "enforce"` (decisions apply) or `"warn"` (logged and audited, then admitted).
     #[serde(default)]
     pub mode: PolicyMode,
-    /// `timeout = "50ms"`: how long one evaluation may run.
+    /// `timeout = "50ms"`: how much CPU time one evaluation may use (waiting does not count).
     #[serde(default = "default_policy_timeout")]
     pub timeout: HumanDuration,
     /// `memory = "64MiB"`: the most memory the module may use.

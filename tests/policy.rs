@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::front::{Fault, Front};
 use common::*;
 
 fn example(name: &str) -> String {
@@ -23,12 +24,20 @@ struct Setup {
     reg: Registry,
     proxy: Proxy,
     keys: PathBuf,
+    front: Option<Front>,
 }
 
 /// A proxy with `policies` (TOML) in scope, trust `release-keys` = a fresh cosign key.
 fn setup(policies: &str) -> Setup {
+    setup_via(policies, false)
+}
+
+/// As [`setup`], with a fault-injecting front between the proxy and the upstream if `front`.
+fn setup_via(policies: &str, front: bool) -> Setup {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
+    let front = front.then(|| Front::start(&reg.url()));
+    let upstream_url = front.as_ref().map_or_else(|| reg.url(), Front::url);
     let keys = t.path().join("keys");
     cosign_keys(&keys);
     let dir = t.path().join("proxy");
@@ -37,10 +46,10 @@ fn setup(policies: &str) -> Setup {
     let config = format!(
         "[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[trust.release-keys]\nkeys = [\"{}\"]\n[policies]\naudit = \"audit.log\"\n{policies}\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
         keys.join("cosign.pub").display(),
-        reg.url()
+        upstream_url
     );
     let proxy = Proxy::start(&dir, &config);
-    Setup { t, reg, proxy, keys }
+    Setup { t, reg, proxy, keys, front }
 }
 
 impl Setup {
@@ -189,6 +198,23 @@ fn misbehaving_modules_fail_closed_and_the_proxy_keeps_serving() {
 }
 
 #[test]
+fn waiting_on_a_slow_upstream_in_a_host_call_does_not_count_against_the_timeout() {
+    let s = setup_via(&policy("config-reader", &faulty("config-reader"), "up/slowcfg/*", "timeout = \"50ms\""), true);
+    let img = s.image("slowcfg/app", "slowcfg", "v1");
+    let front = s.front.as_ref().unwrap();
+    front.fault("GET", &format!("/blobs/{}", img.config_digest), Fault::Delay(Duration::from_millis(400)));
+
+    // the module asks the host for the image config, which the proxy fetches from the upstream
+    // (400 ms): eight times the module's 50 ms timeout, spent waiting rather than running
+    let started = Instant::now();
+    let pulled = s.pull("slowcfg/app:v1");
+    assert!(pulled.ok, "admitted after the slow host call: {}", pulled.stderr);
+    assert!(front.injected() >= 1 && started.elapsed() >= Duration::from_millis(400), "the config fetch was slowed");
+    let audit = s.audit();
+    assert!(audit.iter().any(|l| l["repository"] == "slowcfg/app" && l["decision"] == "admit"), "{audit:?}");
+}
+
+#[test]
 fn invalid_settings_are_rejected_by_check_with_the_modules_message() {
     let t = tempfile::tempdir().unwrap();
     let cfg = t.path().join("p.toml");
@@ -300,13 +326,9 @@ fn keyless_identity_policy_admits_only_the_identitys_signatures() {
 
 #[test]
 fn ten_misbehaving_modules_at_once_fail_closed_while_others_are_served() {
-    // the hog and the trap get a long timeout: with everything at once on a busy machine, a 50 ms
-    // wall-clock budget can run out before they reach their fault, and the reason would differ
-    let kinds = [
-        ("spin", "timeout = \"100ms\"", "exceeded its timeout"),
-        ("hog", "memory = \"16MiB\"\ntimeout = \"5s\"", "memory"),
-        ("trap", "timeout = \"5s\"", "trapped"),
-    ];
+    // default timeouts: a timeout counts CPU time, so on a busy machine the hog and the trap
+    // still reach their own fault before it runs out
+    let kinds = [("spin", "timeout = \"100ms\"", "exceeded its timeout"), ("hog", "memory = \"16MiB\"", "memory"), ("trap", "", "trapped")];
     let policies: String = (0..10)
         .map(|i| {
             let (kind, extra, _) = kinds[i % 3];

@@ -7,6 +7,7 @@ use wasmtime::StoreLimits;
 
 use super::portcullis::policy::host::{self as wit_host, Level};
 use super::portcullis::policy::types::{self as wit_types, Descriptor, Requirements, SignerResult};
+use super::budget::Budget;
 use super::{convert, Subject};
 use crate::attachments::AttachmentSet;
 use crate::cache::Cache;
@@ -67,12 +68,14 @@ pub struct State {
     pub limits: StoreLimits,
     /// What host calls work on.
     pub ctx: Arc<CallContext>,
+    /// The CPU time the evaluation may still use.
+    pub budget: Budget,
 }
 
 impl State {
-    /// State over limits and a call context.
-    pub fn new(limits: StoreLimits, ctx: Arc<CallContext>) -> State {
-        State { limits, ctx }
+    /// State over limits, a call context and a time budget.
+    pub fn new(limits: StoreLimits, ctx: Arc<CallContext>, budget: Budget) -> State {
+        State { limits, ctx, budget }
     }
 }
 

@@ -3,10 +3,12 @@
 //!
 //! Each module is compiled once (cached on disk by module digest and engine), instantiated
 //! from one `InstancePre` into a fresh `Store` per evaluation, with no filesystem, network,
-//! environment or clock, an epoch deadline and a memory cap. A module that traps, times out or
-//! runs out of memory fails closed: its decision is a rejection naming the failure.
+//! environment or clock, a CPU-time budget (checked at epoch ticks) and a memory cap. A module
+//! that traps, times out or runs out of memory fails closed: its decision is a rejection naming
+//! the failure.
 
 mod audit;
+mod budget;
 mod convert;
 mod host;
 mod ticker;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::attachments::{AttachmentSet, Attachments};
 use crate::auth::glob_match;
@@ -27,12 +29,18 @@ use crate::config::{Config, PolicyConfig, PolicyMode};
 use crate::error::{Code, RegistryError, Result};
 use crate::verify::{TrustStore, Verifier};
 pub use audit::Audit;
+pub use budget::Budget;
 pub use host::{CallContext, State};
 
 wasmtime::component::bindgen!({ world: "policy", path: "wit" });
 
 /// How often the engine's epoch advances (the granularity of timeouts).
 const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The epoch ticks to wait before looking at a budget again, with `left` of it unspent.
+fn ticks(left: Duration) -> u64 {
+    (left.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
 
 /// What is being decided on: one manifest, as asked for by one client.
 #[derive(Debug, Clone, Serialize)]
@@ -325,10 +333,16 @@ pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyh
 impl Loaded {
     fn store(&self, engine: &Engine, ctx: Arc<CallContext>) -> Store<State> {
         let limits = StoreLimitsBuilder::new().memory_size(self.config.memory.0 as usize).instances(16).trap_on_grow_failure(true).build();
-        let mut store = Store::new(engine, State::new(limits, ctx));
+        let mut store = Store::new(engine, State::new(limits, ctx, Budget::start(self.config.timeout.0)));
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.config.timeout.0.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        // at each deadline: go on while CPU time is left (time spent waiting does not count)
+        store.set_epoch_deadline(ticks(self.config.timeout.0));
+        store.epoch_deadline_callback(|s| {
+            Ok(match s.data().budget.remaining() {
+                Some(left) => UpdateDeadline::Continue(ticks(left)),
+                None => UpdateDeadline::Interrupt,
+            })
+        });
         store
     }
 

@@ -28,6 +28,8 @@ pub enum Fault {
     WrongDigestHeader,
     /// Forward, with every byte of the body flipped (same length).
     CorruptBody,
+    /// Wait this long, then forward unchanged (a slow upstream).
+    Delay(Duration),
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ async fn forward(state: &Mutex<State>, upstream: &str, client: &reqwest::Client,
             return Ok(r);
         }
         Some(Fault::Reset) => return Err(std::io::Error::other("injected reset")),
+        Some(Fault::Delay(wait)) => tokio::time::sleep(*wait).await,
         _ => {}
     }
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();

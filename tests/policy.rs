@@ -63,6 +63,17 @@ impl Setup {
         cosign_sign(&self.keys, &format!("{}/{repo}@{}", self.reg.host(), img.digest));
     }
 
+    /// Attests `img` with a SLSA provenance statement naming `builder`, with the release key.
+    fn attest(&self, repo: &str, img: &OciImage, builder: &str) {
+        let predicate = format!("predicate-{}.json", img.digest.trim_start_matches("sha256:"));
+        std::fs::write(self.keys.join(&predicate), format!(r#"{{"builder":{{"id":"{builder}"}},"buildType":"t"}}"#)).unwrap();
+        let target = format!("{}/{repo}@{}", self.reg.host(), img.digest);
+        let mut args = vec!["attest", "--key", "cosign.key", "--tlog-upload=false", "--type", "slsaprovenance", "--predicate", &predicate];
+        args.extend(COSIGN_LOCAL);
+        args.push(&target);
+        cosign(&self.keys, &args).success();
+    }
+
     fn pull(&self, name: &str) -> Outcome {
         skopeo_pull(&format!("{}/up/{name}", self.proxy.addr), &self.t.path().join(format!("pull-{}", name.replace(['/', ':'], "-"))))
     }
@@ -195,6 +206,45 @@ fn misbehaving_modules_fail_closed_and_the_proxy_keeps_serving() {
     assert_eq!(r.status(), 403);
     assert!(r.text().unwrap().contains("trapped"));
     assert_eq!(others.len(), 5);
+}
+
+#[test]
+fn require_attestation_admits_only_images_built_by_the_named_builder() {
+    let settings = "[policy.settings]\ntrust = \"release-keys\"\npredicate_type = \"slsaprovenance\"\nbuilder_id = \"https://ci.example/builder\"";
+    let s = setup(&policy("provenance", &example("require-attestation"), "up/built/*", settings));
+    let ours = s.image("built/ours", "ours", "v1");
+    let theirs = s.image("built/theirs", "theirs", "v1");
+    s.image("built/none", "none", "v1");
+    s.attest("built/ours", &ours, "https://ci.example/builder");
+    s.attest("built/theirs", &theirs, "https://elsewhere.example/builder");
+
+    s.pull("built/ours:v1").success();
+    let refused = s.pull("built/theirs:v1");
+    assert!(!refused.ok, "another builder's image was admitted");
+    assert!(refused.stderr.contains("policy provenance") && refused.stderr.contains("built by") && refused.stderr.contains("elsewhere.example"), "{}", refused.stderr);
+    let refused = s.pull("built/none:v1");
+    assert!(!refused.ok, "an image without attestation was admitted");
+    assert!(refused.stderr.contains("policy provenance") && refused.stderr.contains("attestation"), "{}", refused.stderr);
+    let audit = s.audit();
+    assert!(audit.iter().any(|l| l["repository"] == "built/ours" && l["decision"] == "admit"), "{audit:?}");
+}
+
+#[test]
+fn require_sbom_admits_only_images_with_an_sbom_attached() {
+    let s = setup(&policy("sbom", &example("require-sbom"), "up/bom/*", ""));
+    let with = s.image("bom/with", "with", "v1");
+    s.image("bom/without", "without", "v1");
+    std::fs::write(s.keys.join("sbom.spdx.json"), r#"{"spdxVersion":"SPDX-2.3","name":"with","SPDXID":"SPDXRef-DOCUMENT"}"#).unwrap();
+    let target = format!("{}/bom/with@{}", s.reg.host(), with.digest);
+    let mut args = vec!["attach", "sbom", "--sbom", "sbom.spdx.json", "--type", "spdx"];
+    args.extend(COSIGN_LOCAL);
+    args.push(&target);
+    cosign(&s.keys, &args).success();
+
+    s.pull("bom/with:v1").success();
+    let refused = s.pull("bom/without:v1");
+    assert!(!refused.ok, "an image without an SBOM was admitted");
+    assert!(refused.stderr.contains("policy sbom") && refused.stderr.contains("no SBOM is attached"), "{}", refused.stderr);
 }
 
 #[test]

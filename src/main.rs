@@ -317,7 +317,8 @@ fn check(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the policies on SIGHUP from the configuration file; a bad file keeps the old ones.
+/// Reloads the policies on SIGHUP from the configuration file and reopens the audit log (for
+/// log rotation); a bad file keeps the old ones.
 fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -334,7 +335,7 @@ fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
             })
             .await;
             match result {
-                Ok(Ok(())) => tracing::info!("SIGHUP: policies reloaded"),
+                Ok(Ok(())) => tracing::info!("SIGHUP: policies reloaded, audit log reopened"),
                 Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the previous policies"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
             }

@@ -317,6 +317,26 @@ fn reload_on_sighup_swaps_policies_without_failed_requests() {
 }
 
 #[test]
+fn sighup_reopens_the_audit_log_after_a_rotation() {
+    let s = setup(&policy("gate", &example("allow-all"), "up/*", ""));
+    s.image("demo/first", "first", "v1");
+    s.image("demo/second", "second", "v1");
+    let (log, rotated) = (s.proxy.dir.join("audit.log"), s.proxy.dir.join("audit.log.1"));
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    s.pull("demo/first:v1").success();
+    wait_for("the first decision", Duration::from_secs(10), || read(&log).contains("demo/first"));
+
+    // logrotate's way: move the file away, then SIGHUP
+    std::fs::rename(&log, &rotated).unwrap();
+    unsafe { libc::kill(s.proxy.pid() as i32, libc::SIGHUP) };
+    wait_for("the reload", Duration::from_secs(20), || s.proxy.log().contains("policies reloaded"));
+    s.pull("demo/second:v1").success();
+    wait_for("the second decision in a new audit.log", Duration::from_secs(10), || read(&log).contains("demo/second"));
+    assert!(!read(&rotated).contains("demo/second"), "the rotated file got a line after the SIGHUP");
+    assert!(read(&rotated).contains("demo/first"));
+}
+
+#[test]
 fn policy_test_prints_the_decision_without_a_proxy() {
     let t = tempfile::tempdir().unwrap();
     let request = t.path().join("r.json");

@@ -10,37 +10,61 @@ use crate::config::PolicyMode;
 /// and flushes each batch and then rests a moment, so a decision never waits for the disk and
 /// rarely has to wake the writer.
 pub struct Audit {
-    lines: std::sync::mpsc::Sender<String>,
+    messages: std::sync::mpsc::Sender<Message>,
 }
+
+/// What the writer thread is asked to do.
+enum Message {
+    /// Write one line.
+    Line(String),
+    /// Write from now on to this (the file reopened after a rotation, or another target).
+    Switch(Output),
+}
+
+/// An opened audit target.
+type Output = Box<dyn Write + Send>;
 
 /// How long the writer rests after a batch (the audit log's extra latency at most).
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
+/// Opens `stdout` or a file (appending, created if missing).
+fn open_target(target: &str) -> anyhow::Result<Output> {
+    if target == "stdout" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target)
+        .map_err(|e| anyhow::anyhow!("policies.audit: cannot open {target}: {e}"))?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
 impl Audit {
     /// Opens `stdout` or a file (appending).
     pub fn open(target: &str) -> anyhow::Result<Audit> {
-        let mut out: Box<dyn Write + Send> = if target == "stdout" {
-            Box::new(std::io::stdout())
-        } else {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(target)
-                .map_err(|e| anyhow::anyhow!("policies.audit: cannot open {target}: {e}"))?;
-            Box::new(std::io::BufWriter::new(file))
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let mut out = open_target(target)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Message>();
         std::thread::Builder::new().name("policy-audit".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
-                let mut batch = std::iter::once(first).chain(rx.try_iter());
-                let written = batch.try_for_each(|line| writeln!(out, "{line}")).and_then(|_| out.flush());
-                if let Err(e) = written {
+                let written = std::iter::once(first).chain(rx.try_iter()).try_for_each(|m| match m {
+                    Message::Line(line) => writeln!(out, "{line}"),
+                    Message::Switch(next) => std::mem::replace(&mut out, next).flush(),
+                });
+                if let Err(e) = written.and_then(|_| out.flush()) {
                     tracing::error!(error = %e, "cannot write the audit log");
                 }
                 std::thread::sleep(BATCH_PAUSE);
             }
         })?;
-        Ok(Audit { lines: tx })
+        Ok(Audit { messages: tx })
+    }
+
+    /// Opens `target` again (after a log rotation moved the file away) and writes there from
+    /// now on; on an error the current target stays.
+    pub fn reopen(&self, target: &str) -> anyhow::Result<()> {
+        let out = open_target(target)?;
+        self.messages.send(Message::Switch(out)).map_err(|_| anyhow::anyhow!("the audit writer stopped"))
     }
 
     /// Writes one decision.
@@ -69,7 +93,7 @@ impl Audit {
             cache_hit: cached,
         };
         let Ok(line) = serde_json::to_string(&line) else { return };
-        if self.lines.send(line).is_err() {
+        if self.messages.send(Message::Line(line)).is_err() {
             tracing::error!("the audit writer stopped");
         }
     }

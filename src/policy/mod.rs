@@ -389,7 +389,8 @@ impl Policies {
         }))
     }
 
-    /// Replaces the policies with a new configuration's; on any error the old ones stay.
+    /// Replaces the policies with a new configuration's and reopens the audit log; on any error
+    /// the old ones stay.
     pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
         let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(0);
         anyhow::ensure!(
@@ -398,6 +399,8 @@ impl Policies {
         );
         let set = load_set(&self.engine, &config.policies, &self.cache_dir)?;
         let trust = trust_store(config)?;
+        // the audit file is opened afresh, so that a rotated log is written anew
+        self.audit.reopen(&config.policy_host.audit)?;
         *self.trust.write().expect("trust lock") = Arc::new(trust);
         *self.set.write().expect("policy lock") = Arc::new(set);
         self.decisions.invalidate_all();

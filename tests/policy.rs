@@ -265,6 +265,48 @@ fn waiting_on_a_slow_upstream_in_a_host_call_does_not_count_against_the_timeout(
 }
 
 #[test]
+fn a_refusal_for_attachments_the_upstream_was_too_slow_to_give_says_so() {
+    let policies = format!(
+        "attachment_wait = \"1s\"\n{}{}",
+        policy("require-signature", &example("require-signature"), "up/slowsig/*", "[policy.settings]\ntrust = \"release-keys\""),
+        policy("sbom", &example("require-sbom"), "up/slowsbom/*", "")
+    );
+    let s = setup_via(&policies, true);
+    let front = s.front.as_ref().unwrap();
+    // signed under the name the proxy knows its upstream by (the front's address)
+    let signed = s.image("slowsig/app", "slowsig", "v1");
+    cosign_sign(&s.keys, &format!("{}/slowsig/app@{}", front.addr, signed.digest));
+    let with_sbom = s.image("slowsbom/app", "slowsbom", "v1");
+    std::fs::write(s.keys.join("sbom.spdx.json"), r#"{"spdxVersion":"SPDX-2.3","name":"slow","SPDXID":"SPDXRef-DOCUMENT"}"#).unwrap();
+    let target = format!("{}/slowsbom/app@{}", s.reg.host(), with_sbom.digest);
+    let mut args = vec!["attach", "sbom", "--sbom", "sbom.spdx.json", "--type", "spdx"];
+    args.extend(COSIGN_LOCAL);
+    args.push(&target);
+    cosign(&s.keys, &args).success();
+    for method in ["GET", "HEAD"] {
+        for needle in ["/manifests/sha256-", "/referrers/"] {
+            front.fault(method, needle, Fault::Delay(Duration::from_secs(3)));
+        }
+    }
+
+    // the signature and the SBOM are there, but the upstream takes 3 s to show them and a pull
+    // waits 1 s: the refusals say why, rather than only that nothing was found
+    let refused = s.pull("slowsig/app:v1");
+    assert!(!refused.ok, "admitted without its signature");
+    assert!(refused.stderr.contains("policy require-signature") && refused.stderr.contains("not resolved within 1s"), "{}", refused.stderr);
+    let refused = s.pull("slowsbom/app:v1");
+    assert!(!refused.ok, "admitted without its SBOM");
+    let why = &refused.stderr;
+    assert!(why.contains("policy sbom: no SBOM is attached to this image"), "{why}");
+    assert!(why.contains("decided without the image's attachments") && why.contains("not resolved within 1s"), "{why}");
+
+    // once the upstream answers in time, both are admitted
+    front.clear();
+    wait_for("the signed image admitted", Duration::from_secs(30), || s.pull("slowsig/app:v1").ok);
+    wait_for("the image with an SBOM admitted", Duration::from_secs(30), || s.pull("slowsbom/app:v1").ok);
+}
+
+#[test]
 fn invalid_settings_are_rejected_by_check_with_the_modules_message() {
     let t = tempfile::tempdir().unwrap();
     let cfg = t.path().join("p.toml");

@@ -424,20 +424,21 @@ impl Policies {
         }
         let repo = subject.repository.parse().map_err(|_| RegistryError::internal("repository name"))?;
         let digest: crate::names::Digest = subject.digest.parse()?;
-        let attachments = if subject.attaches_to.is_some() {
-            Arc::new(AttachmentSet::default())
+        let (attachments, unresolved) = if subject.attaches_to.is_some() {
+            (Arc::new(AttachmentSet::default()), None)
         } else {
             match self.attachments.wait_for(&subject.namespace, &repo, &digest, self.wait).await {
-                Ok(set) => set,
+                Ok(set) => (set, None),
                 Err(e) => {
                     tracing::warn!(digest = %subject.digest, error = %e.message, "deciding without attachments");
-                    Arc::new(AttachmentSet::default())
+                    (Arc::new(AttachmentSet::default()), Some(e.message))
                 }
             }
         };
         for policy in in_scope {
             let started = Instant::now();
             let (outcome, cached) = self.decide(policy, subject, &attachments).await;
+            let outcome = explain_unresolved(outcome, unresolved.as_deref());
             self.audit.record(subject, &policy.config.name, policy.config.mode, &outcome, started.elapsed(), cached);
             if let Outcome::Reject(reason) = outcome {
                 if policy.config.mode == PolicyMode::Enforce {
@@ -504,6 +505,17 @@ impl Policies {
             runtime: tokio::runtime::Handle::try_current().ok(),
             calls: Default::default(),
         }
+    }
+}
+
+/// A rejection made without the image's attachments (the upstream did not give them in time)
+/// says so, unless its reason already does.
+fn explain_unresolved(outcome: Outcome, unresolved: Option<&str>) -> Outcome {
+    match (outcome, unresolved) {
+        (Outcome::Reject(reason), Some(why)) if !reason.contains(why) => {
+            Outcome::Reject(format!("{reason} (decided without the image's attachments: {why})"))
+        }
+        (outcome, _) => outcome,
     }
 }
 

@@ -74,6 +74,16 @@ impl Setup {
         cosign(&self.keys, &args).success();
     }
 
+    /// Attaches an SPDX SBOM to `img` with `cosign attach sbom`.
+    fn attach_sbom(&self, repo: &str, img: &OciImage) {
+        std::fs::write(self.keys.join("sbom.spdx.json"), r#"{"spdxVersion":"SPDX-2.3","name":"app","SPDXID":"SPDXRef-DOCUMENT"}"#).unwrap();
+        let target = format!("{}/{repo}@{}", self.reg.host(), img.digest);
+        let mut args = vec!["attach", "sbom", "--sbom", "sbom.spdx.json", "--type", "spdx"];
+        args.extend(COSIGN_LOCAL);
+        args.push(&target);
+        cosign(&self.keys, &args).success();
+    }
+
     fn pull(&self, name: &str) -> Outcome {
         skopeo_pull(&format!("{}/up/{name}", self.proxy.addr), &self.t.path().join(format!("pull-{}", name.replace(['/', ':'], "-"))))
     }
@@ -234,12 +244,7 @@ fn require_sbom_admits_only_images_with_an_sbom_attached() {
     let s = setup(&policy("sbom", &example("require-sbom"), "up/bom/*", ""));
     let with = s.image("bom/with", "with", "v1");
     s.image("bom/without", "without", "v1");
-    std::fs::write(s.keys.join("sbom.spdx.json"), r#"{"spdxVersion":"SPDX-2.3","name":"with","SPDXID":"SPDXRef-DOCUMENT"}"#).unwrap();
-    let target = format!("{}/bom/with@{}", s.reg.host(), with.digest);
-    let mut args = vec!["attach", "sbom", "--sbom", "sbom.spdx.json", "--type", "spdx"];
-    args.extend(COSIGN_LOCAL);
-    args.push(&target);
-    cosign(&s.keys, &args).success();
+    s.attach_sbom("bom/with", &with);
 
     s.pull("bom/with:v1").success();
     let refused = s.pull("bom/without:v1");
@@ -277,12 +282,7 @@ fn a_refusal_for_attachments_the_upstream_was_too_slow_to_give_says_so() {
     let signed = s.image("slowsig/app", "slowsig", "v1");
     cosign_sign(&s.keys, &format!("{}/slowsig/app@{}", front.addr, signed.digest));
     let with_sbom = s.image("slowsbom/app", "slowsbom", "v1");
-    std::fs::write(s.keys.join("sbom.spdx.json"), r#"{"spdxVersion":"SPDX-2.3","name":"slow","SPDXID":"SPDXRef-DOCUMENT"}"#).unwrap();
-    let target = format!("{}/slowsbom/app@{}", s.reg.host(), with_sbom.digest);
-    let mut args = vec!["attach", "sbom", "--sbom", "sbom.spdx.json", "--type", "spdx"];
-    args.extend(COSIGN_LOCAL);
-    args.push(&target);
-    cosign(&s.keys, &args).success();
+    s.attach_sbom("slowsbom/app", &with_sbom);
     for method in ["GET", "HEAD"] {
         for needle in ["/manifests/sha256-", "/referrers/"] {
             front.fault(method, needle, Fault::Delay(Duration::from_secs(3)));

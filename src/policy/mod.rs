@@ -536,10 +536,9 @@ fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
     format!("policy module {why}")
 }
 
-/// What a cached decision depends on: the module and its settings, the operation, the image,
-/// how it was asked for, and its attachments.
-/// The decision cache key: everything the module is told (the client's fields quoted, so that
-/// no two different askers can spell the same key).
+/// The decision cache key: everything the module is told (the module and its settings, the
+/// operation, the image, how and by whom it was asked for, its attachments), the client's fields
+/// quoted so that no two different askers can spell the same key.
 fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachments: &AttachmentSet) -> String {
     use std::fmt::Write;
     let mut key = String::with_capacity(320 + 72 * attachments.items.len());
@@ -557,7 +556,6 @@ fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachment
 fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {
     TrustStore::from_config(config).map_err(anyhow::Error::msg)
 }
-
 
 #[cfg(test)]
 mod tests {

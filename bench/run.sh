@@ -74,7 +74,10 @@ RUST_LOG=warn "$bin" serve --config "$work/pc/proxy.toml" > "$work/pc/log" 2>&1 
 wait_http "http://127.0.0.1:$PC/v2/"
 # distribution in proxy mode, and nginx serving the blob file
 DP=$(port); registry peer "$DP" "http://127.0.0.1:$UP"
-NG=$(port); mkdir -p "$work/nginx/www/v2/bench/big/blobs" "$work/nginx/logs"
+NG=$(port); mkdir -p "$work/nginx/www/v2/bench/big/blobs" "$work/nginx/logs" "$work/nginx/cache"
+# the same nginx also as a caching reverse proxy of the upstream (NGC) and as a plain one (NGP):
+# peers for cold pulls
+NGC=$(port); NGP=$(port)
 ln "$BIG_FILE" "$work/nginx/www/v2/bench/big/blobs/$BIG" 2>/dev/null || cp "$BIG_FILE" "$work/nginx/www/v2/bench/big/blobs/$BIG"
 # and the small image's manifest as a static file: the ceiling for manifest GETs
 SMALL_MANIFEST=$(sed -n 1p "$work/small.txt"); mkdir -p "$work/nginx/www/v2/bench/small/manifests"
@@ -90,6 +93,22 @@ http {
   client_body_temp_path $work/nginx/tmp; proxy_temp_path $work/nginx/tmp; fastcgi_temp_path $work/nginx/tmp;
   uwsgi_temp_path $work/nginx/tmp; scgi_temp_path $work/nginx/tmp;
   server { listen 127.0.0.1:$NG; root $work/nginx/www; default_type application/octet-stream; }
+  proxy_cache_path $work/nginx/cache levels=1:2 keys_zone=registry:10m max_size=10g inactive=1h use_temp_path=off;
+  upstream registry { server 127.0.0.1:$UP; keepalive 16; }
+  server {
+    listen 127.0.0.1:$NGC;
+    location / {
+      proxy_pass http://registry; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$http_host;
+      proxy_cache registry; proxy_cache_valid 200 1h; proxy_cache_lock on; proxy_cache_key \$uri\$http_accept;
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGP;
+    location / {
+      proxy_pass http://registry; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$http_host;
+      proxy_buffering off;
+    }
+  }
 }
 EOF
 mkdir -p "$work/nginx/tmp"
@@ -167,25 +186,35 @@ herd() { # server-url-prefix image-name -> upstream GET count
 }
 HERD_PC=$(herd "http://127.0.0.1:$PC/v2/up" herdpc)
 HERD_DP=$(herd "http://127.0.0.1:$DP/v2" herddp)
+HERD_NG=$(herd "http://127.0.0.1:$NGC/v2" herdng)
 
-# cold pull of a 3-layer image with skopeo, through the running Portcullis vs straight from the
-# upstream: each round pushes a new image (fresh layers, so it is cold for the proxy) and pulls it
-# both ways, the order alternating between rounds
-pull_time() { # source -> seconds
+# cold pull of a 3-layer image with skopeo: each round pushes a new image (fresh layers, so it is
+# cold for every cache) and pulls it straight from the upstream, through Portcullis, through
+# distribution's proxy, through nginx caching and through nginx not caching (the cost of a second
+# hop alone), in an order that rotates between rounds
+pull_time() { # source -> milliseconds
   rm -rf "$work/pulled"
-  local start end; start=$(date +%s.%N)
+  local start end; start=$(date +%s%N)
   skopeo copy -q --src-tls-verify=false "docker://$1" "oci:$work/pulled:x" >/dev/null
-  end=$(date +%s.%N); python3 -c "print(round($end-$start, 3))"
+  end=$(date +%s%N); echo $(( (end - start) / 1000000 ))
+  sleep 0.2   # what each server does after a pull (writeback, prefetches) settles between pulls
 }
-COLD_PC=""; COLD_UP=""
+declare -A COLD=([upstream]="" [portcullis]="" [distribution]="" [nginx]="" [nginx-pass]="")
+cold_ways=(upstream portcullis distribution nginx nginx-pass)
+cold_source() { # way image
+  case $1 in
+    upstream) echo "127.0.0.1:$UP/bench/$2:v1" ;; portcullis) echo "127.0.0.1:$PC/up/bench/$2:v1" ;;
+    distribution) echo "127.0.0.1:$DP/bench/$2:v1" ;; nginx) echo "127.0.0.1:$NGC/bench/$2:v1" ;;
+    nginx-pass) echo "127.0.0.1:$NGP/bench/$2:v1" ;;
+  esac
+}
 for i in $(seq 1 "$((ROUNDS * 3))"); do   # a pull takes a fraction of a second: more rounds
   rm -rf "$work/cold"; python3 bench/mkimage.py "$work/cold" cold 4 4 4 >/dev/null
   skopeo copy -q --dest-tls-verify=false "oci:$work/cold:cold" "docker://127.0.0.1:$UP/bench/cold$i:v1" >/dev/null
-  if [ $((i % 2)) = 1 ]; then
-    COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/cold$i:v1") "; COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/cold$i:v1") "
-  else
-    COLD_PC+="$(pull_time "127.0.0.1:$PC/up/bench/cold$i:v1") "; COLD_UP+="$(pull_time "127.0.0.1:$UP/bench/cold$i:v1") "
-  fi
+  for k in 0 1 2 3 4; do
+    way=${cold_ways[$(( (i + k) % 5 ))]}
+    COLD[$way]+="$(pull_time "$(cold_source "$way" "cold$i")") "
+  done
 done
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(round(a/b,2) if b else 'n/a')" "$1" "$2"; }
@@ -195,7 +224,8 @@ qp=$(median ${Q[portcullis]}); qpp=$(median ${Q[portcullis+policy]}); qd=$(media
 pp=$(median ${P[portcullis+policy]}); pd=$(median ${P[distribution]}); pn=$(median ${P[nginx]})
 p8p=$(median ${P8[portcullis+policy]}); p8d=$(median ${P8[distribution]}); p8n=$(median ${P8[nginx]})
 pop=$(median ${PO[portcullis+policy]}); pon=$(median ${PO[nginx]})
-cp=$(median $COLD_PC); cu=$(median $COLD_UP)
+cu=$(median ${COLD[upstream]}); cp=$(median ${COLD[portcullis]}); cd=$(median ${COLD[distribution]})
+cn=$(median ${COLD[nginx]}); cnp=$(median ${COLD[nginx-pass]})
 mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob, 1 round) — not a measurement" || echo "release build, $BLOB_MIB MiB blob, median of $ROUNDS rounds")
 {
   echo "# Benchmark results"
@@ -211,18 +241,21 @@ mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob
   echo "| manifest GET p99 with policy, 64 conns at full speed (ms; nginx: static file) | $pp | $pd | $pn | | | < 2 ms |"
   echo "| manifest GET p99 with policy, 64 conns at a steady $OPEN_RATE req/s (ms; nginx: static file; distribution cannot sustain the rate) | $pop | | $pon | | | < 2 ms |"
   echo "| manifest GET p99 with policy at 8 connections (ms; nginx: static file) | $p8p | $p8d | $p8n | | | |"
-  echo "| 100 concurrent cold GETs of one blob: upstream fetches | $HERD_PC | $HERD_DP | | | | exactly 1 |"
-  echo "| cold skopeo pull of a 3-layer image (s, median of $((ROUNDS * 3))), vs straight from upstream: $cu s | $cp | | | $(ratio "$cp" "$cu") (vs upstream) | | <= 1.1x |"
+  echo "| 100 concurrent cold GETs of one blob: upstream fetches (nginx: caching proxy with \`proxy_cache_lock\`) | $HERD_PC | $HERD_DP | $HERD_NG | | | exactly 1 |"
+  echo "| cold skopeo pull of a fresh 3-layer image (ms, median of $((ROUNDS * 3)); nginx: caching proxy; ratios: the peer's time / Portcullis's) | $cp | $cd | $cn | $(ratio "$cd" "$cp") | $(ratio "$cn" "$cp") | |"
+  echo "| cold pull time / the same pull straight from the upstream ($cu ms; nginx without a cache, the second hop alone: $(ratio "$cnp" "$cu")x) | $(ratio "$cp" "$cu") | $(ratio "$cd" "$cu") | $(ratio "$cn" "$cu") | | | <= 1.1x |"
   echo "| peak RSS of Portcullis while streaming 16 x $BLOB_MIB MiB (MiB) | $((RSS_KIB / 1024)) | | | | | < 100 MiB |"
   echo
   echo "Policy decision cost and key-based verification: \`cargo bench --bench policy\`, \`cargo bench --bench verify\`."
 } > bench/results.md.new
-python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" "$qn" > bench/results.svg.new <<'PY'
+python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" "$qn" "$cp" "$cd" "$cn" > bench/results.svg.new <<'PY'
 import sys
 v = [float(x) if x not in ("", "n/a") else 0 for x in sys.argv[1:]]
-groups = [("blob, 1 client", v[0:3]), ("blob, 16 clients", v[3:6]), ("manifest req/s (policy)", v[6:9])]
+pulls = [round(1000 / t, 2) if t else 0 for t in v[9:12]]
+groups = [("blob MiB/s, 1 client", v[0:3]), ("blob MiB/s, 16 clients", v[3:6]), ("manifest req/s (policy)", v[6:9]),
+          ("cold pulls/s", pulls)]
 names, colours = ["Portcullis", "distribution", "nginx"], ["#2b6cb0", "#c05621", "#718096"]
-w, h = 720, 300
+w, h = 950, 300
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
        '<text x="10" y="18" font-size="14">Relative to the best server in each scenario (higher is better)</text>']
 for gi, (label, vals) in enumerate(groups):
@@ -235,7 +268,7 @@ for gi, (label, vals) in enumerate(groups):
         out.append(f'<rect x="{x}" y="{h-30-bh:.0f}" width="50" height="{bh:.0f}" fill="{colours[i]}"/>')
         out.append(f'<text x="{x}" y="{h-34-bh:.0f}">{val:g}</text>')
 for i, n in enumerate(names):
-    out.append(f'<rect x="{480+i*80}" y="30" width="10" height="10" fill="{colours[i]}"/><text x="{494+i*80}" y="39">{n}</text>')
+    out.append(f'<rect x="{700+i*80}" y="30" width="10" height="10" fill="{colours[i]}"/><text x="{714+i*80}" y="39">{n}</text>')
 out.append("</svg>")
 print("\n".join(out))
 PY

@@ -30,7 +30,7 @@ fn skopeo_pull_is_byte_identical_and_second_pull_is_served_from_cache() {
         assert!(proxy.cached(&d), "blob {d} cached");
     }
     assert_eq!(pulled_blob(&out1, &img.digest), img.manifest, "manifest differs");
-    let blob_gets = reg.count("GET", "/blobs/");
+    let blob_gets = reg.count_settled("GET", "/blobs/", img.blobs().len());
     assert_eq!(blob_gets, img.blobs().len(), "one upstream GET per blob on the first pull");
 
     let out2 = t.path().join("pull2");

@@ -268,7 +268,7 @@ for gi, (label, vals) in enumerate(groups):
         out.append(f'<rect x="{x}" y="{h-30-bh:.0f}" width="50" height="{bh:.0f}" fill="{colours[i]}"/>')
         out.append(f'<text x="{x}" y="{h-34-bh:.0f}">{val:g}</text>')
 for i, n in enumerate(names):
-    out.append(f'<rect x="{700+i*80}" y="30" width="10" height="10" fill="{colours[i]}"/><text x="{714+i*80}" y="39">{n}</text>')
+    out.append(f'<rect x="{700+i*80}" y="8" width="10" height="10" fill="{colours[i]}"/><text x="{714+i*80}" y="17">{n}</text>')
 out.append("</svg>")
 print("\n".join(out))
 PY

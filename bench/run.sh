@@ -224,7 +224,7 @@ qp=$(median ${Q[portcullis]}); qpp=$(median ${Q[portcullis+policy]}); qd=$(media
 pp=$(median ${P[portcullis+policy]}); pd=$(median ${P[distribution]}); pn=$(median ${P[nginx]})
 p8p=$(median ${P8[portcullis+policy]}); p8d=$(median ${P8[distribution]}); p8n=$(median ${P8[nginx]})
 pop=$(median ${PO[portcullis+policy]}); pon=$(median ${PO[nginx]})
-cu=$(median ${COLD[upstream]}); cp=$(median ${COLD[portcullis]}); cd=$(median ${COLD[distribution]})
+cu=$(median ${COLD[upstream]}); cp=$(median ${COLD[portcullis]}); cdist=$(median ${COLD[distribution]})
 cn=$(median ${COLD[nginx]}); cnp=$(median ${COLD[nginx-pass]})
 mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob, 1 round) — not a measurement" || echo "release build, $BLOB_MIB MiB blob, median of $ROUNDS rounds")
 {
@@ -242,13 +242,13 @@ mode=$([ -n "$quick" ] && echo "quick smoke run (debug build, $BLOB_MIB MiB blob
   echo "| manifest GET p99 with policy, 64 conns at a steady $OPEN_RATE req/s (ms; nginx: static file; distribution cannot sustain the rate) | $pop | | $pon | | | < 2 ms |"
   echo "| manifest GET p99 with policy at 8 connections (ms; nginx: static file) | $p8p | $p8d | $p8n | | | |"
   echo "| 100 concurrent cold GETs of one blob: upstream fetches (nginx: caching proxy with \`proxy_cache_lock\`) | $HERD_PC | $HERD_DP | $HERD_NG | | | exactly 1 |"
-  echo "| cold skopeo pull of a fresh 3-layer image (ms, median of $((ROUNDS * 3)); nginx: caching proxy; ratios: the peer's time / Portcullis's) | $cp | $cd | $cn | $(ratio "$cd" "$cp") | $(ratio "$cn" "$cp") | |"
-  echo "| cold pull time / the same pull straight from the upstream ($cu ms; nginx without a cache, the second hop alone: $(ratio "$cnp" "$cu")x) | $(ratio "$cp" "$cu") | $(ratio "$cd" "$cu") | $(ratio "$cn" "$cu") | | | <= 1.1x |"
+  echo "| cold skopeo pull of a fresh 3-layer image (ms, median of $((ROUNDS * 3)); nginx: caching proxy; ratios: the peer's time / Portcullis's) | $cp | $cdist | $cn | $(ratio "$cdist" "$cp") | $(ratio "$cn" "$cp") | |"
+  echo "| cold pull time / the same pull straight from the upstream ($cu ms; nginx without a cache, the second hop alone: $(ratio "$cnp" "$cu")x) | $(ratio "$cp" "$cu") | $(ratio "$cdist" "$cu") | $(ratio "$cn" "$cu") | | | <= 1.1x |"
   echo "| peak RSS of Portcullis while streaming 16 x $BLOB_MIB MiB (MiB) | $((RSS_KIB / 1024)) | | | | | < 100 MiB |"
   echo
   echo "Policy decision cost and key-based verification: \`cargo bench --bench policy\`, \`cargo bench --bench verify\`."
 } > bench/results.md.new
-python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" "$qn" "$cp" "$cd" "$cn" > bench/results.svg.new <<'PY'
+python3 - "$b1p" "$b1d" "$b1n" "$b16p" "$b16d" "$b16n" "$qpp" "$qd" "$qn" "$cp" "$cdist" "$cn" > bench/results.svg.new <<'PY'
 import sys
 v = [float(x) if x not in ("", "n/a") else 0 for x in sys.argv[1:]]
 pulls = [round(1000 / t, 2) if t else 0 for t in v[9:12]]

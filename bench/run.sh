@@ -199,8 +199,8 @@ pull_time() { # source -> milliseconds
   end=$(date +%s%N); echo $(( (end - start) / 1000000 ))
   sleep 0.2   # what each server does after a pull (writeback, prefetches) settles between pulls
 }
-declare -A COLD=([upstream]="" [portcullis]="" [distribution]="" [nginx]="" [nginx-pass]="")
 cold_ways=(upstream portcullis distribution nginx nginx-pass)
+declare -A COLD; for way in "${cold_ways[@]}"; do COLD[$way]=""; done
 cold_source() { # way image
   case $1 in
     upstream) echo "127.0.0.1:$UP/bench/$2:v1" ;; portcullis) echo "127.0.0.1:$PC/up/bench/$2:v1" ;;

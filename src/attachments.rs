@@ -20,9 +20,6 @@ use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::names::{Digest, Reference, RepoName};
 
-/// Layer media types that mark a manifest as an attachment rather than an image.
-const ATTACHMENT_LAYER_TYPES: [&str; 2] = ["application/vnd.dev.cosign.simplesigning.v1+json", "application/vnd.dsse.envelope.v1+json"];
-
 /// How long a resolved set is reused before the (cheap, cached) resolution runs again.
 const SET_TTL: Duration = Duration::from_secs(5);
 
@@ -99,12 +96,13 @@ impl Attachments {
     }
 
     /// Starts resolving an image's attachments in the background after it was served.
-    pub async fn prefetch(self: &Arc<Self>, ns: &str, repo: &RepoName, reference: &Reference, served: &ServedManifest) {
+    pub async fn prefetch(self: &Arc<Self>, ns: &str, repo: &RepoName, served: &ServedManifest) {
         if self.kinds_for(ns).is_empty() {
             return;
         }
         let key = (ns.to_string(), repo.clone(), served.digest.clone());
-        if self.sets.contains_key(&key) || is_attachment(reference, served) {
+        // no attachments of attachments
+        if self.sets.contains_key(&key) || served.attachment {
             return;
         }
         let this = Arc::clone(self);
@@ -271,24 +269,6 @@ pub fn artifact_type_of(m: &Manifest) -> String {
         .or_else(|| m.layers.first().map(|l| l.media_type.clone()))
         .or_else(|| m.config.as_ref().map(|c| c.media_type.clone()))
         .unwrap_or_default()
-}
-
-/// Whether a served manifest is itself an attachment (no attachments of attachments).
-fn is_attachment(reference: &Reference, served: &ServedManifest) -> bool {
-    if let Reference::Tag(t) = reference {
-        if crate::cache::is_attachment_tag(t.as_str()) {
-            return true;
-        }
-    }
-    let Ok(m) = Manifest::parse(&served.bytes) else { return true };
-    m.subject.is_some()
-        || m.artifact_type.is_some()
-        || (!m.layers.is_empty() && m.layers.iter().all(|l| ATTACHMENT_LAYER_TYPES.contains(&l.media_type.as_str())))
-        || m.layers.iter().any(|l| is_sbom_type(&l.media_type))
-}
-
-fn is_sbom_type(t: &str) -> bool {
-    t.starts_with("text/spdx") || t.starts_with("application/vnd.cyclonedx") || t.starts_with("application/vnd.syft")
 }
 
 #[cfg(test)]

@@ -109,6 +109,15 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// The scope of the rule that lets `user` override upstream tags in `scope` (`override =
+    /// true`, and the user may write there), if any.
+    pub fn override_rule(&self, user: Option<&str>, scope: &str) -> Option<&str> {
+        let rule = self.config.rules.iter().find(|r| glob_match(&r.scope, scope))?;
+        (rule.override_upstream && self.authorize(user, scope, Access::Write).is_ok()).then_some(rule.scope.as_str())
+    }
+}
+
 fn verb(a: Access) -> &'static str {
     match a {
         Access::Read => "read",
@@ -182,8 +191,9 @@ mod tests {
     #[test]
     fn rules() {
         let rules = vec![
-            AuthRule { scope: "internal/secret/*".into(), read: Some(vec!["alice".into()]), write: Some(vec!["alice".into()]) },
-            AuthRule { scope: "internal/*".into(), read: Some(vec!["anonymous".into()]), write: Some(vec!["ci".into()]) },
+            AuthRule { scope: "internal/secret/*".into(), read: Some(vec!["alice".into()]), write: Some(vec!["alice".into()]), override_upstream: false },
+            AuthRule { scope: "internal/*".into(), read: Some(vec!["anonymous".into()]), write: Some(vec!["ci".into()]), override_upstream: false },
+            AuthRule { scope: "docker.io/ours/*".into(), read: None, write: Some(vec!["ci".into()]), override_upstream: true },
         ];
         let a = auth(rules, true);
         assert!(a.authorize(None, "internal/app", Access::Read).is_ok());
@@ -197,6 +207,11 @@ mod tests {
         assert!(a.authorize(None, "docker.io/library/alpine", Access::Read).is_ok());
         assert!(a.authorize(Some("alice"), "docker.io/library/alpine", Access::Write).is_ok());
         assert_eq!(a.authorize(None, "docker.io/library/alpine", Access::Write).unwrap_err().code, Code::Unauthorized);
+        // overriding upstream tags takes a rule saying so, and the right to write there
+        assert_eq!(a.override_rule(Some("ci"), "docker.io/ours/app"), Some("docker.io/ours/*"));
+        assert_eq!(a.override_rule(Some("alice"), "docker.io/ours/app"), None);
+        assert_eq!(a.override_rule(Some("ci"), "docker.io/library/alpine"), None);
+        assert_eq!(a.override_rule(Some("ci"), "internal/app"), None);
         let closed = auth(vec![], false);
         assert_eq!(closed.authorize(None, "docker.io/x", Access::Read).unwrap_err().code, Code::Unauthorized);
         assert!(closed.authorize(Some("ci"), "docker.io/x", Access::Read).is_ok());

@@ -193,6 +193,11 @@ pub struct AuthRule {
     pub read: Option<Vec<String>>,
     /// `write = ["ci"]`: who may push (`"*"` any signed-in user); unset: any signed-in user.
     pub write: Option<Vec<String>>,
+    /// `override = true`: those who may write here may also push ordinary tags and manifests
+    /// onto proxied repositories, replacing the upstream's for every client (without it, writes
+    /// to a proxied repository are limited to signatures, attestations, SBOMs and referrers).
+    #[serde(default, rename = "override")]
+    pub override_upstream: bool,
 }
 
 fn default_true() -> bool {

@@ -98,14 +98,53 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Whether this manifest is an attachment (a signature, attestation, SBOM or other artifact
+    /// referring to an image) by its content alone; see [`portcullis_classify`] for the rule.
+    pub fn is_attachment(&self) -> bool {
+        let shape = portcullis_classify::Shape {
+            media_type: self.media_type(),
+            artifact_type: self.artifact_type.as_deref(),
+            config: self.config.as_ref().map(|c| c.media_type.as_str()),
+            has_manifests: !self.manifests.is_empty(),
+        };
+        portcullis_classify::is_attachment(&shape, self.layers.iter().map(|l| l.media_type.as_str()))
+    }
+
+    /// The image this manifest attaches to, when it is an attachment by its content: its
+    /// `subject`, else the digest named by the attachment tag it was asked for by
+    /// (`sha256-<hex>.sig` and the like). `None` for anything runnable, whatever its tag or subject.
+    pub fn attaches_to(&self, tag: Option<&str>) -> Option<Digest> {
+        if !self.is_attachment() {
+            return None;
+        }
+        self.subject.as_ref().map(|s| s.digest.clone()).or_else(|| tag.and_then(attachment_subject))
+    }
+
     /// The media type: the declared one, else inferred from the structure.
+    /// A declared type that is not a manifest media type is ignored (never served as such).
     pub fn media_type(&self) -> &str {
         match &self.media_type {
-            Some(t) if !t.is_empty() => t,
+            Some(t) if ALL_TYPES.contains(&t.as_str()) => t,
             _ if !self.manifests.is_empty() || self.config.is_none() => OCI_INDEX,
             _ => OCI_MANIFEST,
         }
     }
+}
+
+/// Whether a tag names a cosign attachment or a referrers fallback index: `sha256-<hex>[.kind]`.
+pub fn is_attachment_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
+/// The image digest an attachment tag (`sha256-<hex>.sig`, ...) names.
+pub fn attachment_subject(tag: &str) -> Option<Digest> {
+    if !is_attachment_tag(tag) {
+        return None;
+    }
+    let hex = &tag["sha256-".len().."sha256-".len() + 64];
+    format!("sha256:{hex}").parse().ok()
 }
 
 /// Whether a client `Accept` header admits a media type (no header: everything).
@@ -132,7 +171,38 @@ mod tests {
         let m = Manifest::parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#).unwrap();
         assert!(is_index(m.media_type()));
         assert!(Manifest::parse(br#"{"schemaVersion":1}"#).is_err());
+        let html = Manifest::parse(br#"{"schemaVersion":2,"mediaType":"text/html","config":{"mediaType":"x","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}}"#).unwrap();
+        assert_eq!(html.media_type(), OCI_MANIFEST, "a declared type that is no manifest type is never served");
         assert!(Manifest::parse(b"[[[").is_err());
+    }
+
+    #[test]
+    fn attachment_tags() {
+        let hex = "a".repeat(64);
+        for ok in ["", ".sig", ".att", ".sbom"] {
+            assert!(is_attachment_tag(&format!("sha256-{hex}{ok}")));
+        }
+        assert!(!is_attachment_tag(&format!("sha256-{hex}.foo")));
+        assert!(!is_attachment_tag("sha256-abc.sig"));
+        assert!(!is_attachment_tag("latest"));
+    }
+
+    #[test]
+    fn attachment_status_comes_from_content_not_tag_or_subject() {
+        let hex = "b".repeat(64);
+        let tag = format!("sha256-{hex}.sig");
+        let subject = format!(r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":2}}"#, "c".repeat(64));
+        let layer = |t: &str| format!(r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#, "d".repeat(64));
+        let manifest = |layers: &str, extra: &str| {
+            Manifest::parse(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[{layers}]{extra}}}"#, "e".repeat(64)).as_bytes()).unwrap()
+        };
+        let runnable = manifest(&layer("application/vnd.oci.image.layer.v1.tar+gzip"), &format!(",{subject}"));
+        assert_eq!(runnable.attaches_to(Some(&tag)), None, "a runnable image with a subject under a .sig tag");
+        let signature = manifest(&layer("application/vnd.dev.cosign.simplesigning.v1+json"), "");
+        assert_eq!(signature.attaches_to(Some(&tag)).unwrap().hex(), hex, "a signature under its tag");
+        assert_eq!(signature.attaches_to(Some("latest")), None, "a signature nothing names");
+        let referrer = manifest(&layer("application/vnd.dev.sigstore.bundle.v0.3+json"), &format!(",{subject}"));
+        assert_eq!(referrer.attaches_to(None).unwrap().hex(), "c".repeat(64), "a bundle referring to its subject");
     }
 
     #[test]

@@ -31,7 +31,8 @@ struct Decided<'a> {
     digest: &'a Digest,
     media_type: &'a str,
     bytes: &'a Bytes,
-    subject: Option<&'a Digest>,
+    /// The image it attaches to, when it is an attachment by its content.
+    attaches_to: Option<Digest>,
 }
 
 /// Manifest pulls, pushes and deletes, and blob mounts, over the cache.
@@ -64,9 +65,11 @@ impl Registry {
     /// fetched alongside, and admitted by the policies in scope (`DENIED` otherwise).
     pub async fn pull_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
         let m = self.cache.manifest_for(ns, repo, reference, accept).await?;
-        self.attachments.prefetch(ns, repo, reference, &m).await;
-        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes, subject: m.subject.as_ref() };
+        self.attachments.prefetch(ns, repo, &m).await;
+        let attaches_to = m.attachment.then(|| m.subject.clone().or_else(|| tag_subject(reference))).flatten();
+        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes, attaches_to };
         self.admit(caller, false, ns, repo, decided).await?;
+        self.cache.link_references(ns, repo, &m);
         Ok(m)
     }
 
@@ -74,11 +77,21 @@ impl Registry {
     /// it changes are dropped.
     pub async fn push_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
         let parsed = Manifest::parse(&body)?;
+        if parsed.media_type.as_deref().is_some_and(|t| !crate::manifest::ALL_TYPES.contains(&t)) {
+            return Err(RegistryError::of(Code::ManifestInvalid, "the manifest's mediaType is not a manifest media type"));
+        }
         let digest = Digest::sha256_of(&body);
-        let subject = parsed.subject.as_ref().map(|s| &s.digest);
-        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body, subject };
+        let attaches_to = parsed.attaches_to(reference_tag(reference));
+        let overriding = self.proxied_write(caller, ns, repo, reference, attaches_to.is_some())?;
+        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body, attaches_to };
+        let subject = overriding.is_some().then(|| self.subject(caller, true, ns, repo, &decided));
         self.admit(caller, true, ns, repo, decided).await?;
         let pushed = uploads::put_manifest(&self.cache, ns, repo, reference, content_type, body).await?;
+        if let (Some(rule), Some(subject)) = (overriding, subject) {
+            let reason = format!("pushed over the upstream's {ns}/{repo}:{reference} for every client (rule {rule:?} has override = true)");
+            tracing::warn!(user = caller.user.as_deref().unwrap_or("-"), %reason, "upstream overridden");
+            self.policies.audit_event(&subject, "override", &reason);
+        }
         if let Some(subject) = &pushed.subject {
             self.attachments.invalidate(ns, repo, subject).await;
         }
@@ -114,12 +127,42 @@ impl Registry {
         uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
     }
 
+    /// Writes to a proxied repository are limited to what hosting signatures needs (attachments
+    /// of its images, under an attachment tag or by digest) unless a rule with `override = true`
+    /// lets the user replace what the upstream serves: that rule's scope, when it is used.
+    fn proxied_write(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, attachment: bool) -> Result<Option<String>> {
+        if self.cache.namespace(ns)?.1.is_none() {
+            return Ok(None);
+        }
+        let by_attachment_name = match reference {
+            Reference::Digest(_) => true,
+            Reference::Tag(t) => crate::manifest::is_attachment_tag(t.as_str()) && [".sig", ".att", ".sbom"].iter().any(|s| t.as_str().ends_with(s)),
+        };
+        if attachment && by_attachment_name {
+            return Ok(None);
+        }
+        let scope = self.scope(ns, repo);
+        match self.auth.override_rule(caller.user.as_deref(), &scope) {
+            Some(rule) => Ok(Some(rule.to_string())),
+            None => Err(RegistryError::of(
+                Code::Denied,
+                format!("{scope} is proxied: pushes to it are limited to signatures, attestations, SBOMs and referrers of its images (replacing what the upstream serves needs an [[auth.rule]] with override = true)"),
+            )),
+        }
+    }
+
     /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
     async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: Decided<'_>) -> Result<()> {
         if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
         }
-        let subject = Subject {
+        let subject = self.subject(caller, push, ns, repo, &m);
+        self.policies.check(&subject).await
+    }
+
+    /// What policies and the audit log are told about a manifest and who asked for it.
+    fn subject(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: &Decided<'_>) -> Subject {
+        Subject {
             push,
             namespace: self.cache.canonical_namespace(ns).unwrap_or(ns).to_string(),
             repository: repo.to_string(),
@@ -127,12 +170,11 @@ impl Registry {
             digest: m.digest.to_string(),
             media_type: m.media_type.to_string(),
             manifest: m.bytes.clone(),
-            attaches_to: tag_subject(m.reference).or(m.subject.cloned()).map(|d| d.to_string()),
+            attaches_to: m.attaches_to.as_ref().map(|d| d.to_string()),
             client: client_ip(&caller.client),
             user: caller.user.clone(),
             user_agent: caller.user_agent.clone(),
-        };
-        self.policies.check(&subject).await
+        }
     }
 }
 
@@ -142,10 +184,15 @@ fn client_ip(address: &str) -> String {
     address.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| address.to_string())
 }
 
-/// The image an attachment tag (`sha256-<hex>.sig` and the like) belongs to.
-fn tag_subject(reference: &Reference) -> Option<Digest> {
+/// The tag of a reference, if it is one.
+fn reference_tag(reference: &Reference) -> Option<&str> {
     match reference {
-        Reference::Tag(t) => crate::cache::attachment_subject(t.as_str()),
+        Reference::Tag(t) => Some(t.as_str()),
         Reference::Digest(_) => None,
     }
+}
+
+/// The image an attachment tag (`sha256-<hex>.sig` and the like) names.
+fn tag_subject(reference: &Reference) -> Option<Digest> {
+    reference_tag(reference).and_then(crate::manifest::attachment_subject)
 }

@@ -5,7 +5,9 @@
 //! or answers 429/5xx, the last known resolution is served (stale). Concurrent misses for the
 //! same manifest, tag or blob share one upstream request.
 
+mod blobs;
 pub mod fill;
+pub mod links;
 pub mod lru;
 pub mod singleflight;
 
@@ -18,12 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Code, RegistryError, Result};
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, is_attachment_tag, Manifest};
 use crate::names::{Digest, Reference, RepoName, Tag};
 use crate::store::{ByteStream, Store};
 use crate::push::records::Records;
 use crate::upstream::{FetchedManifest, Upstream};
-use fill::{Fill, FillState};
+use links::{Kind, Links};
 use lru::LruIndex;
 use singleflight::SingleFlight;
 
@@ -63,6 +65,8 @@ pub struct ServedManifest {
     pub digest: Digest,
     /// The image it refers to (its `subject` field), if any.
     pub subject: Option<Digest>,
+    /// Whether it is an attachment by its content ([`Manifest::is_attachment`]).
+    pub attachment: bool,
     /// How it was served.
     pub status: CacheStatus,
 }
@@ -72,6 +76,7 @@ pub struct ServedManifest {
 struct ManifestFacts {
     media_type: Arc<str>,
     subject: Option<Digest>,
+    attachment: bool,
 }
 
 /// A blob ready to stream.
@@ -120,9 +125,10 @@ pub struct Cache {
     facts: moka::sync::Cache<Digest, ManifestFacts>,
     tags: moka::future::Cache<TagKey, TagRecord>,
     missing: moka::future::Cache<TagKey, ()>,
-    manifest_flights: SingleFlight<Digest, Result<(Bytes, CacheStatus)>>,
+    manifest_flights: SingleFlight<(String, RepoName, Digest), Result<(Bytes, CacheStatus)>>,
     tag_flights: SingleFlight<TagKey, Result<(TagRecord, CacheStatus)>>,
-    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    fills: Mutex<HashMap<blobs::FillKey, blobs::Running>>,
+    links: Links,
     lru: LruIndex,
     evicting: tokio::sync::Mutex<()>,
     background: Background,
@@ -150,6 +156,7 @@ impl Cache {
         }
         let idle_timeout = config.upstreams.iter().map(|u| u.timeout.0).max().unwrap_or(Duration::from_secs(30));
         let records = Records::new(Arc::clone(&store));
+        let store_for_links = Arc::clone(&store);
         let pinned: std::collections::HashSet<Digest> = records.pinned().await?.into_iter().collect();
         let cached = store.list_blobs().await?.into_iter().filter(|b| !pinned.contains(&b.digest)).collect();
         let pinned = std::sync::RwLock::new(pinned);
@@ -178,6 +185,7 @@ impl Cache {
             manifest_flights: SingleFlight::default(),
             tag_flights: SingleFlight::default(),
             fills: Mutex::default(),
+            links: Links::new(Arc::clone(&store_for_links), 200_000),
             lru,
             evicting: tokio::sync::Mutex::new(()),
             background: Background::default(),
@@ -259,48 +267,19 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether stored content may be served in `<ns>/<repo>`: cached content is shared, pushed
-    /// content only where it was pushed (or where the upstream has the same digest too).
-    async fn may_serve(&self, ns: &str, upstream: Option<&Arc<Upstream>>, repo: &RepoName, digest: &Digest, manifest: bool) -> Result<bool> {
-        if !self.pinned.read().expect("pinned lock").contains(digest) {
-            return Ok(true);
-        }
-        let linked = if manifest {
-            self.records.has_manifest(ns, repo, digest).await?
-        } else {
-            self.records.has_blob(ns, repo, digest).await?
-        };
-        match (linked, upstream) {
-            (true, _) => Ok(true),
-            (false, None) => Ok(false),
-            (false, Some(up)) if manifest => Ok(up.head_manifest(repo, &digest.to_string()).await?.is_some()),
-            (false, Some(up)) => Ok(up.head_blob(repo, digest).await?.is_some()),
-        }
-    }
-
-    /// A manifest from memory or the store only.
-    async fn local_manifest(&self, digest: &Digest) -> Result<Option<Bytes>> {
-        if let Some(b) = self.manifests.get(digest).await {
-            return Ok(Some(b));
-        }
-        let Some(b) = self.store.read_small(digest).await? else { return Ok(None) };
-        self.note_access(digest);
-        self.manifests.insert(digest.clone(), b.clone()).await;
-        Ok(Some(b))
-    }
-
     /// A manifest as served, its content parsed once per digest (the bytes are the digest's).
     fn served(&self, bytes: Bytes, digest: Digest, status: CacheStatus) -> Result<ServedManifest> {
         let facts = match self.facts.get(&digest) {
             Some(f) => f,
             None => {
                 let parsed = Manifest::parse(&bytes)?;
-                let f = ManifestFacts { media_type: parsed.media_type().into(), subject: parsed.subject.map(|s| s.digest) };
+                let attachment = parsed.is_attachment();
+                let f = ManifestFacts { media_type: parsed.media_type().into(), subject: parsed.subject.map(|s| s.digest), attachment };
                 self.facts.insert(digest.clone(), f.clone());
                 f
             }
         };
-        Ok(ServedManifest { bytes, media_type: facts.media_type.to_string(), digest, subject: facts.subject, status })
+        Ok(ServedManifest { bytes, media_type: facts.media_type.to_string(), digest, subject: facts.subject, attachment: facts.attachment, status })
     }
 
     /// Serves a manifest by tag or digest.
@@ -308,12 +287,12 @@ impl Cache {
         let (name, upstream) = self.namespace(ns)?;
         match (reference, upstream) {
             (Reference::Digest(d), Some(up)) => {
-                let (bytes, status) = self.manifest_by_digest(&up, repo, d).await?;
+                let (bytes, status) = self.manifest_by_digest(&up, repo, d, false).await?;
                 self.served(bytes, d.clone(), status)
             }
             (Reference::Digest(d), None) => {
-                let linked = self.records.has_manifest(&name, repo, d).await?;
-                match self.local_manifest(d).await? {
+                let linked = self.links.contains(&name, repo, Kind::Manifest, d).await?;
+                match self.held_manifest(d).await? {
                     Some(bytes) if linked => self.served(bytes, d.clone(), CacheStatus::Hit),
                     _ => Err(manifest_unknown(repo, d)),
                 }
@@ -323,7 +302,7 @@ impl Cache {
                 match (pushed, upstream) {
                     (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => self.merged_attachment(&up, repo, tag, d).await,
                     (Some(d), _) => {
-                        let bytes = self.local_manifest(&d).await?.ok_or_else(|| manifest_unknown(repo, &d))?;
+                        let bytes = self.held_manifest(&d).await?.ok_or_else(|| manifest_unknown(repo, &d))?;
                         self.served(bytes, d, CacheStatus::Hit)
                     }
                     (None, Some(up)) => self.upstream_tag(&up, repo, tag).await,
@@ -337,7 +316,7 @@ impl Cache {
     async fn upstream_tag(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag) -> Result<ServedManifest> {
         let key = (upstream.name.clone(), repo.clone(), tag.clone());
         let (record, tag_status) = self.resolve_tag(upstream, key).await?;
-        let (bytes, status) = self.manifest_by_digest(upstream, repo, &record.digest).await?;
+        let (bytes, status) = self.manifest_by_digest(upstream, repo, &record.digest, true).await?;
         let status = if status == CacheStatus::Hit { tag_status } else { status };
         self.served(bytes, record.digest, status)
     }
@@ -346,9 +325,13 @@ impl Cache {
     /// the upstream's version has appended (so no upstream signature is lost, and what a client
     /// pushed back after appending to this view wins).
     async fn merged_attachment(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag, local: Digest) -> Result<ServedManifest> {
-        let local_bytes = self.local_manifest(&local).await?.ok_or_else(|| manifest_unknown(repo, &local))?;
+        let local_bytes = self.held_manifest(&local).await?.ok_or_else(|| manifest_unknown(repo, &local))?;
         let theirs = match self.upstream_tag(upstream, repo, tag).await {
-            Ok(m) => m,
+            Ok(m) if m.attachment => m,
+            Ok(_) => {
+                tracing::warn!(%repo, %tag, "the upstream's version is no attachment by its content; not merged");
+                return self.served(local_bytes, local, CacheStatus::Hit);
+            }
             Err(e) => {
                 tracing::debug!(%repo, %tag, error = %e.message, "no upstream version to merge");
                 return self.served(local_bytes, local, CacheStatus::Hit);
@@ -375,6 +358,7 @@ impl Cache {
         let bytes = Bytes::from(serde_json::to_vec(&ours).map_err(RegistryError::internal)?);
         let digest = Digest::sha256_of(&bytes);
         self.keep_manifest(&digest, &bytes).await;
+        self.link(&upstream.name, repo, Kind::Manifest, &digest);
         self.served(bytes, digest, theirs.status)
     }
 
@@ -397,30 +381,29 @@ impl Cache {
         ))
     }
 
-    /// A manifest by digest: memory, store, else one shared upstream fetch.
-    async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Result<(Bytes, CacheStatus)> {
-        if !self.may_serve(&upstream.name, Some(upstream), repo, digest, true).await? {
-            return Err(manifest_unknown(repo, digest));
-        }
-        if let Some(b) = self.manifests.get(digest).await {
-            self.lru.accessed(digest);
-            return Ok((b, CacheStatus::Hit));
-        }
-        if let Some(b) = self.store.read_small(digest).await? {
-            self.note_access(digest);
-            self.manifests.insert(digest.clone(), b.clone()).await;
+    /// A manifest by digest of a proxied repository: from memory or the store when it belongs
+    /// there (`known_here`: the repository's own tag resolves to it; else linked, else confirmed
+    /// by the upstream), else one upstream fetch shared by that repository's requests.
+    async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest, known_here: bool) -> Result<(Bytes, CacheStatus)> {
+        let ns = upstream.name.as_str();
+        let linked = known_here || self.links.contains(ns, repo, Kind::Manifest, digest).await?;
+        if let Some(b) = self.held_manifest(digest).await? {
+            if known_here {
+                self.link(ns, repo, Kind::Manifest, digest);
+            } else if !linked && !self.confirm(upstream, repo, Kind::Manifest, digest).await? {
+                return Err(manifest_unknown(repo, digest));
+            }
             return Ok((b, CacheStatus::Hit));
         }
         let (up, repo2, d) = (Arc::clone(upstream), repo.clone(), digest.clone());
         let this = self.self_arc();
         self.manifest_flights
-            .run(digest.clone(), async move {
+            .run((up.name.clone(), repo.clone(), digest.clone()), async move {
                 // a run that finished between the caller's look-up and this one kept it already
-                if let Some(b) = this.manifests.get(&d).await {
-                    return Ok((b, CacheStatus::Hit));
-                }
-                if let Some(b) = this.store.read_small(&d).await? {
-                    return Ok((b, CacheStatus::Hit));
+                if this.links.contains(&up.name, &repo2, Kind::Manifest, &d).await? {
+                    if let Some(b) = this.held_manifest(&d).await? {
+                        return Ok((b, CacheStatus::Hit));
+                    }
                 }
                 let fetched = up.get_manifest(&repo2, &d.to_string()).await?.ok_or_else(|| manifest_unknown(&repo2, &d))?;
                 if !digest_matches(&fetched, &d) {
@@ -431,9 +414,101 @@ impl Cache {
                     ));
                 }
                 this.keep_manifest(&d, &fetched.bytes).await;
+                this.link(&up.name, &repo2, Kind::Manifest, &d);
                 Ok((fetched.bytes, CacheStatus::Miss))
             })
             .await
+    }
+
+    /// A manifest held here (memory, else the store), whatever repository it belongs to; what
+    /// is too large for a manifest (a layer's digest asked for as a manifest) is never read.
+    async fn held_manifest(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        if let Some(b) = self.manifests.get(digest).await {
+            self.lru.accessed(digest);
+            return Ok(Some(b));
+        }
+        match self.store.blob_size(digest).await? {
+            Some(size) if size <= manifest::MAX_MANIFEST_SIZE as u64 => {}
+            Some(size) => {
+                tracing::debug!(%digest, size, "asked for as a manifest, but too large to be one");
+                return Ok(None);
+            }
+            None => return Ok(None),
+        }
+        let Some(b) = self.store.read_small(digest).await? else { return Ok(None) };
+        self.note_access(digest);
+        self.manifests.insert(digest.clone(), b.clone()).await;
+        Ok(Some(b))
+    }
+
+    /// Links content to a repository: in memory now, its record shortly after (a lost record
+    /// only costs a `HEAD` upstream later).
+    fn link(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) {
+        if !self.links.remember(ns, repo, kind, digest) {
+            return;
+        }
+        let (this, ns, repo, d) = (self.self_arc(), ns.to_string(), repo.clone(), digest.clone());
+        self.spawn_background(async move {
+            if let Err(e) = this.links.record(&ns, &repo, kind, &d).await {
+                tracing::debug!(%repo, digest = %d, error = %e, "could not record a link");
+            }
+        });
+    }
+
+    /// Asks the upstream whether `repo` holds content this proxy holds (for another repository,
+    /// perhaps); links it when it does.
+    async fn confirm(&self, upstream: &Upstream, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<bool> {
+        let found = match kind {
+            Kind::Manifest => upstream.head_manifest(repo, &digest.to_string()).await?.is_some(),
+            Kind::Blob => upstream.head_blob(repo, digest).await?.is_some(),
+        };
+        if found {
+            self.link(&upstream.name, repo, kind, digest);
+        } else {
+            tracing::info!(upstream = %upstream.name, %repo, %digest, "held here, but not in this repository upstream: not served");
+        }
+        Ok(found)
+    }
+
+    /// Links what an admitted manifest references (config, layers, child manifests) to its
+    /// repository, once per manifest and repository: a pull that was admitted there may fetch
+    /// them there. A manifest refused by a policy never gets here.
+    pub fn link_references(&self, ns: &str, repo: &RepoName, m: &ServedManifest) {
+        let Some(name) = self.canonical_namespace(ns) else { return };
+        if !self.links.expand_once(name, repo, &m.digest) {
+            return;
+        }
+        let Ok(parsed) = Manifest::parse(&m.bytes) else { return };
+        for d in parsed.config.iter().chain(&parsed.layers) {
+            self.link(name, repo, Kind::Blob, &d.digest);
+        }
+        for child in &parsed.manifests {
+            self.link(name, repo, Kind::Manifest, &child.digest);
+        }
+    }
+
+    /// Links pushed (or mounted) content to a repository, durably: the push record first.
+    pub async fn link_pushed(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<()> {
+        match kind {
+            Kind::Manifest => self.records.link_manifest(ns, repo, digest).await?,
+            Kind::Blob => self.records.link_blob(ns, repo, digest).await?,
+        }
+        self.links.remember(ns, repo, kind, digest);
+        Ok(())
+    }
+
+    /// Forgets a pushed manifest's link (it was deleted).
+    pub async fn unlink_manifest(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        Ok(self.links.forget(ns, repo, Kind::Manifest, digest).await?)
+    }
+
+    /// Counts a newly stored cached blob towards the size cap (pushed content is never evicted).
+    fn index_cached(&self, digest: &Digest, size: u64) {
+        if self.pinned.read().expect("pinned lock").contains(digest) {
+            return;
+        }
+        self.lru.insert(digest.clone(), size);
+        self.evict_if_needed();
     }
 
     /// Keeps verified manifest bytes from the upstream: in memory now, on disk shortly after
@@ -443,11 +518,7 @@ impl Cache {
         let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
         self.spawn_background(async move {
             match this.store.put_small(&d, &b, false).await {
-                Ok(()) if !this.pinned.read().expect("pinned lock").contains(&d) => {
-                    this.lru.insert(d, b.len() as u64);
-                    this.evict_if_needed();
-                }
-                Ok(()) => {}
+                Ok(()) => this.index_cached(&d, b.len() as u64),
                 Err(e) => tracing::warn!(digest = %d, error = %e, "could not cache a manifest on disk"),
             }
         });
@@ -573,147 +644,6 @@ impl Cache {
         Ok(())
     }
 
-    /// The size of a blob: local, a fill under way, else an upstream HEAD.
-    pub async fn blob_size(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
-        let (name, upstream) = self.namespace(ns)?;
-        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
-            return Err(blob_unknown(digest));
-        }
-        if let Some(size) = self.store.blob_size(digest).await? {
-            return Ok((size, CacheStatus::Hit));
-        }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
-        match upstream.head_blob(repo, digest).await? {
-            Some(size) => Ok((size, CacheStatus::Miss)),
-            None => Err(blob_unknown(digest)),
-        }
-    }
-
-    /// Streams a blob (or a range of it): local, else joins or starts the one upstream fill.
-    pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
-        let (name, upstream) = self.namespace(ns)?;
-        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
-            return Err(blob_unknown(digest));
-        }
-        if let Some(found) = self.local_blob(digest, range).await? {
-            return Ok(found);
-        }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
-        if self.low_on_space() && !self.fills.lock().expect("fills lock").contains_key(digest) {
-            return self.pass_through(&upstream, repo, digest, range).await;
-        }
-        let fill = self.join_fill(&upstream, repo, digest);
-        // a whole blob is teed from the download; a range waits for the blob to be stored
-        let streaming = fill
-            .settle(digest, |state| match state {
-                FillState::Streaming { size, .. } if range.is_none() => Some(Ok(Some(*size))),
-                FillState::Verified { size } if range.is_none() => Some(Ok(Some(Some(*size)))),
-                FillState::Complete { .. } => Some(Ok(None)),
-                _ => None,
-            })
-            .await?;
-        match streaming {
-            Some(size) => Ok((ServedBlob { size, body: fill.reader(), status: CacheStatus::Miss }, None)),
-            None => self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest)),
-        }
-    }
-
-    /// Whether free disk space is below `storage.min_free`.
-    fn low_on_space(&self) -> bool {
-        self.store.free_space().is_some_and(|free| free < self.min_free)
-    }
-
-    /// Streams a blob from the upstream without caching it (the disk is nearly full).
-    async fn pass_through(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<(ServedBlob, Option<ByteRange>)> {
-        if range.is_some() {
-            return Err(RegistryError::new(Code::Internal, http::StatusCode::INSUFFICIENT_STORAGE, "the proxy's storage is full; ranges of uncached blobs cannot be served"));
-        }
-        tracing::warn!(%digest, "storage below min_free; streaming from upstream without caching");
-        let blob = upstream.get_blob(repo, digest).await?.ok_or_else(|| blob_unknown(digest))?;
-        let size = blob.size;
-        let body = fill::verified_stream(blob, digest.clone(), self.idle_timeout);
-        Ok((ServedBlob { size, body, status: CacheStatus::Miss }, None))
-    }
-
-    async fn local_blob(&self, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<Option<(ServedBlob, Option<ByteRange>)>> {
-        let Some(size) = self.store.blob_size(digest).await? else { return Ok(None) };
-        let range = match range {
-            None => None,
-            Some(r) => Some(resolve_range(r, size)?),
-        };
-        let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.end - r.start + 1)));
-        let Some(body) = self.store.read_blob(digest, offset, len).await? else { return Ok(None) };
-        self.note_access(digest);
-        Ok(Some((ServedBlob { size: Some(size), body, status: CacheStatus::Hit }, range)))
-    }
-
-    /// Returns the fill for a blob, starting it if none is under way.
-    fn join_fill(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Arc<Fill> {
-        let mut fills = self.fills.lock().expect("fills lock");
-        if let Some(f) = fills.get(digest) {
-            return Arc::clone(f);
-        }
-        let fill = Arc::new(Fill::default());
-        fills.insert(digest.clone(), Arc::clone(&fill));
-        drop(fills);
-        let (this, up, repo, d, f) = (self.self_arc(), Arc::clone(upstream), repo.clone(), digest.clone(), Arc::clone(&fill));
-        self.spawn_background(async move { this.run_fill(&up, &repo, &d, &f).await });
-        fill
-    }
-
-    async fn run_fill(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, fill: &Fill) {
-        // a fill that finished between the caller's look-up and this one stored it already
-        if let Ok(Some(size)) = self.store.blob_size(digest).await {
-            self.fills.lock().expect("fills lock").remove(digest);
-            fill.complete(size);
-            return;
-        }
-        let spool = self.store.spool_dir().join(format!("blob-{}", uuid::Uuid::new_v4()));
-        let outcome = match upstream.get_blob(repo, digest).await {
-            Ok(None) => Ok(None),
-            Ok(Some(blob)) => fill.download(blob, digest, spool.clone(), self.idle_timeout).await.map(Some),
-            Err(e) => Err(e),
-        };
-        let outcome = match outcome {
-            Ok(Some(size)) => match self.store.ingest(&spool, digest, false).await {
-                Ok(()) => Ok(Some(size)),
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&spool).await;
-                    Err(RegistryError::from(e))
-                }
-            },
-            other => other,
-        };
-        self.fills.lock().expect("fills lock").remove(digest);
-        match outcome {
-            Ok(Some(size)) => {
-                self.lru.insert(digest.clone(), size);
-                fill.complete(size);
-                tracing::debug!(%digest, size, "blob cached");
-                self.evict_if_needed();
-            }
-            Ok(None) => fill.not_found(),
-            Err(e) => {
-                tracing::warn!(%digest, error = %e.message, "blob fill failed; nothing cached");
-                fill.fail(e);
-            }
-        }
-    }
-
-    /// Makes sure a blob is in the store: fetched once from the upstream if missing.
-    pub async fn ensure_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (name, upstream) = self.namespace(ns)?;
-        if !self.may_serve(&name, upstream.as_ref(), repo, digest, false).await? {
-            return Err(blob_unknown(digest));
-        }
-        if self.store.blob_size(digest).await?.is_some() {
-            return Ok(());
-        }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
-        let fill = self.join_fill(&upstream, repo, digest);
-        fill.settle(digest, |state| matches!(state, FillState::Complete { .. }).then_some(Ok(()))).await
-    }
-
     /// The upstream's OCI referrers of a digest (`None` where it has no referrers API);
     /// kept on disk and served from there when the upstream fails.
     pub async fn upstream_referrers(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<manifest::Descriptor>>> {
@@ -831,22 +761,6 @@ impl Cache {
     }
 }
 
-/// Whether a tag names a cosign attachment or a referrers fallback index: `sha256-<hex>[.kind]`.
-pub fn is_attachment_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
-    let (hex, suffix) = rest.split_at(rest.len().min(64));
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
-}
-
-/// The image digest an attachment tag (`sha256-<hex>.sig`, ...) attaches to.
-pub fn attachment_subject(tag: &str) -> Option<Digest> {
-    if !is_attachment_tag(tag) {
-        return None;
-    }
-    let hex = &tag["sha256-".len().."sha256-".len() + 64];
-    format!("sha256:{hex}").parse().ok()
-}
-
 /// Whether fetched bytes hash to the requested digest, in the digest's own algorithm.
 fn digest_matches(fetched: &FetchedManifest, wanted: &Digest) -> bool {
     use sha2::Digest as _;
@@ -894,17 +808,6 @@ pub fn platform_fallback(index: &Manifest) -> Option<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attachment_tags() {
-        let hex = "a".repeat(64);
-        for ok in ["", ".sig", ".att", ".sbom"] {
-            assert!(is_attachment_tag(&format!("sha256-{hex}{ok}")));
-        }
-        assert!(!is_attachment_tag(&format!("sha256-{hex}.foo")));
-        assert!(!is_attachment_tag("sha256-abc.sig"));
-        assert!(!is_attachment_tag("latest"));
-    }
 
     #[test]
     fn ranges() {

@@ -67,12 +67,27 @@ impl Audit {
         self.messages.send(Message::Switch(out)).map_err(|_| anyhow::anyhow!("the audit writer stopped"))
     }
 
+    /// Writes one event that is not a policy's decision (`decision` says what it was, e.g. an
+    /// upstream tag overridden by a push), with the reason.
+    pub fn record_event(&self, s: &Subject, decision: &str, reason: &str) {
+        self.write(s, "-", "-", decision, reason, Duration::ZERO, false);
+    }
+
     /// Writes one decision.
     pub fn record(&self, s: &Subject, policy: &str, mode: PolicyMode, outcome: &Outcome, took: Duration, cached: bool) {
         let (decision, reason) = match outcome {
             Outcome::Admit => ("admit", ""),
             Outcome::Reject(r) => ("reject", r.as_str()),
         };
+        let mode = match mode {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Warn => "warn",
+        };
+        self.write(s, policy, mode, decision, reason, took, cached);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(&self, s: &Subject, policy: &str, mode: &str, decision: &str, reason: &str, took: Duration, cached: bool) {
         let line = Line {
             time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             client: &s.client,
@@ -83,10 +98,7 @@ impl Audit {
             reference: &s.reference,
             digest: &s.digest,
             policy,
-            mode: match mode {
-                PolicyMode::Enforce => "enforce",
-                PolicyMode::Warn => "warn",
-            },
+            mode,
             decision,
             reason,
             duration_us: took.as_micros() as u64,

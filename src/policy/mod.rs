@@ -288,6 +288,9 @@ impl Standalone {
 fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<AttachmentSet>)> {
     let manifest = bytes::Bytes::from(serde_json::to_vec(&request.manifest)?);
     let parsed = crate::manifest::Manifest::parse(&manifest).map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
+    if request.attaches_to.is_some() && !parsed.is_attachment() {
+        anyhow::bail!("request.attaches_to: the manifest is no attachment by its content (it has filesystem layers, is an index, or carries no signature, attestation or SBOM layer or artifact type), so the proxy would never mark it as one");
+    }
     let subject = Subject {
         push: request.operation.as_deref() == Some("push"),
         namespace: request.namespace.clone(),
@@ -406,6 +409,11 @@ impl Policies {
         self.decisions.invalidate_all();
         tracing::info!(policies = config.policies.len(), "policies reloaded");
         Ok(())
+    }
+
+    /// Writes an event that is not a policy decision to the audit log (see [`Audit::record_event`]).
+    pub fn audit_event(&self, subject: &Subject, decision: &str, reason: &str) {
+        self.audit.record_event(subject, decision, reason);
     }
 
     /// Whether any policy's scope covers `<namespace>/<repository>`.
@@ -544,8 +552,16 @@ fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachment
     let mut key = String::with_capacity(320 + 72 * attachments.items.len());
     let _ = write!(
         key,
-        "{module}|{settings_hash}|{}|{}/{}|{}|{}|{:?}|{:?}|{:?}",
-        subject.push, subject.namespace, subject.repository, subject.reference, subject.digest, subject.client, subject.user, subject.user_agent
+        "{module}|{settings_hash}|{}|{}/{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
+        subject.push,
+        subject.namespace,
+        subject.repository,
+        subject.reference,
+        subject.digest,
+        subject.attaches_to,
+        subject.client,
+        subject.user,
+        subject.user_agent
     );
     for a in &attachments.items {
         let _ = write!(key, "|{}", a.descriptor.digest);
@@ -583,13 +599,14 @@ mod tests {
         let key = |s: &Subject| decision_key("module", "settings", s, &none);
         let base = subject();
         assert_eq!(key(&base), key(&subject()), "the same question has the same key");
-        let variants: [fn(&mut Subject); 6] = [
+        let variants: [fn(&mut Subject); 7] = [
             |s| s.user = Some("bob".into()),
             |s| s.user = None,
             |s| s.client = "10.0.0.2".into(),
             |s| s.user_agent = Some("skopeo".into()),
             |s| s.reference = "v2".into(),
             |s| s.push = true,
+            |s| s.attaches_to = Some(format!("sha256:{}", "b".repeat(64))),
         ];
         for change in variants {
             let mut other = subject();

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use crate::cache::links::Kind;
 use crate::cache::Cache;
 use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{self, Descriptor, Manifest, MAX_MANIFEST_SIZE};
@@ -145,7 +146,7 @@ impl Uploads {
         self.cache.store().ingest(&data, digest, true).await?;
         self.cache.pin(digest).await?;
         let (name, _) = self.cache.namespace(ns)?;
-        self.cache.records.link_blob(&name, repo, digest).await?;
+        self.cache.link_pushed(&name, repo, Kind::Blob, digest).await?;
         tokio::fs::remove_dir_all(&dir).await?;
         self.locks.lock().expect("upload locks").remove(id);
         Ok(())
@@ -255,10 +256,10 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
     }
     for d in m.config.iter().chain(m.layers.iter()) {
         cache.pin(&d.digest).await?;
-        cache.records.link_blob(&name, repo, &d.digest).await?;
+        cache.link_pushed(&name, repo, Kind::Blob, &d.digest).await?;
     }
     cache.store_pushed_manifest(&digest, &body).await?;
-    cache.records.link_manifest(&name, repo, &digest).await?;
+    cache.link_pushed(&name, repo, Kind::Manifest, &digest).await?;
     if let Reference::Tag(tag) = reference {
         cache.records.set_tag(&name, repo, tag, &digest).await?;
     }
@@ -296,6 +297,7 @@ pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference
                 None => None,
             };
             if cache.records.delete_manifest(&name, repo, d, subject.as_ref()).await? {
+                cache.unlink_manifest(&name, repo, d).await?;
                 Ok(subject)
             } else {
                 Err(unknown())
@@ -327,5 +329,5 @@ pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Di
 pub async fn link_mounted(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
     let (name, _) = cache.namespace(ns)?;
     cache.pin(digest).await?;
-    cache.records.link_blob(&name, repo, digest).await
+    cache.link_pushed(&name, repo, Kind::Blob, digest).await
 }

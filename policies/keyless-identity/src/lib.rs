@@ -6,6 +6,7 @@
 //! must chain to (every configured root when absent).
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
+include!("../../classify/src/guest.rs");
 
 use portcullis::policy::types::{Identity, Requirements};
 
@@ -27,7 +28,7 @@ fn settings(text: &str) -> Result<Settings, String> {
 }
 
 fn decide(request: &Request, s: &Settings) -> Decision {
-    if request.attaches_to.is_some() {
+    if is_attachment(request) {
         return Decision::Admit;
     }
     Decision::Verify(Requirements {

@@ -4,6 +4,7 @@
 //! "builder_id": "https://ci.example/builder"}`.
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
+include!("../../classify/src/guest.rs");
 
 use portcullis::policy::host;
 use portcullis::policy::types::Requirements;
@@ -37,7 +38,7 @@ fn builder_matches(statement: &str, wanted: &str) -> Result<(), String> {
 }
 
 fn decide(request: &Request, s: &Settings) -> Decision {
-    if request.attaches_to.is_some() {
+    if is_attachment(request) {
         return Decision::Admit;
     }
     let Some(builder) = &s.builder_id else {

@@ -1,6 +1,7 @@
 //! Admit images only when an SBOM is attached (cosign `.sbom`, or an SPDX / CycloneDX referrer).
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
+include!("../../classify/src/guest.rs");
 
 use portcullis::policy::types::{Attachment, AttachmentKind};
 
@@ -10,7 +11,7 @@ fn is_sbom(a: &Attachment) -> bool {
 }
 
 fn decide(request: &Request) -> Decision {
-    if request.attaches_to.is_some() || request.attachments.iter().any(is_sbom) {
+    if is_attachment(request) || request.attachments.iter().any(is_sbom) {
         Decision::Admit
     } else {
         Decision::Reject("no SBOM is attached to this image".into())

@@ -4,6 +4,7 @@
 //! `{"keys": ["-----BEGIN PUBLIC KEY-----..."]}`, optionally `"threshold": 2`.
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
+include!("../../classify/src/guest.rs");
 
 use portcullis::policy::types::Requirements;
 
@@ -27,7 +28,7 @@ fn settings(text: &str) -> Result<Settings, String> {
 
 /// The decision: attachments pass (they are what clients verify with); images must verify.
 fn decide(request: &Request, s: &Settings) -> Decision {
-    if request.attaches_to.is_some() {
+    if is_attachment(request) {
         return Decision::Admit;
     }
     Decision::Verify(Requirements {
@@ -63,9 +64,14 @@ export!(RequireSignature);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis::policy::types::{Client, ManifestInfo, Operation};
+    use portcullis::policy::types::{Client, Descriptor, ManifestInfo, Operation};
 
-    fn request(attaches_to: Option<&str>) -> Request {
+    fn layer(media_type: &str) -> Descriptor {
+        Descriptor { media_type: media_type.into(), digest: "sha256:22".into(), size: 2, artifact_type: None, annotations: vec![] }
+    }
+
+    fn request(attaches_to: Option<&str>, layer_type: &str) -> Request {
+        let config = layer("application/vnd.oci.image.config.v1+json");
         Request {
             operation: Operation::Pull,
             namespace: "docker.io".into(),
@@ -74,17 +80,28 @@ mod tests {
             digest: "sha256:00".into(),
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             size: 2,
-            manifest: ManifestInfo { media_type: String::new(), config: None, layers: vec![], manifests: vec![], annotations: vec![], subject: None, artifact_type: None },
+            manifest: ManifestInfo {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                config: Some(config),
+                layers: vec![layer(layer_type)],
+                manifests: vec![],
+                annotations: vec![],
+                subject: None,
+                artifact_type: None,
+            },
             attachments: vec![],
             attaches_to: attaches_to.map(String::from),
-            client: Client { address: "127.0.0.1:1".into(), user: None, user_agent: None },
+            client: Client { address: "127.0.0.1".into(), user: None, user_agent: None },
         }
     }
+
+    const SIGNATURE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+    const FILESYSTEM: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
     #[test]
     fn images_must_verify_with_the_named_trust() {
         let s = settings(r#"{"trust":"release-keys","threshold":2}"#).unwrap();
-        match decide(&request(None), &s) {
+        match decide(&request(None, FILESYSTEM), &s) {
             Decision::Verify(r) => {
                 assert_eq!(r.trust, vec!["release-keys".to_string()]);
                 assert_eq!(r.threshold, 2);
@@ -96,7 +113,13 @@ mod tests {
     #[test]
     fn attachments_are_admitted() {
         let s = settings(r#"{"trust":"t"}"#).unwrap();
-        assert!(matches!(decide(&request(Some("sha256:11")), &s), Decision::Admit));
+        assert!(matches!(decide(&request(Some("sha256:11"), SIGNATURE), &s), Decision::Admit));
+    }
+
+    #[test]
+    fn a_runnable_image_marked_as_an_attachment_must_still_verify() {
+        let s = settings(r#"{"trust":"t"}"#).unwrap();
+        assert!(matches!(decide(&request(Some("sha256:11"), FILESYSTEM), &s), Decision::Verify(_)));
     }
 
     #[test]

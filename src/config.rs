@@ -232,6 +232,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// `tls_key = "tls/key.pem"`: the PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// `insecure_auth = true`: accept users' Basic credentials over plain HTTP, for a proxy
+    /// whose TLS is terminated in front of it (without it, users need `tls_cert`).
+    #[serde(default)]
+    pub insecure_auth: bool,
 }
 
 /// `[storage]` settings.
@@ -402,6 +406,7 @@ impl Default for ServerConfig {
             body_timeout: default_body_timeout(),
             tls_cert: None,
             tls_key: None,
+            insecure_auth: false,
         }
     }
 }
@@ -613,6 +618,12 @@ impl Config {
         if let Some(p) = &self.auth.htpasswd {
             let text = std::fs::read_to_string(p).map_err(|e| ("auth.htpasswd".to_string(), format!("cannot read {}: {e}", p.display())))?;
             self.auth.users = parse_htpasswd(&text).map_err(|problem| ("auth.htpasswd".to_string(), format!("{}: {problem}", p.display())))?;
+            if self.server.tls_cert.is_none() && !self.server.insecure_auth {
+                return Err((
+                    "auth.htpasswd".into(),
+                    "users are configured but the proxy serves plain HTTP, so their passwords would cross the network in the clear: set server.tls_cert and server.tls_key, or server.insecure_auth = true when TLS is terminated in front of the proxy".into(),
+                ));
+            }
         }
         crate::verify::TrustStore::load(&self.trust)?;
         let mut names = HashSet::new();

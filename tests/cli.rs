@@ -123,7 +123,13 @@ fn htpasswd_prints_a_bcrypt_line_the_proxy_accepts() {
     assert!(bcrypt::verify("s3cret", hash).unwrap());
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("users"), &line).unwrap();
+    // users over plain HTTP are refused unless TLS is terminated in front (and said so)
     std::fs::write(t.path().join("p.toml"), "[auth]\nhtpasswd = \"users\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
+    assert!(!ok && stderr.contains("p.toml: auth.htpasswd: users are configured but the proxy serves plain HTTP"), "{stderr}");
+    let (ok, _, stderr) = portcullis(&["serve", "--config", "p.toml"], t.path());
+    assert!(!ok && stderr.contains("server.insecure_auth = true"), "serve refuses to start too: {stderr}");
+    std::fs::write(t.path().join("p.toml"), "[server]\ninsecure_auth = true\n[auth]\nhtpasswd = \"users\"\n").unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
     assert!(ok, "{stderr}");
     // an entry that is not bcrypt is refused with the line number

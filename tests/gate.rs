@@ -346,3 +346,63 @@ fn pushing_a_copy_into_a_local_namespace_changes_nothing_for_the_proxied_image()
     assert_eq!(r.status(), 200, "the proxied image by digest, upstream down, after a copy was pushed");
     skopeo_pull(&format!("{}/internal/copy/img:v1", proxy.addr), &t.path().join("pull3")).success();
 }
+
+#[test]
+fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let real = build_image(&t.path().join("real"), &ImageSpec { seed: "real alpine", layers: &[3000], tag: "latest" });
+    reg.push(&real, "library/alpine:latest");
+    let evil = build_image(&t.path().join("evil"), &ImageSpec { seed: "poison", layers: &[3000], tag: "latest" });
+    let proxy = proxy_in(
+        &t.path().join("proxy"),
+        &format!(
+            "[[auth.rule]]\nscope = \"up/ours/*\"\nwrite = [\"ci\"]\noverride = true\n[policies]\naudit = \"audit.log\"\n\
+             [[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
+    );
+    let push = |dest: &str| {
+        skopeo(&["copy", "--dest-tls-verify=false", "--dest-creds", "ci:ci-pass", &format!("oci:{}:latest", evil.dir.display()), &format!("docker://{}/up/{dest}", proxy.addr)])
+    };
+    let served = |name: &str| {
+        let r = http().get(format!("{}/v2/up/{name}/manifests/latest", proxy.url())).header("accept", OCI_MANIFEST).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["docker-content-digest"].to_str().unwrap().to_string()
+    };
+
+    // any signed-in account, no rule at all: the poisoning is refused and the upstream's tag stays
+    let out = push("library/alpine:latest");
+    assert!(!out.ok && out.stderr.contains("denied"), "{}", out.stderr);
+    assert!(out.stderr.contains("limited to signatures, attestations, SBOMs and referrers"), "{}", out.stderr);
+    assert_eq!(served("library/alpine"), real.digest, "every client still gets the upstream's image");
+    for reference in ["latest", evil.digest.as_str()] {
+        let r = http()
+            .put(format!("{}/v2/up/library/alpine/manifests/{reference}", proxy.url()))
+            .basic_auth("ci", Some("ci-pass"))
+            .header("content-type", OCI_MANIFEST)
+            .body(evil.manifest.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{reference}");
+        assert_eq!(error_code(&r.text().unwrap()), "DENIED");
+    }
+
+    // signing a proxied image through the proxy keeps working by default
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    cosign(&keys, &["login", &proxy.addr, "-u", "ci", "-p", "ci-pass"]).success();
+    let through = format!("{}/up/library/alpine@{}", proxy.addr, real.digest);
+    cosign_sign(&keys, &through);
+    let out = cosign_verify(&keys, "cosign.pub", &through);
+    assert!(out.ok, "{}", out.stderr);
+
+    // a rule that says so lets its writers override, logged and audited as such
+    reg.push(&real, "ours/app:latest");
+    push("ours/app:latest").success();
+    assert_eq!(served("ours/app"), evil.digest, "the override is what clients get");
+    wait_for("the override in the audit log", std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(proxy.dir.join("audit.log")).unwrap_or_default().contains("\"decision\":\"override\"")
+    });
+    assert!(proxy.log().contains("upstream overridden"), "logged");
+}

@@ -173,13 +173,17 @@ impl Proxy {
         Proxy::start_with_server(dir, "", config)
     }
 
-    /// Like [`Proxy::start`], with extra `[server]` keys (e.g. TLS files).
+    /// Like [`Proxy::start`], with extra `[server]` keys (e.g. TLS files). A proxy with users
+    /// and no TLS of its own is told TLS is terminated in front of it (`insecure_auth`): the
+    /// tests talk to it over loopback.
     pub fn start_with_server(dir: &Path, server: &str, config: &str) -> Proxy {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("proxy.toml");
         let mut f = std::fs::File::create(&path).unwrap();
         let grace = if server.contains("shutdown_grace") { "" } else { "shutdown_grace = \"2s\"\n" };
-        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{server}\n{config}").unwrap();
+        let plain_auth = config.contains("htpasswd") && !server.contains("tls_cert") && !server.contains("insecure_auth");
+        let insecure = if plain_auth { "insecure_auth = true\n" } else { "" };
+        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{insecure}{server}\n{config}").unwrap();
         let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path };
         p.spawn();
         p

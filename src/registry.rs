@@ -120,11 +120,10 @@ impl Registry {
         if self.auth.authorize(user, &self.scope(from_ns, &from_repo), Access::Read).is_err() {
             return false;
         }
-        let readable = self.cache.blob_size(from_ns, &from_repo, digest).await.is_ok();
-        if !readable || self.cache.store().blob_size(digest).await.ok().flatten().is_none() {
+        if self.cache.blob_size(from_ns, &from_repo, digest).await.is_err() {
             return false;
         }
-        uploads::link_mounted(&self.cache, ns, repo, digest).await.is_ok()
+        uploads::link_mounted(&self.cache, ns, repo, digest).await.unwrap_or(false)
     }
 
     /// Writes to a proxied repository are limited to what hosting signatures needs (attachments

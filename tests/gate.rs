@@ -171,11 +171,12 @@ fn push_bundle(reg: &Registry, repo: &str, img: &OciImage) -> String {
     digest
 }
 
-/// Starts a proxy in `dir` with users `ci` and `reader` and the given configuration.
-fn proxy_in(dir: &std::path::Path, config: &str) -> Proxy {
+/// Starts a proxy in `dir` with users `ci` and `reader`, extra `[storage]` keys and the given
+/// configuration.
+fn proxy_in(dir: &std::path::Path, storage: &str, config: &str) -> Proxy {
     std::fs::create_dir_all(dir).unwrap();
     htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass"), ("reader", "reader-pass")]);
-    Proxy::start(dir, &format!("[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n{config}"))
+    Proxy::start(dir, &format!("[storage]\npath = \"data\"\n{storage}[auth]\nhtpasswd = \"users.htpasswd\"\n{config}"))
 }
 
 /// `(status, OCI error code or "")` of an anonymous request.
@@ -200,6 +201,7 @@ fn a_private_upstreams_content_is_not_readable_under_any_other_name() {
     std::fs::write(t.path().join("pw"), "pull-pw\n").unwrap();
     let proxy = proxy_in(
         &t.path().join("proxy"),
+        "",
         &format!(
             "[[auth.rule]]\nscope = \"private/*\"\nread = [\"ci\"]\n[[local]]\nname = \"internal\"\n\
              [[upstream]]\nname = \"private\"\nurl = \"{}\"\nusername = \"puller\"\npassword_file = \"{}\"\n\
@@ -247,6 +249,7 @@ fn a_manifest_refused_by_policy_is_not_served_under_another_name_and_links_nothi
     let module = policy_module("policies", "allowed-registries");
     let mut proxy = proxy_in(
         &t.path().join("proxy"),
+        "",
         &format!(
             "[[policy]]\nname = \"allowed\"\nmodule = \"{}\"\nscope = [\"up/*\"]\n[policy.settings]\nallowed = [\"up/good/*\"]\n\
              [[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
@@ -325,7 +328,7 @@ fn pushing_a_copy_into_a_local_namespace_changes_nothing_for_the_proxied_image()
     let mut reg = Registry::start(&t.path().join("upstream"));
     let img = build_image(&t.path().join("img"), &ImageSpec { seed: "base", layers: &[4000, 3000], tag: "v1" });
     reg.push(&img, "base/img:v1");
-    let proxy = proxy_in(&t.path().join("proxy"), &format!("[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()));
+    let proxy = proxy_in(&t.path().join("proxy"), "", &format!("[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()));
     skopeo_pull(&format!("{}/up/base/img:v1", proxy.addr), &t.path().join("pull1")).success();
     skopeo(&[
         "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--dest-creds", "ci:ci-pass",
@@ -356,6 +359,7 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
     let evil = build_image(&t.path().join("evil"), &ImageSpec { seed: "poison", layers: &[3000], tag: "latest" });
     let proxy = proxy_in(
         &t.path().join("proxy"),
+        "",
         &format!(
             "[[auth.rule]]\nscope = \"up/ours/*\"\nwrite = [\"ci\"]\noverride = true\n[policies]\naudit = \"audit.log\"\n\
              [[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
@@ -405,4 +409,114 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
         std::fs::read_to_string(proxy.dir.join("audit.log")).unwrap_or_default().contains("\"decision\":\"override\"")
     });
     assert!(proxy.log().contains("upstream overridden"), "logged");
+}
+
+#[test]
+fn pushes_of_cached_blobs_racing_an_eviction_pass_lose_nothing_acknowledged() {
+    use std::sync::{Arc, Mutex};
+    const CACHED: usize = 1000;
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let blobs: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        (0..CACHED + 2)
+            .map(|i| {
+                let content = image::noise(&format!("churn-{i}"), 1 << 10);
+                (push_blob(&reg, "pool/blobs", &content), content)
+            })
+            .collect(),
+    );
+    let config = |max: &str| format!("max_size = \"{max}\"\n");
+    let rest = format!("[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url());
+    let mut proxy = proxy_in(&t.path().join("proxy"), &config("64MiB"), &rest);
+    let set_cap = |proxy: &Proxy, from: &str, to: &str| {
+        let toml = std::fs::read_to_string(proxy.dir.join("proxy.toml")).unwrap().replace(&config(from), &config(to));
+        std::fs::write(proxy.dir.join("proxy.toml"), toml).unwrap();
+    };
+    let acked: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    for round in 0..2 {
+        // a thousand blobs cached, oldest first; then a cap of a few: the next fill starts one
+        // long eviction pass, oldest first, while pushes of the newest (its last victims) run
+        for (digest, _) in &blobs[..CACHED] {
+            assert_eq!(http().get(format!("{}/v2/up/pool/blobs/blobs/{digest}", proxy.url())).send().unwrap().status(), 200);
+        }
+        set_cap(&proxy, "64MiB", "8KiB");
+        proxy.restart();
+        let before = proxy.log().matches("evicted").count();
+        let pushers: Vec<_> = (0..2)
+            .map(|k| {
+                let (acked, blobs, addr) = (acked.clone(), blobs.clone(), proxy.addr.clone());
+                std::thread::spawn(move || {
+                    for n in (CACHED - 40..CACHED).rev().skip(k).step_by(2) {
+                        let (digest, content) = &blobs[n];
+                        let url = format!("http://{addr}/v2/internal/keep{round}/blobs/uploads/?digest={digest}");
+                        let r = http().post(url).basic_auth("ci", Some("ci-pass")).body(content.clone()).send();
+                        if r.is_ok_and(|r| r.status() == 201) {
+                            acked.lock().unwrap().push((round, n));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let fresh = &blobs[CACHED + round].0;
+        assert_eq!(http().get(format!("{}/v2/up/pool/blobs/blobs/{fresh}", proxy.url())).send().unwrap().status(), 200);
+        for p in pushers {
+            p.join().unwrap();
+        }
+        // the pass has ended when it evicted most of them and then nothing more for a while
+        let mut last = 0;
+        wait_for("the eviction pass to end", std::time::Duration::from_secs(30), || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let now = proxy.log().matches("evicted").count();
+            std::mem::replace(&mut last, now) == now && now >= before + CACHED / 2
+        });
+        proxy.kill();
+        set_cap(&proxy, "8KiB", "64MiB");
+        proxy.restart();
+        let acked = acked.lock().unwrap().clone();
+        assert!(!acked.is_empty(), "round {round}: no push was acknowledged");
+        for (r, n) in acked {
+            let (digest, content) = &blobs[n];
+            let got = http().get(format!("{}/v2/internal/keep{r}/blobs/{digest}", proxy.url())).send().unwrap();
+            assert_eq!(got.status(), 200, "round {round}: an acknowledged push of {digest} was lost");
+            assert_eq!(&got.bytes().unwrap()[..], &content[..]);
+        }
+        assert_store_consistent(&proxy);
+    }
+}
+
+#[test]
+fn below_min_free_a_lying_upstreams_same_length_wrong_bytes_never_arrive_whole() {
+    use common::liar::{Behaviour, Liar};
+    use std::io::Read;
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    // more free space than any disk has: every blob streams uncached
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "liar", &liar.url(), "min_free = \"1000TiB\"");
+    for size in [100, 3 << 20] {
+        let good = image::noise(&format!("pass-through-{size}"), size);
+        let digest = sha256(&good);
+        let mut wrong = good.clone();
+        wrong[size - 1] ^= 0xff;
+        liar.blob(&digest, Behaviour::Wrong(wrong));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let url = format!("{}/v2/liar/r/blobs/{digest}", proxy.url());
+                std::thread::spawn(move || {
+                    // a small blob is one chunk, held back whole: the response ends before its body
+                    let Ok(mut r) = http().get(url).send() else { return (0, false, Vec::new()) };
+                    let mut body = Vec::new();
+                    let read = r.read_to_end(&mut body);
+                    (r.status().as_u16(), read.is_ok(), body)
+                })
+            })
+            .collect();
+        for c in clients {
+            let (status, clean, body) = c.join().unwrap();
+            assert!(status == 200 || status == 0, "the headers went out before the last byte was known: {status}");
+            assert!(!clean, "the response must end in an error, not cleanly ({} bytes)", body.len());
+            assert!(body.len() < size, "never the whole blob: {} of {size} bytes", body.len());
+        }
+        assert!(proxy.log().contains("without caching"), "streamed uncached");
+        assert!(!proxy.has_blob(&digest));
+    }
 }

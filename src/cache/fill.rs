@@ -426,38 +426,50 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 
 }
 
 /// Streams an upstream blob straight to the client (nothing cached), checking its size and
-/// digest as it goes: a mismatch, a short body or a stall ends the stream with an error.
+/// digest as it goes: a mismatch, a short body or a stall ends the stream with an error. The
+/// last chunk is held back until the digest matched (a server stops reading a body once it
+/// has sent its announced length, so a wrong last chunk would otherwise reach the client as a
+/// clean response).
 pub fn verified_stream(blob: FetchedBlob, digest: Digest, idle: Duration) -> ByteStream {
     struct St {
         body: ByteStream,
         hasher: Option<Hasher>,
+        held: Option<Bytes>,
         seen: u64,
         size: Option<u64>,
         digest: Digest,
     }
-    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), seen: 0, size: blob.size, digest };
+    let fail = |mut st: St, e: io::Error| {
+        st.hasher = None;
+        st.held = None;
+        Some((Err(e), st))
+    };
+    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), held: None, seen: 0, size: blob.size, digest };
     futures_util::stream::unfold(st, move |mut st| async move {
-        let hasher = st.hasher.as_mut()?;
-        match tokio::time::timeout(idle, st.body.next()).await {
-            Err(_) => {
-                st.hasher = None;
-                Some((Err(io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")), st))
-            }
-            Ok(Some(Ok(chunk))) => {
-                hasher.update(&chunk);
-                st.seen += chunk.len() as u64;
-                Some((Ok(chunk), st))
-            }
-            Ok(Some(Err(e))) => {
-                st.hasher = None;
-                Some((Err(e), st))
-            }
-            Ok(None) => {
-                let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
-                if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
-                    return Some((Err(io::Error::other("upstream blob does not match its digest")), st));
+        loop {
+            st.hasher.as_ref()?;
+            let chunk = match tokio::time::timeout(idle, st.body.next()).await {
+                Err(_) => return fail(st, io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")),
+                Ok(Some(Err(e))) => return fail(st, e),
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => {
+                    let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
+                    if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
+                        return fail(st, io::Error::other("upstream blob does not match its digest"));
+                    }
+                    return st.held.take().map(|last| (Ok(last), st));
                 }
-                None
+            };
+            st.seen += chunk.len() as u64;
+            if st.size.is_some_and(|n| st.seen > n) {
+                return fail(st, io::Error::other("upstream sent more bytes than it announced"));
+            }
+            st.hasher.as_mut().expect("checked above").update(&chunk);
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Some(previous) = st.held.replace(chunk) {
+                return Some((Ok(previous), st));
             }
         }
     })
@@ -549,6 +561,24 @@ mod tests {
         assert!(!spool.exists());
         let got = collect(reader).await;
         assert!(got.is_err(), "the reader must not complete");
+    }
+
+    #[tokio::test]
+    async fn a_verified_stream_holds_its_last_chunk_until_the_digest_matched() {
+        let good = b"0123456789".to_vec();
+        let digest = Digest::sha256_of(&good);
+        let chunks = |b: &[u8]| vec![Ok(Bytes::copy_from_slice(&b[..6])), Ok(Bytes::copy_from_slice(&b[6..]))];
+        let mut s = verified_stream(blob_of(chunks(&good), Some(10)), digest.clone(), Duration::from_secs(5));
+        assert_eq!(s.next().await.unwrap().unwrap(), &good[..6]);
+        assert_eq!(s.next().await.unwrap().unwrap(), &good[6..]);
+        assert!(s.next().await.is_none());
+
+        let mut wrong = good.clone();
+        wrong[9] ^= 1;
+        let mut s = verified_stream(blob_of(chunks(&wrong), Some(10)), digest, Duration::from_secs(5));
+        assert_eq!(s.next().await.unwrap().unwrap(), &wrong[..6], "all but the last chunk flow");
+        assert!(s.next().await.unwrap().is_err(), "the last chunk of a wrong blob never leaves");
+        assert!(s.next().await.is_none());
     }
 
     #[tokio::test]

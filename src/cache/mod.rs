@@ -9,6 +9,7 @@ mod blobs;
 pub mod fill;
 pub mod links;
 pub mod lru;
+pub mod pins;
 pub mod singleflight;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::push::records::Records;
 use crate::upstream::{FetchedManifest, Upstream};
 use links::{Kind, Links};
 use lru::LruIndex;
+use pins::{Lease, Pins};
 use singleflight::SingleFlight;
 
 /// How a request was served, for the access log.
@@ -116,7 +118,7 @@ pub struct Cache {
     locals: std::collections::HashSet<String>,
     /// What users pushed (tags, manifest links, referrers, pinned blobs).
     pub records: Records,
-    pinned: std::sync::RwLock<std::collections::HashSet<Digest>>,
+    pins: Pins,
     tag_ttl: Duration,
     idle_timeout: Duration,
     min_free: u64,
@@ -159,7 +161,7 @@ impl Cache {
         let store_for_links = Arc::clone(&store);
         let pinned: std::collections::HashSet<Digest> = records.pinned().await?.into_iter().collect();
         let cached = store.list_blobs().await?.into_iter().filter(|b| !pinned.contains(&b.digest)).collect();
-        let pinned = std::sync::RwLock::new(pinned);
+        let pins = Pins::new(pinned);
         let lru = LruIndex::new(config.storage.max_size.0, cached);
         let memory = config.cache.memory.0;
         Ok(Arc::new_cyclic(|weak| Cache {
@@ -168,7 +170,7 @@ impl Cache {
             aliases,
             locals: config.locals.iter().map(|l| l.name.clone()).collect(),
             records,
-            pinned,
+            pins,
             tag_ttl: config.cache.tag_ttl.0,
             idle_timeout,
             min_free: config.storage.min_free.0,
@@ -251,17 +253,23 @@ impl Cache {
         Ok((up.name.clone(), Some(up)))
     }
 
-    /// Marks content as pushed: it is never evicted.
-    pub async fn pin(&self, digest: &Digest) -> Result<()> {
-        self.records.pin(digest).await?;
-        self.pinned.write().expect("pinned lock").insert(digest.clone());
-        self.lru.remove(digest);
+    /// Keeps a blob from eviction while a push makes sure of it (see [`Pins`]).
+    pub async fn lease(&self, digest: &Digest) -> Lease<'_> {
+        self.pins.lease(digest).await
+    }
+
+    /// Marks a leased blob as pushed content, durably: it is never evicted.
+    pub async fn pin(&self, lease: &Lease<'_>) -> Result<()> {
+        self.records.pin(lease.digest()).await?;
+        self.pins.pin(lease);
+        self.lru.remove(lease.digest());
         Ok(())
     }
 
     /// Stores a manifest pushed by a client (verified bytes), pinned and durable.
     pub async fn store_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
-        self.pin(digest).await?;
+        let lease = self.lease(digest).await;
+        self.pin(&lease).await?;
         self.store.put_small(digest, bytes, true).await?;
         self.manifests.insert(digest.clone(), bytes.clone()).await;
         Ok(())
@@ -504,7 +512,7 @@ impl Cache {
 
     /// Counts a newly stored cached blob towards the size cap (pushed content is never evicted).
     fn index_cached(&self, digest: &Digest, size: u64) {
-        if self.pinned.read().expect("pinned lock").contains(digest) {
+        if self.pins.is_pinned(digest) {
             return;
         }
         self.lru.insert(digest.clone(), size);
@@ -736,7 +744,8 @@ impl Cache {
         }
     }
 
-    /// Starts an eviction pass when the cache is over its size cap (one pass at a time).
+    /// Starts an eviction pass when the cache is over its size cap (one pass at a time). Each
+    /// victim is claimed before it is deleted: one a push leased or pinned meanwhile is kept.
     fn evict_if_needed(&self) {
         if self.lru.victims().is_empty() {
             return;
@@ -745,13 +754,19 @@ impl Cache {
         tokio::spawn(async move {
             let Ok(_guard) = this.evicting.try_lock() else { return };
             for digest in this.lru.victims() {
-                if let Err(e) = this.store.delete_blob(&digest).await {
-                    tracing::warn!(%digest, error = %e, "eviction failed");
+                if !this.pins.claim(&digest) {
                     continue;
                 }
-                this.lru.remove(&digest);
-                this.manifests.invalidate(&digest).await;
-                tracing::info!(%digest, "evicted");
+                let deleted = this.store.delete_blob(&digest).await;
+                if deleted.is_ok() {
+                    this.lru.remove(&digest);
+                    this.manifests.invalidate(&digest).await;
+                }
+                this.pins.evicted(&digest);
+                match deleted {
+                    Ok(()) => tracing::info!(%digest, "evicted"),
+                    Err(e) => tracing::warn!(%digest, error = %e, "eviction failed"),
+                }
             }
         });
     }

@@ -143,8 +143,9 @@ impl Uploads {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(RegistryError::of(Code::DigestInvalid, format!("content is {actual}, not {digest}")));
         }
+        let lease = self.cache.lease(digest).await;
         self.cache.store().ingest(&data, digest, true).await?;
-        self.cache.pin(digest).await?;
+        self.cache.pin(&lease).await?;
         let (name, _) = self.cache.namespace(ns)?;
         self.cache.link_pushed(&name, repo, Kind::Blob, digest).await?;
         tokio::fs::remove_dir_all(&dir).await?;
@@ -244,18 +245,25 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
             return Err(RegistryError::of(Code::DigestInvalid, format!("manifest is {digest}, not {d}")));
         }
     }
+    // what the manifest names is leased (kept from eviction) from the moment it is found until
+    // it is pinned: an acknowledged manifest never names a blob that is gone
+    let mut leases = Vec::new();
     for d in m.config.iter().chain(m.layers.iter()) {
+        leases.push(cache.lease(&d.digest).await);
         if cache.ensure_blob(ns, repo, &d.digest).await.is_err() {
             return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("blob unknown to registry: {}", d.digest)));
         }
     }
     for child in &m.manifests {
+        leases.push(cache.lease(&child.digest).await);
         if cache.manifest(ns, repo, &Reference::Digest(child.digest.clone())).await.is_err() {
             return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("manifest unknown to registry: {}", child.digest)));
         }
     }
+    for lease in &leases {
+        cache.pin(lease).await?;
+    }
     for d in m.config.iter().chain(m.layers.iter()) {
-        cache.pin(&d.digest).await?;
         cache.link_pushed(&name, repo, Kind::Blob, &d.digest).await?;
     }
     cache.store_pushed_manifest(&digest, &body).await?;
@@ -325,9 +333,15 @@ pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Di
     cache.records.add_signature(&canonical, repo, digest, name, &body).await
 }
 
-/// Makes a stored blob part of a repository (a cross-repository mount): pinned and linked.
-pub async fn link_mounted(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+/// Makes a stored blob part of a repository (a cross-repository mount): pinned and linked;
+/// false when the blob is not (or no longer) stored.
+pub async fn link_mounted(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<bool> {
     let (name, _) = cache.namespace(ns)?;
-    cache.pin(digest).await?;
-    cache.link_pushed(&name, repo, Kind::Blob, digest).await
+    let lease = cache.lease(digest).await;
+    if cache.store().blob_size(digest).await?.is_none() {
+        return Ok(false);
+    }
+    cache.pin(&lease).await?;
+    cache.link_pushed(&name, repo, Kind::Blob, digest).await?;
+    Ok(true)
 }

@@ -185,12 +185,19 @@ impl Store for FsStore {
     async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()> {
         let (file, target) = (file.to_path_buf(), self.blob_path(digest));
         tokio::task::spawn_blocking(move || {
+            let dir = target.parent().expect("blob paths have a parent").to_path_buf();
             if target.try_exists()? {
-                return std::fs::remove_file(&file);
+                std::fs::remove_file(&file)?;
+                // stored before without a sync (cached content): made durable now, as asked
+                if durable {
+                    std::fs::File::open(&target)?.sync_all()?;
+                    std::fs::File::open(&dir)?.sync_all()?;
+                }
+                return Ok(());
             }
             std::fs::rename(&file, &target)?;
             if durable {
-                std::fs::File::open(target.parent().expect("blob paths have a parent"))?.sync_all()?;
+                std::fs::File::open(&dir)?.sync_all()?;
             }
             Ok(())
         })

@@ -2,7 +2,10 @@
 //! and per-scope rules over `<namespace>/<repository>`.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::Digest as _;
@@ -19,6 +22,14 @@ pub enum Access {
     Write,
 }
 
+/// Failed sign-ins one client address may make within [`FAILURE_WINDOW`] before its further
+/// attempts are answered 429 until the window ends.
+const FAILURES_PER_WINDOW: u32 = 10;
+/// The window of [`FAILURES_PER_WINDOW`].
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// How long credentials found wrong are answered wrong again without a bcrypt check.
+const REMEMBER_FAILURE: Duration = Duration::from_secs(60);
+
 /// The authorisation policy of the proxy.
 pub struct Auth {
     users: HashMap<String, String>,
@@ -26,7 +37,19 @@ pub struct Auth {
     /// that a wrong user name costs the same time as a wrong password (empty without users).
     dummy_hash: String,
     config: AuthConfig,
+    /// Credentials found right (by a hash of them), answered without bcrypt.
     verified: moka::sync::Cache<[u8; 32], String>,
+    /// Credentials found wrong lately (by a hash of them), answered without bcrypt.
+    failed: moka::sync::Cache<[u8; 32], ()>,
+    /// Failed sign-ins per client address in the current window.
+    failures: moka::sync::Cache<IpAddr, Arc<Window>>,
+    checker: Checker,
+}
+
+/// A client address's failed sign-ins since `started`.
+struct Window {
+    started: Instant,
+    count: AtomicU32,
 }
 
 impl Auth {
@@ -42,6 +65,9 @@ impl Auth {
             },
             config: config.clone(),
             verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(300)).build(),
+            failed: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(REMEMBER_FAILURE).build(),
+            failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(FAILURE_WINDOW).build(),
+            checker: Checker::start(),
         }
     }
 
@@ -51,12 +77,14 @@ impl Auth {
     }
 
     /// The signed-in user from an `Authorization` header: `Ok(None)` for none (or empty
-    /// credentials), `Err(UNAUTHORIZED)` for wrong ones.
+    /// credentials), `Err(UNAUTHORIZED)` for wrong ones, `Err(TOOMANYREQUESTS)` for a client
+    /// address that failed too often lately.
     pub async fn authenticate(&self, header: Option<&str>, client: &str) -> Result<Option<String>> {
         let Some(h) = header else { return Ok(None) };
-        let Some(encoded) = h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")) else {
+        let (scheme, encoded) = h.trim().split_once(' ').unwrap_or((h, ""));
+        if !scheme.eq_ignore_ascii_case("basic") {
             return Err(unauthorized("only HTTP Basic credentials are accepted"));
-        };
+        }
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .ok()
@@ -70,22 +98,39 @@ impl Auth {
         if let Some(u) = self.verified.get(&key) {
             return Ok(Some(u));
         }
-        if self.users.is_empty() {
-            tracing::warn!(%client, user = %user, "failed sign-in: no users are configured");
-            return Err(unauthorized("authentication failed"));
+        let address = client_address(client);
+        self.check_rate(address)?;
+        if self.failed.contains_key(&key) {
+            return Err(self.failure(address, client, user, "failed sign-in (the same credentials again)"));
         }
-        let known = self.users.get(user);
-        let hash = known.unwrap_or(&self.dummy_hash).clone();
-        let pw = password.to_string();
-        // bcrypt is slow on purpose: keep it off the async workers
-        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(pw, &hash).unwrap_or(false)).await.unwrap_or(false);
-        let ok = matches && known.is_some();
-        if !ok {
-            tracing::warn!(%client, user = %user, "failed sign-in");
-            return Err(unauthorized("authentication failed"));
+        let Some(hash) = self.users.get(user).or((!self.users.is_empty()).then_some(&self.dummy_hash)) else {
+            return Err(self.failure(address, client, user, "failed sign-in: no users are configured"));
+        };
+        let matches = self.checker.verify(password.to_string(), hash.clone()).await?;
+        if !(matches && self.users.contains_key(user)) {
+            self.failed.insert(key, ());
+            return Err(self.failure(address, client, user, "failed sign-in"));
         }
         self.verified.insert(key, user.to_string());
         Ok(Some(user.to_string()))
+    }
+
+    /// Refuses a client address that failed too often in the current window.
+    fn check_rate(&self, address: IpAddr) -> Result<()> {
+        let Some(w) = self.failures.get(&address) else { return Ok(()) };
+        if w.count.load(Ordering::Relaxed) < FAILURES_PER_WINDOW {
+            return Ok(());
+        }
+        let wait = FAILURE_WINDOW.saturating_sub(w.started.elapsed()).as_secs().max(1);
+        Err(RegistryError::of(Code::TooManyRequests, "too many failed sign-ins from this address; try again later").with_retry_after(Some(wait)))
+    }
+
+    /// Counts and logs a failed sign-in (user and client, never the password); the error.
+    fn failure(&self, address: IpAddr, client: &str, user: &str, what: &str) -> RegistryError {
+        let window = self.failures.get_with(address, || Arc::new(Window { started: Instant::now(), count: AtomicU32::new(0) }));
+        window.count.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%client, user = %user, "{what}");
+        unauthorized("authentication failed")
     }
 
     /// Decides whether `user` may do `access` on `<namespace>/<repository>`.
@@ -115,6 +160,49 @@ impl Auth {
     pub fn override_rule(&self, user: Option<&str>, scope: &str) -> Option<&str> {
         let rule = self.config.rules.iter().find(|r| glob_match(&r.scope, scope))?;
         (rule.override_upstream && self.authorize(user, scope, Access::Write).is_ok()).then_some(rule.scope.as_str())
+    }
+}
+
+/// The IP address of a client's `ip:port` (failures are counted per address, not per port).
+fn client_address(client: &str) -> IpAddr {
+    client
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| client.parse::<IpAddr>())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Runs bcrypt checks on a thread of its own: slow on purpose, they never take the threads that
+/// pulls read files and fill caches with; beyond [`CHECK_QUEUE`] waiting checks, sign-ins are
+/// refused for a moment rather than queued without bound.
+struct Checker {
+    jobs: std::sync::mpsc::SyncSender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+/// Checks waiting for the bcrypt thread before more are refused.
+const CHECK_QUEUE: usize = 64;
+
+impl Checker {
+    fn start() -> Checker {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>(CHECK_QUEUE);
+        let spawned = std::thread::Builder::new().name("bcrypt".into()).spawn(move || {
+            while let Ok((password, hash, done)) = queue.recv() {
+                let _ = done.send(bcrypt::verify(password, &hash).unwrap_or(false));
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the bcrypt thread; every sign-in will fail");
+        }
+        Checker { jobs }
+    }
+
+    /// Whether `password` matches the bcrypt `hash`.
+    async fn verify(&self, password: String, hash: String) -> Result<bool> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.jobs.try_send((password, hash, done)).is_err() {
+            return Err(RegistryError::of(Code::TooManyRequests, "too many sign-ins are being checked; try again shortly").with_retry_after(Some(1)));
+        }
+        answer.await.map_err(|_| RegistryError::internal("the bcrypt thread stopped"))
     }
 }
 
@@ -186,6 +274,26 @@ mod tests {
         assert_eq!(a.authenticate(Some(&basic("", "")), "t").await.unwrap(), None);
         assert_eq!(a.authenticate(None, "t").await.unwrap(), None);
         assert!(a.authenticate(Some("Bearer x"), "t").await.is_err());
+        // the scheme is case-insensitive (RFC 9110)
+        for scheme in ["BASIC", "bAsIc"] {
+            let header = basic("alice", "pw").replacen("Basic", scheme, 1);
+            assert_eq!(a.authenticate(Some(&header), "t").await.unwrap().as_deref(), Some("alice"), "{scheme}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_are_remembered_and_limited_per_client_address() {
+        let a = auth(vec![], true);
+        assert!(a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:1").await.is_ok());
+        for i in 0..FAILURES_PER_WINDOW {
+            let e = a.authenticate(Some(&basic("alice", &format!("wrong{i}"))), &format!("10.0.0.1:{i}")).await.unwrap_err();
+            assert_eq!(e.code, Code::Unauthorized);
+        }
+        let e = a.authenticate(Some(&basic("alice", "another")), "10.0.0.1:99").await.unwrap_err();
+        assert_eq!((e.code, e.status.as_u16()), (Code::TooManyRequests, 429), "the address is slowed down, whatever its port");
+        assert!(e.retry_after.is_some_and(|s| (1..=60).contains(&s)));
+        assert!(a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:5").await.is_ok(), "known credentials still pass");
+        assert_eq!(a.authenticate(Some(&basic("alice", "nope")), "10.0.0.2:1").await.unwrap_err().code, Code::Unauthorized, "other addresses are not affected");
     }
 
     #[test]

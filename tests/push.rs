@@ -446,3 +446,27 @@ fn pushed_content_is_readable_only_where_it_was_pushed_and_never_evicted() {
     wait_for("eviction of cached content", std::time::Duration::from_secs(10), || !img.layers.iter().all(|l| proxy.has_blob(l)));
     assert!(proxy.has_blob(&d), "pushed content is never evicted");
 }
+
+#[test]
+fn two_finishes_of_one_upload_session_get_one_success_and_one_unknown_upload() {
+    let (_t, _reg, proxy) = setup();
+    for round in 0..8 {
+        let content = image::noise(&format!("twice-{round}"), 2 << 20);
+        let digest = sha256(&content);
+        let url = post_upload(&proxy, "twice");
+        let finishes: Vec<_> = (0..2)
+            .map(|_| {
+                let (url, content, digest) = (url.clone(), content.clone(), digest.clone());
+                std::thread::spawn(move || {
+                    let r = authed(http().put(format!("{url}?digest={digest}")).body(content));
+                    let status = r.status().as_u16();
+                    (status, if status >= 400 { error_code(&r.text().unwrap()) } else { String::new() })
+                })
+            })
+            .collect();
+        let mut outcomes: Vec<(u16, String)> = finishes.into_iter().map(|h| h.join().unwrap()).collect();
+        outcomes.sort();
+        assert_eq!(outcomes, vec![(201, String::new()), (404, "BLOB_UPLOAD_UNKNOWN".into())], "round {round}");
+        assert_eq!(http().get(format!("{}/v2/internal/twice/blobs/{digest}", proxy.url())).send().unwrap().status(), 200);
+    }
+}

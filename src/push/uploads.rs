@@ -114,11 +114,18 @@ impl Uploads {
         Ok(tokio::fs::metadata(dir.join("data")).await?.len())
     }
 
+    /// Checks the session and takes its lock; checked again under the lock, as a request that
+    /// held it before may have finished or cancelled the session.
+    async fn locked(&self, id: &str, ns: &str, repo: &RepoName) -> Result<(PathBuf, tokio::sync::OwnedMutexGuard<()>)> {
+        self.check(id, ns, repo).await?;
+        let guard = self.lock(id).lock_owned().await;
+        let dir = self.check(id, ns, repo).await?;
+        Ok((dir, guard))
+    }
+
     /// Appends a chunk; `start`, from `Content-Range`, must be the current size (else 416).
     pub async fn append(&self, id: &str, ns: &str, repo: &RepoName, start: Option<u64>, body: ByteStream) -> Result<u64> {
-        let dir = self.check(id, ns, repo).await?;
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
+        let (dir, _guard) = self.locked(id, ns, repo).await?;
         let size = tokio::fs::metadata(dir.join("data")).await?.len();
         if start.is_some_and(|s| s != size) {
             return Err(RegistryError::new(
@@ -133,9 +140,7 @@ impl Uploads {
     /// Finishes a session: appends the last chunk, checks the digest, moves the blob into the
     /// store (pinned) and removes the session. On a mismatch nothing is stored.
     pub async fn finish(&self, id: &str, ns: &str, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<()> {
-        let dir = self.check(id, ns, repo).await?;
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
+        let (dir, _guard) = self.locked(id, ns, repo).await?;
         let data = dir.join("data");
         append_stream(data.clone(), body).await?;
         let actual = hash_file(data.clone(), digest.algorithm()).await?;
@@ -155,7 +160,7 @@ impl Uploads {
 
     /// Cancels a session.
     pub async fn cancel(&self, id: &str, ns: &str, repo: &RepoName) -> Result<()> {
-        let dir = self.check(id, ns, repo).await?;
+        let (dir, _guard) = self.locked(id, ns, repo).await?;
         tokio::fs::remove_dir_all(&dir).await?;
         self.locks.lock().expect("upload locks").remove(id);
         Ok(())

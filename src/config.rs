@@ -228,6 +228,12 @@ pub struct ServerConfig {
     /// `body_timeout = "60s"`: how long a request body may pause between bytes.
     #[serde(default = "default_body_timeout")]
     pub body_timeout: HumanDuration,
+    /// `idle_timeout = "75s"`: how long a connection with no request in flight stays open.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// `max_connections = 10000`: client connections open at once, beyond which new ones wait
+    /// to be accepted; by default half the file descriptor limit.
+    pub max_connections: Option<usize>,
     /// `tls_cert = "tls/cert.pem"`: serve HTTPS with this PEM certificate chain.
     pub tls_cert: Option<PathBuf>,
     /// `tls_key = "tls/key.pem"`: the PEM private key for `tls_cert`.
@@ -360,6 +366,9 @@ fn default_header_timeout() -> HumanDuration {
 fn default_body_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(75))
+}
 fn default_storage_path() -> PathBuf {
     PathBuf::from("data")
 }
@@ -404,6 +413,8 @@ impl Default for ServerConfig {
             shutdown_grace: default_grace(),
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: None,
             tls_cert: None,
             tls_key: None,
             insecure_auth: false,
@@ -605,6 +616,14 @@ impl Config {
 
 impl Config {
     fn validate_server_and_auth(&mut self) -> Result<(), (String, String)> {
+        if self.server.max_connections == Some(0) {
+            return Err(("server.max_connections".into(), "must be at least 1".into()));
+        }
+        for (key, d) in [("server.header_timeout", self.server.header_timeout), ("server.idle_timeout", self.server.idle_timeout)] {
+            if d.0.is_zero() {
+                return Err((key.into(), "must be larger than zero".into()));
+            }
+        }
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(c), Some(k)) => {
                 for (key, p) in [("server.tls_cert", c), ("server.tls_key", k)] {

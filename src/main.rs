@@ -358,8 +358,9 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
         eprintln!("portcullis listening on {addr}");
         spawn_reloader(Arc::clone(&api), config_path);
-        let timeouts = portcullis::server::Timeouts { grace: config.server.shutdown_grace.0, header: config.server.header_timeout.0 };
-        portcullis::server::run(listener, api, tls, timeouts, shutdown_signal()).await;
+        let limits = portcullis::server::Limits::of(&config.server);
+        tracing::info!(max_connections = limits.max_connections, "connection limits");
+        portcullis::server::run(listener, api, tls, limits, shutdown_signal()).await;
         Ok(())
     })
 }

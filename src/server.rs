@@ -4,11 +4,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::attachments::Attachments;
@@ -58,80 +60,261 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-/// How long a client may take for the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an HTTP/2 connection is pinged, and how long the answer may take.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
-/// How connections are served: the drain period after shutdown, the header deadline.
+/// How connections are served.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Limits {
     /// How long in-flight requests may run on after shutdown begins.
     pub grace: Duration,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its first byte (or finish the TLS handshake), its
+    /// request headers, and over HTTP/2 its first request.
     pub header: Duration,
+    /// How long a connection with no request in flight stays open.
+    pub idle: Duration,
+    /// The most client connections open at once; beyond it new ones wait to be accepted.
+    pub max_connections: usize,
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests for up to `timeouts.grace`.
-pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, timeouts: Timeouts, shutdown: impl Future<Output = ()>) {
-    let grace = timeouts.grace;
-    let graceful = GracefulShutdown::new();
+impl Limits {
+    /// The limits of `[server]`, with `max_connections` sized to the process's file
+    /// descriptor limit when not set.
+    pub fn of(server: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            grace: server.shutdown_grace.0,
+            header: server.header_timeout.0,
+            idle: server.idle_timeout.0,
+            max_connections: server.max_connections.unwrap_or_else(|| default_max_connections(fd_limit())),
+        }
+    }
+}
+
+/// Two descriptors per client connection (its socket, and a blob file or an upstream socket
+/// it may hold), after a reserve for the process itself.
+fn default_max_connections(fd_limit: u64) -> usize {
+    (fd_limit.saturating_sub(64) / 2).clamp(16, 65_536) as usize
+}
+
+/// The soft limit on open file descriptors, raised to the hard limit first (as Go's runtime
+/// does): a proxy holds a descriptor per connection.
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a struct of the right layout
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+/// What a connection is doing, for closing it once idle.
+struct Activity {
+    in_flight: AtomicUsize,
+    requests: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+/// One request of a connection, in flight until its response body is done with.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().expect("activity lock") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity { in_flight: AtomicUsize::new(0), requests: AtomicUsize::new(0), last: std::sync::Mutex::new(Instant::now()) })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Resolves once the connection has had no request in flight for its limit: the header
+    /// timeout until a first request arrives, the idle timeout after.
+    async fn idle(&self, limits: Limits) {
+        loop {
+            let limit = if self.requests.load(Ordering::SeqCst) == 0 { limits.header } else { limits.idle };
+            let quiet = self.last.lock().expect("activity lock").elapsed();
+            let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+            if !busy && quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(if busy { limit } else { limit - quiet }).await;
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to `limits.grace`.
+pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, limits: Limits, shutdown: impl Future<Output = ()>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.header);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEP_ALIVE).keep_alive_timeout(H2_KEEP_ALIVE);
     let builder = Arc::new(builder);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(max_connections = limits.max_connections, "max_connections reached; new connections wait until one closes");
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        errors.note(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let api = Arc::clone(&api);
-                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    let api = Arc::clone(&api);
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
-                });
-                match &tls {
-                    None => {
-                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                    Some(acceptor) => {
-                        let (acceptor, builder, watcher) = (acceptor.clone(), Arc::clone(&builder), graceful.watcher());
-                        tokio::spawn(async move {
-                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                            };
-                            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                            if let Err(e) = conn.await {
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                            }
-                        });
-                    }
-                }
+                let conn = Connection { api: Arc::clone(&api), builder: Arc::clone(&builder), limits, stopping: stopping.clone(), peer };
+                tokio::spawn(conn.serve(stream, tls.clone(), slot));
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!("shutting down; draining in-flight requests");
-    let started = std::time::Instant::now();
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let started = Instant::now();
+    let _ = stop.send(true);
+    let everyone = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.grace, slots.acquire_many(everyone)).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     // what was served is cached before the process ends (within what is left of the grace)
-    if tokio::time::timeout(grace.saturating_sub(started.elapsed()), api.settle()).await.is_err() {
+    if tokio::time::timeout(limits.grace.saturating_sub(started.elapsed()), api.settle()).await.is_err() {
         tracing::warn!("grace period over; blob downloads still under way are dropped");
+    }
+}
+
+/// Accept errors (out of descriptors, say) are logged at most once a second; accepting goes on.
+#[derive(Default)]
+struct AcceptErrors {
+    logged: Option<Instant>,
+    since: usize,
+}
+
+impl AcceptErrors {
+    fn note(&mut self, e: &std::io::Error) {
+        self.since += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(error = %e, failures = self.since, "accept failed; going on");
+            self.logged = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    api: Arc<Api>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection; it holds `slot` until it closes. Whatever the protocol, a client
+    /// must send its first byte (or finish the TLS handshake) within the header timeout.
+    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>, slot: tokio::sync::OwnedSemaphorePermit) {
+        let peer = self.peer;
+        let header = self.limits.header;
+        match tls {
+            None => match tokio::time::timeout(header, stream.peek(&mut [0u8; 1])).await {
+                Ok(Ok(n)) if n > 0 => self.http(stream).await,
+                Ok(_) => {}
+                Err(_) => tracing::debug!(%peer, "client sent nothing in time; closed"),
+            },
+            Some(acceptor) => match tokio::time::timeout(header, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => self.http(s).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
+        drop(slot);
+    }
+
+    /// Serves HTTP/1 or HTTP/2 until the client closes, the connection is idle too long, or
+    /// the server shuts down (gracefully: requests in flight finish).
+    async fn http<IO>(mut self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, activity, api) = (self.peer, Activity::new(), Arc::clone(&self.api));
+        let tracked = Arc::clone(&activity);
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let (api, in_flight) = (Arc::clone(&api), tracked.begin());
+            req.extensions_mut().insert(ClientAddr(peer));
+            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await.map(|b| b.held_with(in_flight))) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        tokio::pin!(conn);
+        let mut closing = *self.stopping.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        // an idle connection is asked to close, and dropped if the client does not let it
+        // (an HTTP/2 client that never answers the closing ping)
+        let mut idle_close: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.stopping.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = activity.idle(self.limits), if !closing => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    idle_close = Some(Box::pin(tokio::time::sleep(self.limits.header)));
+                }
+                () = async { idle_close.as_mut().expect("set").await }, if idle_close.is_some() => {
+                    tracing::debug!(%peer, "idle connection dropped");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_default_to_what_the_descriptor_limit_allows() {
+        assert_eq!(default_max_connections(1024), 480);
+        assert_eq!(default_max_connections(40), 16);
+        assert_eq!(default_max_connections(u64::MAX), 65_536);
     }
 }

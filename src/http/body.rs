@@ -38,11 +38,13 @@ pub struct Body {
     sent: u64,
     failed: bool,
     log: Option<RequestLog>,
+    /// Dropped with the body (the connection counts the request in flight until then).
+    held: Option<Box<dyn Send>>,
 }
 
 impl Body {
     fn new(inner: Inner) -> Body {
-        Body { inner, sent: 0, failed: false, log: None }
+        Body { inner, sent: 0, failed: false, log: None, held: None }
     }
 
     /// No body (HEAD, 204).
@@ -58,6 +60,12 @@ impl Body {
     /// A streamed body; an error from the stream aborts the response.
     pub fn stream(s: ByteStream) -> Body {
         Body::new(Inner::Stream(s))
+    }
+
+    /// Holds `value` until the body is dropped.
+    pub fn held_with(mut self, value: impl Send + 'static) -> Body {
+        self.held = Some(Box::new(value));
+        self
     }
 
     /// Attaches the access-log line written when the body ends or is dropped.

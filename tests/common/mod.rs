@@ -165,6 +165,8 @@ pub struct Proxy {
     pub addr: String,
     child: Option<Child>,
     config: PathBuf,
+    /// A command the binary is started under (e.g. `prlimit --nofile=...`), if any.
+    launcher: Vec<String>,
 }
 
 impl Proxy {
@@ -184,7 +186,18 @@ impl Proxy {
         let plain_auth = config.contains("htpasswd") && !server.contains("tls_cert") && !server.contains("insecure_auth");
         let insecure = if plain_auth { "insecure_auth = true\n" } else { "" };
         writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{insecure}{server}\n{config}").unwrap();
-        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path };
+        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path, launcher: Vec::new() };
+        p.spawn();
+        p
+    }
+
+    /// Like [`Proxy::start_with_server`], the binary started under `launcher` (a command that
+    /// runs its arguments, e.g. `prlimit --nofile=64:64`).
+    pub fn start_under(launcher: &[&str], dir: &Path, server: &str, config: &str) -> Proxy {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("proxy.toml");
+        std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server}\n{config}\n")).unwrap();
+        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path, launcher: launcher.iter().map(|s| s.to_string()).collect() };
         p.spawn();
         p
     }
@@ -201,7 +214,16 @@ impl Proxy {
         let log_path = self.dir.join("proxy.log");
         let start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let binary = env!("CARGO_BIN_EXE_portcullis");
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")

@@ -1,0 +1,156 @@
+//! Abuse does not take the proxy down: silent and idle connections, too many connections, no
+//! descriptors left, upstream-driven fan-out, hostile sizes, panics. Each test tries it on
+//! loopback, bounded in count and time, and checks that serving goes on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long after `limit` a close may come (the server checks idleness on timers).
+const MARGIN: Duration = Duration::from_secs(3);
+
+/// Waits for the server to close `s` (EOF or reset); the time that took, or None when it was
+/// still open after `within`.
+fn closed_within(s: &mut impl Read, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s
+}
+
+#[test]
+fn silent_and_idle_connections_are_closed_whatever_the_protocol() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let timeouts = "header_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
+    let config = format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url());
+    let plain = Proxy::start_with_server(&t.path().join("plain"), timeouts, &config);
+    let pki = tls::make_pki(&t.path().join("pki"));
+    let tls_server = format!("{timeouts}tls_cert = \"{}\"\ntls_key = \"{}\"\n", pki.cert.display(), pki.key.display());
+    let secure = Proxy::start_with_server(&t.path().join("tls"), &tls_server, &config);
+    let header = Duration::from_secs(1);
+
+    // HTTP/1 or anything else: not a byte
+    let mut s = connect(&plain.addr);
+    assert!(closed_within(&mut s, header + MARGIN).is_some(), "a connection that sends nothing is closed");
+    // TLS: no handshake
+    let mut s = connect(&secure.addr);
+    assert!(closed_within(&mut s, header + MARGIN).is_some(), "a TLS connection that never shakes hands is closed");
+    // HTTP/2 with prior knowledge: the preface and settings, then no request
+    let mut s = connect(&plain.addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    assert!(closed_within(&mut s, header + MARGIN).is_some(), "an HTTP/2 connection that never asks is closed");
+    // HTTP/1 keep-alive: a request answered, then nothing
+    let mut s = connect(&plain.addr);
+    write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // (over HTTP/1 the wait for a next request's headers also falls under the header timeout)
+    assert!(closed_within(&mut s, Duration::from_secs(2) + MARGIN).is_some(), "an idle keep-alive connection is closed");
+    // an HTTP/2 connection that made a request and then idles is closed after the idle timeout
+    let mut s = connect(&plain.addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    // HEADERS, stream 1, END_STREAM|END_HEADERS: GET /v2/ over http, literal fields without indexing
+    let mut block = vec![0x82, 0x86, 0x04, 0x04];
+    block.extend_from_slice(b"/v2/");
+    block.extend_from_slice(&[0x01, 0x01, b'x']);
+    let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    s.write_all(&frame).unwrap();
+    let idle = closed_within(&mut s, Duration::from_secs(2) + Duration::from_secs(1) + MARGIN).expect("an idle HTTP/2 connection is closed");
+    assert!(idle > Duration::from_millis(1500), "not before the idle timeout: {idle:?}");
+
+    // a download that takes longer than the idle timeout is not cut
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "long", layers: &[4 << 20], tag: "v1" });
+    reg.push(&img, "long/app:v1");
+    let mut r = http().get(format!("{}/v2/up/long/app/blobs/{}", plain.url(), img.layers[0])).send().unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let started = Instant::now();
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    assert_eq!(sha256(&got), img.layers[0], "a slow reader gets the whole blob");
+    assert_eq!(http().get(format!("{}/v2/", plain.url())).send().unwrap().status(), 200, "serving goes on");
+}
+
+#[test]
+fn beyond_max_connections_new_connections_wait_and_the_log_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::start_with_server(
+        &t.path().join("proxy"),
+        "max_connections = 4\n",
+        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let ask = |s: &mut TcpStream| {
+        write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).map(|_| head)
+    };
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect(&proxy.addr)).collect();
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(&ask(s).unwrap(), b"HTTP/1.1 200");
+    }
+    let mut fifth = connect(&proxy.addr);
+    fifth.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    assert!(ask(&mut fifth).is_err(), "a fifth connection is not served while four are open");
+    assert!(proxy.log().contains("max_connections reached"), "the log says why");
+    drop(held.pop());
+    fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 12];
+    fifth.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "served once a connection closed");
+}
+
+#[test]
+fn the_accept_loop_survives_running_out_of_file_descriptors() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::start_under(
+        &["prlimit", "--nofile=64:64"],
+        &t.path().join("proxy"),
+        "max_connections = 1000\n",
+        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let mut flood: Vec<TcpStream> = Vec::new();
+    for _ in 0..120 {
+        let Ok(mut s) = TcpStream::connect(&proxy.addr) else { break };
+        let _ = write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        flood.push(s);
+    }
+    wait_for("accept to run out of descriptors", Duration::from_secs(10), || proxy.log().contains("accept failed"));
+    drop(flood);
+    wait_for("the proxy to serve again", Duration::from_secs(10), || {
+        http().get(format!("{}/v2/", proxy.url())).send().is_ok_and(|r| r.status() == 200)
+    });
+    assert!(proxy.log().contains("Too many open files"), "{}", proxy.log());
+}

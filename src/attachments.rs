@@ -65,7 +65,7 @@ type SetKey = (String, RepoName, Digest);
 pub struct Attachments {
     cache: Arc<Cache>,
     kinds: HashMap<String, Vec<AttachmentKind>>,
-    flights: SingleFlight<SetKey, Result<Arc<AttachmentSet>>>,
+    flights: SingleFlight<SetKey, Arc<AttachmentSet>>,
     sets: moka::future::Cache<SetKey, Arc<AttachmentSet>>,
     wait: Duration,
 }

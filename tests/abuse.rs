@@ -154,3 +154,80 @@ fn the_accept_loop_survives_running_out_of_file_descriptors() {
     });
     assert!(proxy.log().contains("Too many open files"), "{}", proxy.log());
 }
+
+#[test]
+fn upstream_credentials_never_leave_the_upstreams_origin() {
+    use common::liar::Liar;
+    let t = tempfile::tempdir().unwrap();
+    let (upstream, elsewhere) = (Liar::start(), Liar::start());
+    upstream.require_basic();
+    upstream.tags("team/app", vec!["v1".into(), "v2".into()]);
+    upstream.tags_link(&format!("{}/v2/team/app/tags/list?last=v2", elsewhere.url()));
+    elsewhere.require_basic();
+    elsewhere.tags("team/app", vec!["planted".into()]);
+    std::fs::write(t.path().join("pw"), "upstream-secret\n").unwrap();
+    let proxy = Proxy::start(
+        &t.path().join("proxy"),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\nusername = \"puller\"\npassword_file = \"{}\"\n",
+            upstream.url(),
+            t.path().join("pw").display()
+        ),
+    );
+    let r = http().get(format!("{}/v2/up/team/app/tags/list", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let list: serde_json::Value = r.json().unwrap();
+    assert_eq!(list["tags"], serde_json::json!(["v1", "v2"]), "nothing from the other host is merged");
+    assert!(upstream.authorizations("/tags/list").iter().any(|a| a.as_deref().is_some_and(|a| a.starts_with("Basic "))), "the upstream got its credentials");
+    assert!(elsewhere.authorizations("/v2/").is_empty(), "the other host was never asked, let alone given the credentials");
+    assert!(proxy.log().contains("on another host; not followed"));
+}
+
+#[test]
+fn a_token_that_claims_to_live_for_ever_is_used_for_a_day_at_most() {
+    use common::liar::Liar;
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    liar.require_token();
+    liar.token_expires_in("18446744073709551615");
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    liar.manifest("team/app", "v1", "application/vnd.oci.image.manifest.v1+json", manifest);
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "liar", &liar.url(), "");
+    for _ in 0..3 {
+        let r = http().get(format!("{}/v2/liar/team/app/manifests/v1", proxy.url())).send().unwrap();
+        assert_eq!(r.status(), 200, "served (the overflowing lifetime saturates)");
+    }
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}
+
+#[test]
+fn responses_are_never_sniffed_and_a_manifest_is_only_ever_served_as_a_manifest() {
+    use common::liar::Liar;
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    let html = br#"{"schemaVersion":2,"mediaType":"text/html","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[],"annotations":{"x":"<script>alert(1)</script>"}}"#;
+    liar.manifest("team/page", "v1", "text/html", html);
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("ci", "ci-pass")]);
+    let proxy = Proxy::start(
+        &dir,
+        &format!("[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"liar\"\nurl = \"{}\"\n", liar.url()),
+    );
+    let r = http().get(format!("{}/v2/liar/team/page/manifests/v1", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.manifest.v1+json", "never text/html");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    // pushed: refused
+    let config = b"{}";
+    let up = http().post(format!("{}/v2/internal/page/blobs/uploads/?digest={}", proxy.url(), sha256(config))).basic_auth("ci", Some("ci-pass")).body(config.to_vec()).send().unwrap();
+    assert_eq!(up.status(), 201);
+    let r = http().put(format!("{}/v2/internal/page/manifests/v1", proxy.url())).basic_auth("ci", Some("ci-pass")).header("content-type", "text/html").body(html.to_vec()).send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(&r.text().unwrap()), "MANIFEST_INVALID");
+    // every response, errors and the base endpoint included
+    for path in ["/v2/", "/v2/liar/team/page/manifests/v404", "/v2/nowhere/x/tags/list", "/healthz"] {
+        let r = http().get(format!("{}{path}", proxy.url())).send().unwrap();
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+}

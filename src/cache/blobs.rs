@@ -167,7 +167,15 @@ impl Cache {
                     fills.insert(key.clone(), Running { repo: repo.clone(), fill: Arc::clone(&fill) });
                     drop(fills);
                     let (this, up, repo, f) = (self.self_arc(), Arc::clone(upstream), repo.clone(), Arc::clone(&fill));
-                    self.spawn_background(async move { this.run_fill(&up, &repo, &key, &f).await });
+                    self.spawn_background(async move {
+                        use futures_util::FutureExt;
+                        let run = std::panic::AssertUnwindSafe(this.run_fill(&up, &repo, &key, &f));
+                        if run.catch_unwind().await.is_err() {
+                            // never a stuck fill: its key is free again, its waiters get an error
+                            this.forget_fill(&key, &f);
+                            f.fail(RegistryError::internal("a blob fill panicked"));
+                        }
+                    });
                     return Ok((fill, true));
                 }
             }
@@ -175,6 +183,14 @@ impl Cache {
         match self.confirm(upstream, repo, Kind::Blob, digest).await? {
             true => Ok((joined, false)),
             false => Err(blob_unknown(digest)),
+        }
+    }
+
+    /// Removes a fill from the ones under way, if it is still the one under its key.
+    fn forget_fill(&self, key: &FillKey, fill: &Arc<Fill>) {
+        let mut fills = self.fills.lock().expect("fills lock");
+        if fills.get(key).is_some_and(|r| Arc::ptr_eq(&r.fill, fill)) {
+            fills.remove(key);
         }
     }
 

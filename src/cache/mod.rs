@@ -126,9 +126,11 @@ pub struct Cache {
     /// The facts of each manifest served, so that serving one does not parse it each time.
     facts: moka::sync::Cache<Digest, ManifestFacts>,
     tags: moka::future::Cache<TagKey, TagRecord>,
+    /// Upstream tag lists, for `tag_ttl`, weighed by their size.
+    tag_lists: moka::future::Cache<(String, RepoName), Arc<Option<Vec<String>>>>,
     missing: moka::future::Cache<TagKey, ()>,
-    manifest_flights: SingleFlight<(String, RepoName, Digest), Result<(Bytes, CacheStatus)>>,
-    tag_flights: SingleFlight<TagKey, Result<(TagRecord, CacheStatus)>>,
+    manifest_flights: SingleFlight<(String, RepoName, Digest), (Bytes, CacheStatus)>,
+    tag_flights: SingleFlight<TagKey, (TagRecord, CacheStatus)>,
     fills: Mutex<HashMap<blobs::FillKey, blobs::Running>>,
     links: Links,
     lru: LruIndex,
@@ -180,6 +182,14 @@ impl Cache {
                 .build(),
             facts: moka::sync::Cache::new(100_000),
             tags: moka::future::Cache::builder().max_capacity(100_000).build(),
+            tag_lists: moka::future::Cache::builder()
+                .weigher(|_, v: &Arc<Option<Vec<String>>>| {
+                    let bytes: usize = v.iter().flatten().map(|t| t.len() + 24).sum();
+                    u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(32 << 20)
+                .time_to_live(config.cache.tag_ttl.0)
+                .build(),
             missing: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(config.cache.attachment_ttl.0)
@@ -197,11 +207,15 @@ impl Cache {
 
     /// Runs `work` after the answer, counted until it ends (see [`Cache::settle`]).
     fn spawn_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        use futures_util::FutureExt;
         use std::sync::atomic::Ordering;
         self.background.running.fetch_add(1, Ordering::SeqCst);
         let this = self.self_arc();
         tokio::spawn(async move {
-            work.await;
+            // a panic in the work must not leave the count up (shutdown would wait for ever)
+            if std::panic::AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                tracing::error!("work after an answer panicked");
+            }
             if this.background.running.fetch_sub(1, Ordering::SeqCst) == 1 {
                 this.background.idle.notify_waiters();
             }
@@ -714,7 +728,7 @@ impl Cache {
         let Some(upstream) = upstream else {
             return if pushed.is_empty() { Err(unknown()) } else { Ok(pushed) };
         };
-        let mut tags = match upstream.tags(repo).await {
+        let mut tags = match self.upstream_tags(&upstream, repo).await {
             Ok(Some(t)) => t,
             Ok(None) if pushed.is_empty() => return Err(unknown()),
             Ok(None) => Vec::new(),
@@ -731,6 +745,19 @@ impl Cache {
         tags.sort();
         tags.dedup();
         Ok(tags)
+    }
+
+    /// An upstream repository's tag list, fetched once per `tag_ttl` (concurrent askers share
+    /// one fetch).
+    async fn upstream_tags(&self, upstream: &Arc<Upstream>, repo: &RepoName) -> Result<Option<Vec<String>>> {
+        let key = (upstream.name.clone(), repo.clone());
+        let (up, r) = (Arc::clone(upstream), repo.clone());
+        let list = self
+            .tag_lists
+            .try_get_with(key, async move { up.tags(&r).await.map(Arc::new) })
+            .await
+            .map_err(|e: Arc<RegistryError>| (*e).clone())?;
+        Ok(list.as_ref().clone())
     }
 
     fn note_access(&self, digest: &Digest) {

@@ -118,6 +118,7 @@ impl Api {
         };
         let Reply { mut response, cache } = reply;
         response.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         let status = response.status();
         let log = RequestLog { method, path, status, cache: cache.map(CacheStatus::as_str), started };
         response.map(|b| b.logged(log))

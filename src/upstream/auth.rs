@@ -82,6 +82,9 @@ pub struct Token {
     pub expires: Instant,
 }
 
+/// The longest a token is used, in seconds.
+const MAX_TOKEN_LIFETIME: u64 = 86_400;
+
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     token: Option<String>,
@@ -93,8 +96,9 @@ struct TokenResponse {
 pub fn parse_token(body: &[u8]) -> Option<Token> {
     let t: TokenResponse = serde_json::from_slice(body).ok()?;
     let value = t.token.or(t.access_token).filter(|v| !v.is_empty())?;
-    // Docker's token spec: 60 s when unspecified; renew 10% early.
-    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).max(1));
+    // Docker's token spec: 60 s when unspecified; renew 10% early; a day at most, whatever the
+    // upstream says (the number is the upstream's, and Instant arithmetic must not overflow)
+    let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(1, MAX_TOKEN_LIFETIME));
     Some(Token { value, expires: Instant::now() + lifetime.mul_f32(0.9) })
 }
 
@@ -134,5 +138,7 @@ mod tests {
         assert_eq!(parse_token(br#"{"access_token":"xyz"}"#).unwrap().value, "xyz");
         assert!(parse_token(br#"{"token":""}"#).is_none());
         assert!(parse_token(b"not json").is_none());
+        let huge = parse_token(br#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
+        assert!(huge.expires <= Instant::now() + Duration::from_secs(MAX_TOKEN_LIFETIME), "saturates");
     }
 }

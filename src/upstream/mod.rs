@@ -58,6 +58,11 @@ pub struct Upstream {
 /// How long an upstream's answer about the signatures extension is trusted.
 const SIGNATURES_OFFER_TTL: Duration = Duration::from_secs(600);
 
+/// The most pages of an upstream tag list followed.
+const MAX_TAG_PAGES: usize = 100;
+/// The most bytes of an upstream tag list read, all pages together.
+const MAX_TAG_BYTES: usize = 16 << 20;
+
 /// Idle connections kept open per upstream host after a burst of requests.
 pub const IDLE_CONNECTIONS: usize = 16;
 
@@ -118,7 +123,7 @@ impl Upstream {
         if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
             return Err(too_large());
         }
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE, "manifest").await?;
         let parsed = manifest::Manifest::parse(&bytes)
             .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid manifest: {}", e.message)))?;
         let media_type = match declared.as_deref().map(|t| t.split(';').next().unwrap_or("").trim()) {
@@ -177,7 +182,7 @@ impl Upstream {
         accept.insert(header::ACCEPT, manifest::OCI_INDEX.parse().expect("static header"));
         // registries without the API answer 404, 400 or 405 for the unknown route
         match self.send_with(Method::GET, &url, repo, accept, Absent::AnyClientError).await? {
-            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE, "referrers list").await?)),
             None => Ok(None),
         }
     }
@@ -190,7 +195,7 @@ impl Upstream {
         let base = self.base.as_str().trim_end_matches('/');
         let url = format!("{base}/extensions/v2/{repo}/signatures/{digest}");
         match self.send_with(Method::GET, &url, repo, HeaderMap::new(), Absent::AnyClientError).await? {
-            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE, "signature list").await?)),
             None => Ok(None),
         }
     }
@@ -215,27 +220,36 @@ impl Upstream {
         Ok(offered)
     }
 
-    /// Lists all tags of a repository (following `Link` pages); `None` when absent upstream.
+    /// Lists the tags of a repository, following `Link` pages within the upstream's own origin
+    /// (never to another host), at most [`MAX_TAG_PAGES`] pages and [`MAX_TAG_BYTES`] in all;
+    /// `None` when absent upstream.
     pub async fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
         #[derive(serde::Deserialize)]
         struct TagList {
             tags: Option<Vec<String>>,
         }
         let mut url = self.url(repo, "tags/list");
-        let mut all = Vec::new();
-        for _ in 0..100 {
+        let (mut all, mut bytes) = (Vec::new(), 0usize);
+        for page in 1..=MAX_TAG_PAGES {
             let Some(resp) = self.send(Method::GET, &url, repo, HeaderMap::new()).await? else {
                 return Ok(None);
             };
             let next = resp.headers().get(header::LINK).and_then(|v| v.to_str().ok()).and_then(parse_next_link);
-            let body = read_limited(resp, 16 << 20).await?;
+            let body = read_limited(resp, MAX_TAG_BYTES.saturating_sub(bytes), "tag list").await?;
+            bytes += body.len();
             let list: TagList = serde_json::from_slice(&body)
                 .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid tag list: {e}")))?;
             all.extend(list.tags.unwrap_or_default());
-            match next {
-                Some(n) => url = self.base.join(&n).map_err(|e| RegistryError::upstream(format!("bad Link: {e}")))?.into(),
-                None => break,
+            let Some(next) = next else { break };
+            let next = self.base.join(&next).map_err(|e| RegistryError::upstream(format!("bad Link: {e}")))?;
+            if next.origin() != self.base.origin() {
+                tracing::warn!(upstream = %self.name, %repo, link = %next, "the tag list's next page is on another host; not followed");
+                break;
             }
+            if page == MAX_TAG_PAGES {
+                tracing::warn!(upstream = %self.name, %repo, pages = page, "tag list cut at the page limit");
+            }
+            url = next.into();
         }
         Ok(Some(all))
     }
@@ -247,8 +261,12 @@ impl Upstream {
 
     /// Like `send`, choosing which answers mean "not there".
     async fn send_with(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap, absent: Absent) -> Result<Option<reqwest::Response>> {
+        // tokens are kept per host as well as per scope: one issued for this upstream never
+        // goes anywhere else
         let scope = format!("repository:{repo}:pull");
-        let mut auth = self.cached_auth(&scope).await;
+        let origin = url::Url::parse(url).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+        let token_key = format!("{origin} {scope}");
+        let mut auth = self.cached_auth(&token_key).await;
         let mut attempt = 0;
         let mut authenticated_once = false;
         loop {
@@ -282,8 +300,15 @@ impl Upstream {
                     return Ok(None)
                 }
                 StatusCode::UNAUTHORIZED if !authenticated_once => {
+                    if resp.url().origin() != self.base.origin() {
+                        return Err(RegistryError::upstream(format!(
+                            "upstream {} sent us to {} which asks for credentials; they are only ever sent to the upstream",
+                            self.name,
+                            resp.url().origin().ascii_serialization()
+                        )));
+                    }
                     authenticated_once = true;
-                    auth = Some(self.authenticate(resp.headers(), &scope).await?);
+                    auth = Some(self.authenticate(resp.headers(), &scope, &token_key).await?);
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Err(RegistryError::of(
@@ -305,15 +330,16 @@ impl Upstream {
         }
     }
 
-    async fn cached_auth(&self, scope: &str) -> Option<String> {
-        match self.tokens.get(scope).await {
+    async fn cached_auth(&self, token_key: &str) -> Option<String> {
+        match self.tokens.get(token_key).await {
             Some(t) if t.expires > Instant::now() => Some(format!("Bearer {}", t.value)),
             _ => None,
         }
     }
 
-    /// Answers a 401 challenge: a bearer token from the realm, or basic credentials.
-    async fn authenticate(&self, headers: &HeaderMap, scope: &str) -> Result<String> {
+    /// Answers a 401 challenge of the upstream: a bearer token from the realm (cached under
+    /// `token_key`), or basic credentials.
+    async fn authenticate(&self, headers: &HeaderMap, scope: &str, token_key: &str) -> Result<String> {
         let challenge = headers
             .get(header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
@@ -330,8 +356,8 @@ impl Upstream {
                 let asked = challenge_scope.unwrap_or_else(|| scope.to_string());
                 let token = self.fetch_token(&realm, service.as_deref(), &asked).await?;
                 let header = format!("Bearer {}", token.value);
-                // cached under the scope this request needs, which is what later lookups use
-                self.tokens.insert(scope.to_string(), token).await;
+                // cached under the host and scope this request needs, which later lookups use
+                self.tokens.insert(token_key.to_string(), token).await;
                 Ok(header)
             }
             None => Err(RegistryError::upstream(format!("upstream {} sent 401 without a usable challenge", self.name))),
@@ -348,9 +374,14 @@ impl Upstream {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = self.http.get(url);
-        if let Some((u, p)) = &self.credentials {
-            req = req.basic_auth(u, Some(p));
+        let mut req = self.http.get(url.clone());
+        // the realm may be another host (Docker Hub's is), but credentials go there only over
+        // https, or over http when the upstream itself is plain http
+        let private = url.scheme() == "https" || self.base.scheme() == "http";
+        match &self.credentials {
+            Some((u, p)) if private => req = req.basic_auth(u, Some(p)),
+            Some(_) => tracing::warn!(upstream = %self.name, realm = %url, "token realm is plain http; asking for a token without the credentials"),
+            None => {}
         }
         let resp = tokio::time::timeout(self.timeout, req.send())
             .await
@@ -362,7 +393,7 @@ impl Upstream {
                 format!("token endpoint of {} refused: {}", self.name, resp.status()),
             ));
         }
-        let body = read_limited(resp, 1 << 20).await?;
+        let body = read_limited(resp, 1 << 20, "token answer").await?;
         auth::parse_token(&body).ok_or_else(|| RegistryError::upstream(format!("token endpoint of {} sent no token", self.name)))
     }
 }
@@ -422,14 +453,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Reads a whole body, failing once it exceeds `limit` bytes.
-async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes> {
+/// Reads a whole body, failing once it exceeds `limit` bytes (saying what it was).
+async fn read_limited(resp: reqwest::Response, limit: usize, what: &str) -> Result<Bytes> {
     let mut body = resp.bytes_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| RegistryError::upstream(format!("upstream body failed: {}", error_chain(&e))))?;
         if buf.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(match what {
+                "manifest" => too_large(),
+                _ => RegistryError::upstream(format!("upstream {what} exceeds {} KiB", limit >> 10)),
+            });
         }
         buf.extend_from_slice(&chunk);
     }

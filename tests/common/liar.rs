@@ -38,7 +38,12 @@ struct State {
     authorizations: Vec<(String, Option<String>)>,
     signatures: Option<(u16, String)>,
     token_required: bool,
+    /// The raw JSON of the token endpoint's `expires_in`.
+    token_expires_in: Option<String>,
+    basic_required: bool,
     tags: HashMap<String, Vec<String>>,
+    /// An absolute `Link` for the first tags page, instead of the next page here.
+    tags_link: Option<String>,
 }
 
 /// A running liar on a loopback port.
@@ -100,6 +105,21 @@ impl Liar {
         self.state.lock().unwrap().tags.insert(repo.to_string(), tags);
     }
 
+    /// Answers the tags list's first page with this `Link` (e.g. to another host).
+    pub fn tags_link(&self, absolute: &str) {
+        self.state.lock().unwrap().tags_link = Some(absolute.to_string());
+    }
+
+    /// Requires Basic credentials (any) on every `/v2/<repo>` request.
+    pub fn require_basic(&self) {
+        self.state.lock().unwrap().basic_required = true;
+    }
+
+    /// Makes the token endpoint answer `expires_in` with this raw JSON number.
+    pub fn token_expires_in(&self, raw: &str) {
+        self.state.lock().unwrap().token_expires_in = Some(raw.to_string());
+    }
+
     /// Requires a bearer token (from `/token`) on every `/v2/<repo>` request.
     pub fn require_token(&self) {
         self.state.lock().unwrap().token_required = true;
@@ -131,7 +151,8 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
     let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap_or("").to_string());
     s.authorizations.push((path.clone(), auth));
     if path == "/token" {
-        return full(200, r#"{"token":"good-token","expires_in":300}"#);
+        let expires = s.token_expires_in.clone().unwrap_or_else(|| "300".into());
+        return full(200, format!(r#"{{"token":"good-token","expires_in":{expires}}}"#));
     }
     if path == "/v2/" {
         // it serves the atomic signatures extension, and says so as such registries do
@@ -159,6 +180,11 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
         return r;
     }
+    if s.basic_required && !req.headers().get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic ")) {
+        let mut r = full(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"sign in"}]}"#);
+        r.headers_mut().insert("www-authenticate", "Basic realm=\"liar\"".parse().unwrap());
+        return r;
+    }
     let rest = path.trim_start_matches("/v2/");
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         let Some(all) = s.tags.get(repo) else { return full(404, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}"#) };
@@ -167,7 +193,9 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         let start = if last.is_empty() { 0 } else { all.iter().position(|t| t == last).map(|i| i + 1).unwrap_or(all.len()) };
         let page: Vec<&String> = all[start..].iter().take(1000).collect();
         let mut r = full(200, serde_json::json!({"name": repo, "tags": page}).to_string());
-        if start + page.len() < all.len() {
+        if let (Some(link), 0) = (&s.tags_link, start) {
+            r.headers_mut().insert("link", format!("<{link}>; rel=\"next\"").parse().unwrap());
+        } else if start + page.len() < all.len() {
             let next = format!("</v2/{repo}/tags/list?last={}&n=1000>; rel=\"next\"", page.last().unwrap());
             r.headers_mut().insert("link", next.parse().unwrap());
         }

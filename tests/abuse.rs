@@ -231,3 +231,60 @@ fn responses_are_never_sniffed_and_a_manifest_is_only_ever_served_as_a_manifest(
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
     }
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+}
+
+#[test]
+fn distinct_askers_and_chatty_modules_do_not_grow_the_proxy() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "askers", layers: &[100], tag: "v1" });
+    for repo in ["app/x", "chatty/x", "wordy/x"] {
+        reg.push(&img, &format!("{repo}:v1"));
+    }
+    let (allow, chatty) = (policy_module("policies", "allow-all"), policy_module("tests/policies", "chatty"));
+    let proxy = Proxy::for_upstream(
+        &t.path().join("proxy"),
+        "up",
+        &reg.url(),
+        &format!(
+            "[[policy]]\nname = \"allow\"\nmodule = \"{0}\"\nscope = [\"up/app/*\"]\n\
+             [[policy]]\nname = \"chatty\"\nmodule = \"{1}\"\nscope = [\"up/chatty/*\"]\n\
+             [[policy]]\nname = \"wordy\"\nmodule = \"{1}\"\nscope = [\"up/wordy/*\"]\n[policy.settings]\nreason = true\n",
+            allow.display(),
+            chatty.display()
+        ),
+    );
+    let url = |repo: &str| format!("{}/v2/up/{repo}/manifests/v1", proxy.url());
+    assert_eq!(http().get(url("app/x")).send().unwrap().status(), 200);
+    let before = rss_kib(proxy.pid());
+    // every anonymous pull a different 60 KB User-Agent: one cached decision each
+    let client = http();
+    for i in 0..3000 {
+        let agent = format!("{i:08}{}", "a".repeat(60_000));
+        assert_eq!(client.get(url("app/x")).header("user-agent", agent).send().unwrap().status(), 200);
+    }
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    assert!(grown < 48 << 10, "3000 distinct askers grew the proxy by {grown} KiB");
+
+    // a module that logs 4 KiB lines until its time is up, and one with a 1 MiB reason
+    let before = rss_kib(proxy.pid());
+    for _ in 0..3 {
+        let r = http().get(url("chatty/x")).send().unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.text().unwrap().contains("exceeded its timeout"));
+    }
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    assert!(grown < 48 << 10, "logging modules grew the proxy by {grown} KiB");
+    let lines = proxy.log().lines().filter(|l| l.contains("portcullis::policy") && l.contains("xxxx")).count();
+    assert!(lines <= 3 * 100, "at most 100 lines an evaluation reach the log: {lines}");
+    assert!(proxy.log().contains("the rest are dropped"));
+    let r = http().get(url("wordy/x")).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let body = r.text().unwrap();
+    assert!(body.len() < 2048 && body.contains("..."), "a module's reason is cut: {} bytes", body.len());
+}

@@ -19,6 +19,15 @@ use crate::verify::{upstream_identity, Requirement, TrustStore, Verdict, Verifie
 /// How long one host call may take (verification may fetch attachments).
 const HOST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Host calls recorded per evaluation (each at most [`MAX_LOG_CHARS`] long).
+const MAX_RECORDED: usize = 64;
+
+/// Lines one evaluation may write to the proxy's log.
+const MAX_LOG_LINES: usize = 100;
+
+/// The longest line a policy may log.
+const MAX_LOG_CHARS: usize = 4096;
+
 /// What host calls of one evaluation work on.
 pub struct CallContext {
     /// The manifest being decided on (none while validating settings).
@@ -51,8 +60,15 @@ impl CallContext {
         }
     }
 
+    /// Records a host call for `policy test`: the first [`MAX_RECORDED`] only, so a module
+    /// calling in a loop cannot grow the host's memory.
     fn record(&self, call: String) {
-        self.calls.lock().expect("calls lock").push(call);
+        let mut calls = self.calls.lock().expect("calls lock");
+        if calls.len() < MAX_RECORDED {
+            calls.push(call);
+        } else if calls.len() == MAX_RECORDED {
+            calls.push("... (further calls not recorded)".into());
+        }
     }
 
     /// Runs a future to completion from the blocking thread of an evaluation.
@@ -70,12 +86,14 @@ pub struct State {
     pub ctx: Arc<CallContext>,
     /// The CPU time the evaluation may still use.
     pub budget: Budget,
+    /// Lines logged so far by this evaluation.
+    logged: usize,
 }
 
 impl State {
     /// State over limits, a call context and a time budget.
     pub fn new(limits: StoreLimits, ctx: Arc<CallContext>, budget: Budget) -> State {
-        State { limits, ctx, budget }
+        State { limits, ctx, budget, logged: 0 }
     }
 }
 
@@ -92,7 +110,14 @@ impl wit_types::Host for State {}
 
 impl wit_host::Host for State {
     fn log(&mut self, level: Level, message: String) {
-        let policy_message: String = message.chars().take(4096).collect();
+        self.logged += 1;
+        if self.logged > MAX_LOG_LINES {
+            if self.logged == MAX_LOG_LINES + 1 {
+                tracing::warn!(target: "portcullis::policy", "the policy logged more than {MAX_LOG_LINES} lines in one evaluation; the rest are dropped");
+            }
+            return;
+        }
+        let policy_message: String = message.chars().take(MAX_LOG_CHARS).collect();
         match level {
             Level::Debug => tracing::debug!(target: "portcullis::policy", "{policy_message}"),
             Level::Info => tracing::info!(target: "portcullis::policy", "{policy_message}"),

@@ -99,7 +99,7 @@ pub struct Policies {
     set: RwLock<Arc<PolicySet>>,
     cache_dir: PathBuf,
     permits: Arc<tokio::sync::Semaphore>,
-    decisions: moka::sync::Cache<String, Outcome>,
+    decisions: moka::sync::Cache<[u8; 32], Outcome>,
     verifier: Arc<Verifier>,
     attachments: Arc<Attachments>,
     cache: Arc<Cache>,
@@ -381,7 +381,14 @@ impl Policies {
             set: RwLock::new(Arc::new(set)),
             cache_dir,
             permits: Arc::new(tokio::sync::Semaphore::new(host.concurrency as usize)),
-            decisions: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build(),
+            decisions: moka::sync::Cache::builder()
+                .weigher(|_, o: &Outcome| match o {
+                    Outcome::Admit => 64,
+                    Outcome::Reject(r) => 64 + u32::try_from(r.len()).unwrap_or(u32::MAX),
+                })
+                .max_capacity(DECISION_CACHE_BYTES)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
             verifier,
             attachments,
             cache,
@@ -479,12 +486,12 @@ impl Policies {
         let result = tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await;
         let decision = match result {
             Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Outcome::Reject(fail_closed(&policy.config.name, &e)),
+            Ok(Err(e)) => return Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))),
             Err(e) => return Outcome::Reject(format!("policy module failed: {e}")),
         };
         match decision {
             Decision::Admit => Outcome::Admit,
-            Decision::Reject(reason) => Outcome::Reject(reason),
+            Decision::Reject(reason) => Outcome::Reject(bounded(reason)),
             Decision::Verify(_) if subject.attaches_to.is_some() => Outcome::Admit,
             Decision::Verify(reqs) => self.run_verification(subject, &reqs).await,
         }
@@ -544,10 +551,27 @@ fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
     format!("policy module {why}")
 }
 
-/// The decision cache key: everything the module is told (the module and its settings, the
-/// operation, the image, how and by whom it was asked for, its attachments), the client's fields
-/// quoted so that no two different askers can spell the same key.
-fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachments: &AttachmentSet) -> String {
+/// The most memory cached decisions may take (keys and reasons).
+const DECISION_CACHE_BYTES: u64 = 16 << 20;
+
+/// The longest rejection reason kept from a module (it reaches clients, logs and the cache).
+const MAX_REASON: usize = 1024;
+
+/// A module's reason, cut at [`MAX_REASON`] bytes (on a character boundary).
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let cut = (0..=MAX_REASON).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    reason
+}
+
+/// The decision cache key: a hash of everything the module is told (the module and its
+/// settings, the operation, the image, how and by whom it was asked for, its attachments), the
+/// client's fields quoted so that no two different askers can spell the same key. A hash, so a
+/// key costs the same whatever the client sent.
+fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachments: &AttachmentSet) -> [u8; 32] {
     use std::fmt::Write;
     let mut key = String::with_capacity(320 + 72 * attachments.items.len());
     let _ = write!(
@@ -566,7 +590,7 @@ fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachment
     for a in &attachments.items {
         let _ = write!(key, "|{}", a.descriptor.digest);
     }
-    key
+    <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()).into()
 }
 
 fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {

@@ -20,6 +20,12 @@ use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{Descriptor, Manifest};
 use crate::names::{Digest, Reference, RepoName};
 
+/// The most attachments resolved for one image (what an upstream lists beyond is ignored).
+pub const MAX_ATTACHMENTS: usize = 64;
+
+/// Attachment manifests (with their blobs) fetched at once, for all images together.
+const CONCURRENT_FETCHES: usize = 16;
+
 /// How long a resolved set is reused before the (cheap, cached) resolution runs again.
 const SET_TTL: Duration = Duration::from_secs(5);
 
@@ -68,6 +74,7 @@ pub struct Attachments {
     flights: SingleFlight<SetKey, Arc<AttachmentSet>>,
     sets: moka::future::Cache<SetKey, Arc<AttachmentSet>>,
     wait: Duration,
+    fetching: tokio::sync::Semaphore,
 }
 
 impl Attachments {
@@ -80,6 +87,7 @@ impl Attachments {
             flights: SingleFlight::default(),
             sets: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SET_TTL).build(),
             wait: config.cache.attachment_wait.0,
+            fetching: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         })
     }
 
@@ -181,6 +189,10 @@ impl Attachments {
         let mut items: Vec<Attachment> = tagged.into_iter().flatten().collect();
         items.extend(referrers);
         items.extend(pushed.into_iter().map(|descriptor| Attachment { kind: Kind::Referrer, tag: None, descriptor }));
+        if items.len() > MAX_ATTACHMENTS {
+            tracing::warn!(%repo, %digest, found = items.len(), "more attachments than {MAX_ATTACHMENTS}; the rest are ignored");
+            items.truncate(MAX_ATTACHMENTS);
+        }
         tracing::debug!(%repo, %digest, found = items.len(), "attachments resolved");
         Ok(AttachmentSet { items })
     }
@@ -188,6 +200,7 @@ impl Attachments {
     /// Fetches one tag-scheme attachment with its blobs; `None` when there is none.
     async fn fetch_tagged(&self, ns: &str, repo: &RepoName, kind: AttachmentKind, tag: String) -> Option<Attachment> {
         let reference: Reference = tag.parse().ok()?;
+        let _turn = self.fetching.acquire().await.ok()?;
         let served = match self.cache.manifest(ns, repo, &reference).await {
             Ok(m) => m,
             Err(e) if e.code == Code::ManifestUnknown => return None,
@@ -225,7 +238,11 @@ impl Attachments {
                 Vec::new()
             }
         };
-        let fetched = listed.into_iter().map(|d| async move {
+        if listed.len() > MAX_ATTACHMENTS {
+            tracing::warn!(%repo, %digest, listed = listed.len(), "more referrers than {MAX_ATTACHMENTS}; the rest are ignored");
+        }
+        let fetched = listed.into_iter().take(MAX_ATTACHMENTS).map(|d| async move {
+            let _turn = self.fetching.acquire().await.ok()?;
             let served = self.cache.manifest(ns, repo, &Reference::Digest(d.digest.clone())).await;
             match served.ok().and_then(|m| Manifest::parse(&m.bytes).ok()) {
                 Some(m) => {

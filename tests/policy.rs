@@ -489,3 +489,35 @@ fn ten_misbehaving_modules_at_once_fail_closed_while_others_are_served() {
     assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
     s.pull("fine/app0:v1").success();
 }
+
+#[test]
+fn a_trust_repointed_at_another_authority_applies_at_once_after_sighup() {
+    use common::keyless::{push_keyless_signature, Entry, Sigstore};
+    const ISSUER: &str = "https://issuer.sigstore.test";
+    let pki = tempfile::tempdir().unwrap();
+    let (ours, replacement) = (Sigstore::new(&pki.path().join("ours"), "ours"), Sigstore::new(&pki.path().join("new"), "new"));
+    let settings = format!("[policy.settings]\nissuer = \"{ISSUER}\"\nsubject_regexp = \"@example[.]com$\"\ntrust = \"ours\"");
+    let s = setup(&format!(
+        "{}[trust.ours]\nca_certs = [{:?}]\nrekor_keys = [{:?}]\n",
+        policy("keyless", &example("keyless-identity"), "up/*", &settings),
+        ours.ca_file,
+        ours.rekor_file
+    ));
+    let img = s.image("ci/app", "repointed", "v1");
+    push_keyless_signature(&s.reg, "ci/app", &img.digest, &ours, &ours.issue("dev@example.com", ISSUER), Entry::Good);
+    s.pull("ci/app:v1").success();
+
+    // the CA and log are found compromised: the same trust name now names their replacements
+    let config = s.proxy.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let repointed = text
+        .replace(&format!("{:?}", ours.ca_file), &format!("{:?}", replacement.ca_file))
+        .replace(&format!("{:?}", ours.rekor_file), &format!("{:?}", replacement.rekor_file));
+    assert_ne!(text, repointed);
+    std::fs::write(&config, repointed).unwrap();
+    unsafe { libc::kill(s.proxy.pid() as i32, libc::SIGHUP) };
+    wait_for("the reload", Duration::from_secs(20), || s.proxy.log().contains("policies reloaded"));
+    let refused = s.pull("ci/app:v1");
+    assert!(!refused.ok, "the image verified under the old trust is refused at once");
+    assert!(refused.stderr.contains("policy keyless"), "{}", refused.stderr);
+}

@@ -98,7 +98,7 @@ impl State {
 }
 
 /// Verifies the subject against a requirement, with the identity its upstream gives it.
-pub async fn verify_subject(verifier: &Verifier, cache: &Cache, subject: &Subject, req: &Requirement) -> Result<Arc<Verdict>> {
+pub async fn verify_subject(verifier: &Arc<Verifier>, cache: &Cache, subject: &Subject, req: &Requirement) -> Result<Arc<Verdict>> {
     let repo = subject.repository.parse()?;
     let reference: Reference = subject.reference.parse()?;
     let digest: Digest = subject.digest.parse()?;
@@ -146,8 +146,17 @@ impl wit_host::Host for State {
         let manifest = Manifest::parse(&subject.manifest).map_err(|e| e.message)?;
         let config = manifest.config.ok_or("the manifest has no config (an index?)")?;
         let repo = subject.repository.parse().map_err(|e: RegistryError| e.message)?;
+        let limit = crate::verify::MAX_PAYLOAD;
+        let too_large = |size: u64| format!("the image config is {size} bytes, over the {} MiB limit", limit >> 20);
+        if u64::try_from(config.size).unwrap_or(0) > limit {
+            return Err(too_large(config.size as u64));
+        }
         ctx.block_on(async {
             cache.ensure_blob(&subject.namespace, &repo, &config.digest).await.map_err(|e| e.message)?;
+            let size = cache.store().blob_size(&config.digest).await.map_err(|e| e.to_string())?.ok_or("config blob missing")?;
+            if size > limit {
+                return Err(too_large(size));
+            }
             let bytes = cache.store().read_small(&config.digest).await.map_err(|e| e.to_string())?.ok_or("config blob missing")?;
             String::from_utf8(bytes.to_vec()).map_err(|_| "config is not UTF-8".to_string())
         })

@@ -413,7 +413,9 @@ impl Policies {
         self.audit.reopen(&config.policy_host.audit)?;
         *self.trust.write().expect("trust lock") = Arc::new(trust);
         *self.set.write().expect("policy lock") = Arc::new(set);
+        // decisions and verdicts made under the old trust and policies apply no more
         self.decisions.invalidate_all();
+        self.verifier.forget_verdicts();
         tracing::info!(policies = config.policies.len(), "policies reloaded");
         Ok(())
     }

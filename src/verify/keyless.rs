@@ -179,6 +179,8 @@ struct Log {
 pub struct TrustRoot {
     /// The `[trust.<name>]` entry it came from.
     pub name: String,
+    /// SHA-256 of the files it was read from: what cached verdicts are keyed by.
+    pub fingerprint: String,
     authorities: Vec<Authority>,
     logs: Vec<Log>,
 }
@@ -296,7 +298,7 @@ impl TrustRoot {
             let der = B64.decode(&t.public_key.raw_bytes).map_err(|e| bad(&format!("tlogs[{i}].publicKey"), e.to_string()))?;
             logs.push(log_from_spki(&der, window(&t.public_key.valid_for).map_err(|e| bad("validFor", e))?).map_err(|e| bad(&format!("tlogs[{i}]"), e))?);
         }
-        TrustRoot::checked(name, authorities, logs)
+        TrustRoot::checked(name, authorities, logs, &text)
     }
 
     /// Builds a root from PEM files: each CA file a chain ending in its root, each Rekor file
@@ -304,27 +306,32 @@ impl TrustRoot {
     pub fn from_pem_files(name: &str, ca_files: &[std::path::PathBuf], rekor_files: &[std::path::PathBuf]) -> Result<TrustRoot, String> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let mut authorities = Vec::new();
+        let mut material = Vec::new();
         for f in ca_files {
-            let chain = pem_certificates(&read(f)?).map_err(|e| format!("{}: {e}", f.display()))?;
+            let pem = read(f)?;
+            material.extend_from_slice(&pem);
+            let chain = pem_certificates(&pem).map_err(|e| format!("{}: {e}", f.display()))?;
             authorities.push(authority(chain, Window::default()).map_err(|e| format!("{}: {e}", f.display()))?);
         }
         let mut logs = Vec::new();
         for f in rekor_files {
             let pem = read(f)?;
+            material.extend_from_slice(&pem);
             let der = x509_cert::der::pem::decode_vec(&pem).map_err(|e| format!("{}: not a PEM public key: {e}", f.display()))?.1;
             logs.push(log_from_spki(&der, Window::default()).map_err(|e| format!("{}: {e}", f.display()))?);
         }
-        TrustRoot::checked(name, authorities, logs)
+        TrustRoot::checked(name, authorities, logs, &material)
     }
 
-    fn checked(name: &str, authorities: Vec<Authority>, logs: Vec<Log>) -> Result<TrustRoot, String> {
+    fn checked(name: &str, authorities: Vec<Authority>, logs: Vec<Log>, material: &[u8]) -> Result<TrustRoot, String> {
         if authorities.is_empty() {
             return Err("names no certificate authority".into());
         }
         if logs.is_empty() {
             return Err("names no transparency log key".into());
         }
-        Ok(TrustRoot { name: name.to_string(), authorities, logs })
+        let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material));
+        Ok(TrustRoot { name: name.to_string(), fingerprint, authorities, logs })
     }
 }
 

@@ -104,7 +104,8 @@ impl Requirement {
     fn cache_key(&self) -> String {
         let keys: BTreeSet<&str> = self.keys.iter().map(|k| k.fingerprint.as_str()).collect();
         let identities: Vec<String> = self.identities.iter().map(Identity::key).collect();
-        let roots: BTreeSet<&str> = self.roots.iter().map(|r| r.name.as_str()).collect();
+        // by content: a trust entry repointed at another CA or log is another requirement
+        let roots: BTreeSet<&str> = self.roots.iter().map(|r| r.fingerprint.as_str()).collect();
         format!("{keys:?}|{identities:?}|{roots:?}|{}|{:?}|{:?}", self.threshold.max(1), self.identity, self.attestations)
     }
 
@@ -224,12 +225,28 @@ impl VerdictCache {
     }
 }
 
-/// Verifies manifests from the proxy's own view, caching verdicts.
+/// Verifies manifests from the proxy's own view, caching verdicts; concurrent verifications of
+/// one image against one requirement share one computation.
 pub struct Verifier {
     cache: Arc<Cache>,
     attachments: Arc<Attachments>,
     verdicts: VerdictCache,
+    flights: crate::cache::singleflight::SingleFlight<String, Arc<Verdict>>,
     wait: Duration,
+}
+
+/// The largest signature, attestation or bundle payload read into memory.
+pub const MAX_PAYLOAD: u64 = 4 << 20;
+/// The most attachment layers read for one verification.
+pub const MAX_LAYERS: usize = 64;
+/// The most payload bytes read for one verification.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// What one verification has read so far, against [`MAX_LAYERS`] and [`MAX_READ`].
+#[derive(Default)]
+struct Reading {
+    layers: usize,
+    bytes: u64,
 }
 
 /// cosign's `--type` short names and the predicate types they stand for.
@@ -254,12 +271,18 @@ impl Verifier {
             cache,
             attachments,
             verdicts: VerdictCache::new(),
+            flights: Default::default(),
             wait,
         })
     }
 
+    /// Forgets every cached verdict (the trust changed).
+    pub fn forget_verdicts(&self) {
+        self.verdicts.inner.invalidate_all();
+    }
+
     /// Verifies the manifest `digest` of `<ns>/<repo>`, asked for as `requested`.
-    pub async fn verify(&self, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement) -> Result<Arc<Verdict>> {
+    pub async fn verify(self: &Arc<Self>, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement) -> Result<Arc<Verdict>> {
         if req.keys.is_empty() && req.identities.is_empty() {
             return Err(RegistryError::of(Code::Denied, "the requirement names no key and no keyless identity"));
         }
@@ -268,28 +291,35 @@ impl Verifier {
         if let Some(v) = self.verdicts.get(&key).await {
             return Ok(v);
         }
-        let verdict = Arc::new(self.verify_now(ns, repo, requested, digest, req, &set).await?);
-        self.verdicts.insert(key, Arc::clone(&verdict)).await;
-        Ok(verdict)
+        let this = Arc::clone(self);
+        let (ns, repo, requested, digest, req, k) = (ns.to_string(), repo.clone(), requested.clone(), digest.clone(), req.clone(), key.clone());
+        self.flights
+            .run(key, async move {
+                let verdict = Arc::new(this.verify_now(&ns, &repo, &requested, &digest, &req, &set).await?);
+                this.verdicts.insert(k, Arc::clone(&verdict)).await;
+                Ok(verdict)
+            })
+            .await
     }
 
     async fn verify_now(&self, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement, set: &AttachmentSet) -> Result<Verdict> {
         let threshold = req.threshold.max(1);
         let mut signatures = Vec::new();
+        let mut reading = Reading::default();
         let proxy_path = format!("{}/{repo}", self.cache.canonical_namespace(ns).unwrap_or(ns));
-        for layer in self.layers(ns, repo, set, Kind::Signature).await? {
+        for layer in self.layers(ns, repo, set, Kind::Signature, &mut reading).await? {
             signatures.push(check_signature(&layer, digest, requested, &proxy_path, req));
         }
         let mut attestations = Vec::new();
         let mut statements = Vec::new();
         if !req.attestations.is_empty() {
-            for layer in self.layers(ns, repo, set, Kind::Attestation).await? {
+            for layer in self.layers(ns, repo, set, Kind::Attestation, &mut reading).await? {
                 let (verdict, statement) = check_attestation(&layer, digest, req);
                 attestations.push(verdict);
                 statements.extend(statement);
             }
         }
-        let bundles = self.layers(ns, repo, set, Kind::Referrer).await?;
+        let bundles = self.layers(ns, repo, set, Kind::Referrer, &mut reading).await?;
         let bundles: Vec<Layer> = bundles.into_iter().filter(|l| l.media_type == SIGSTORE_BUNDLE).collect();
         if !bundles.is_empty() {
             let manifest = self.cache.manifest(ns, repo, &Reference::Digest(digest.clone())).await?;
@@ -328,30 +358,54 @@ impl Verifier {
         Ok(Verdict { ok, reason, signatures, attestations, statements })
     }
 
-    /// The layers (annotations and blob bytes) of the attachments of one kind.
-    async fn layers(&self, ns: &str, repo: &RepoName, set: &AttachmentSet, kind: Kind) -> Result<Vec<Layer>> {
+    /// The layers (annotations and blob bytes) of the attachments of one kind; a layer over
+    /// [`MAX_PAYLOAD`], or beyond what one verification reads, is not read but refused.
+    async fn layers(&self, ns: &str, repo: &RepoName, set: &AttachmentSet, kind: Kind, reading: &mut Reading) -> Result<Vec<Layer>> {
         let mut out = Vec::new();
         let wanted = |a: &&crate::attachments::Attachment| a.kind == kind && (kind != Kind::Referrer || a.descriptor.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE));
         for a in set.items.iter().filter(wanted) {
             let m = self.cache.manifest(ns, repo, &Reference::Digest(a.descriptor.digest.clone())).await?;
             let manifest = Manifest::parse(&m.bytes)?;
             for l in manifest.layers {
-                let bytes = self.read_blob(ns, repo, &l.digest).await?;
+                let (bytes, refusal) = match self.read_payload(ns, repo, &l, reading).await? {
+                    Ok(bytes) => (bytes, None),
+                    Err(refusal) => (bytes::Bytes::new(), Some(refusal)),
+                };
                 let annotations: HashMap<String, String> = l
                     .annotations
                     .unwrap_or_default()
                     .into_iter()
                     .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
                     .collect();
-                out.push(Layer { digest: l.digest, media_type: l.media_type, annotations, bytes });
+                out.push(Layer { digest: l.digest, media_type: l.media_type, annotations, bytes, refusal });
             }
         }
         Ok(out)
     }
 
-    async fn read_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<bytes::Bytes> {
-        self.cache.ensure_blob(ns, repo, digest).await?;
-        self.cache.store().read_small(digest).await?.ok_or_else(|| RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}")))
+    /// A layer's payload, or why it is not read: over [`MAX_PAYLOAD`] (as declared, or as
+    /// stored), or beyond [`MAX_LAYERS`] / [`MAX_READ`] for this verification.
+    async fn read_payload(&self, ns: &str, repo: &RepoName, layer: &crate::manifest::Descriptor, reading: &mut Reading) -> Result<std::result::Result<bytes::Bytes, String>> {
+        reading.layers += 1;
+        if reading.layers > MAX_LAYERS {
+            return Ok(Err(format!("not read: one verification reads at most {MAX_LAYERS} layers")));
+        }
+        let too_large = |size: u64| format!("payload is {size} bytes, over the {} MiB limit", MAX_PAYLOAD >> 20);
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        if declared > MAX_PAYLOAD {
+            return Ok(Err(too_large(declared)));
+        }
+        self.cache.ensure_blob(ns, repo, &layer.digest).await?;
+        let unknown = || RegistryError::of(Code::BlobUnknown, format!("blob unknown: {}", layer.digest));
+        let size = self.cache.store().blob_size(&layer.digest).await?.ok_or_else(unknown)?;
+        if size > MAX_PAYLOAD {
+            return Ok(Err(too_large(size)));
+        }
+        if reading.bytes + size > MAX_READ {
+            return Ok(Err(format!("not read: one verification reads at most {} MiB", MAX_READ >> 20)));
+        }
+        reading.bytes += size;
+        Ok(Ok(self.cache.store().read_small(&layer.digest).await?.ok_or_else(unknown)?))
     }
 }
 
@@ -360,6 +414,8 @@ struct Layer {
     media_type: String,
     annotations: HashMap<String, String>,
     bytes: bytes::Bytes,
+    /// Why its payload was not read (too large), if it was not.
+    refusal: Option<String>,
 }
 
 fn verdict(layer: &Layer, signer: Option<&str>, verified: bool, reason: impl Into<String>) -> LayerVerdict {
@@ -370,6 +426,9 @@ fn verdict(layer: &Layer, signer: Option<&str>, verified: bool, reason: impl Int
 /// `proxy_path` (`<namespace>/<repo>`) also matches signatures pushed through the proxy, which
 /// name the image as `<proxy host>/<namespace>/<repo>`.
 fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_path: &str, req: &Requirement) -> LayerVerdict {
+    if let Some(refusal) = &layer.refusal {
+        return verdict(layer, None, false, refusal.clone());
+    }
     if layer.media_type != SIMPLE_SIGNING {
         return verdict(layer, None, false, format!("not a simple-signing layer ({})", layer.media_type));
     }
@@ -418,6 +477,9 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 /// Checks one DSSE attestation layer: envelope signature, statement subject, predicate type.
 fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (LayerVerdict, Option<Statement>) {
     let fail = |k: Option<&str>, r: String| (verdict(layer, k, false, r), None);
+    if let Some(refusal) = &layer.refusal {
+        return fail(None, refusal.clone());
+    }
     let envelope: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
         Ok(v) => v,
         Err(e) => return fail(None, format!("envelope is not JSON: {e}")),
@@ -478,6 +540,9 @@ enum BundleOutcome {
 /// Checks one Sigstore bundle layer: a message signature over the image manifest
 /// (`manifest`), or a DSSE statement about it (a cosign signature statement, or an attestation).
 fn check_bundle(layer: &Layer, digest: &Digest, manifest: &[u8], req: &Requirement) -> BundleOutcome {
+    if let Some(refusal) = &layer.refusal {
+        return BundleOutcome::Signature(verdict(layer, None, false, refusal.clone()));
+    }
     let b = match bundle::Bundle::parse(&layer.bytes) {
         Ok(b) => b,
         Err(e) => return BundleOutcome::Signature(verdict(layer, None, false, e)),

@@ -65,6 +65,14 @@ pub struct AttachmentSet {
     pub items: Vec<Attachment>,
 }
 
+impl AttachmentSet {
+    /// Roughly the memory a set takes (annotations come from the upstream), for cache weighers.
+    pub fn weight(&self) -> usize {
+        let annotations = |d: &Descriptor| d.annotations.as_ref().map_or(0, |a| a.iter().map(|(k, v)| k.len() + v.to_string().len() + 32).sum());
+        64 + self.items.iter().map(|a| 256 + a.descriptor.media_type.len() + a.descriptor.artifact_type.as_ref().map_or(0, String::len) + annotations(&a.descriptor)).sum::<usize>()
+    }
+}
+
 type SetKey = (String, RepoName, Digest);
 
 /// Resolves, caches and serves the attachments of proxied images.
@@ -85,7 +93,11 @@ impl Attachments {
             cache,
             kinds,
             flights: SingleFlight::default(),
-            sets: moka::future::Cache::builder().max_capacity(100_000).time_to_live(SET_TTL).build(),
+            sets: moka::future::Cache::builder()
+                .weigher(|_, set: &Arc<AttachmentSet>| u32::try_from(set.weight()).unwrap_or(u32::MAX))
+                .max_capacity(32 << 20)
+                .time_to_live(SET_TTL)
+                .build(),
             wait: config.cache.attachment_wait.0,
             fetching: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
         })

@@ -22,9 +22,11 @@ pub enum Access {
     Write,
 }
 
-/// Failed sign-ins one client address may make within [`FAILURE_WINDOW`] before its further
-/// attempts are answered 429 until the window ends.
+/// Failed sign-ins one client address may make as one user within [`FAILURE_WINDOW`] before its
+/// further attempts as that user are answered 429 until the window ends.
 const FAILURES_PER_WINDOW: u32 = 10;
+/// Failed sign-ins one client address may make as anyone within [`FAILURE_WINDOW`].
+const ADDRESS_FAILURES_PER_WINDOW: u32 = 100;
 /// The window of [`FAILURES_PER_WINDOW`].
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// How long credentials found wrong are answered wrong again without a bcrypt check.
@@ -41,8 +43,8 @@ pub struct Auth {
     verified: moka::sync::Cache<[u8; 32], String>,
     /// Credentials found wrong lately (by a hash of them), answered without bcrypt.
     failed: moka::sync::Cache<[u8; 32], ()>,
-    /// Failed sign-ins per client address in the current window.
-    failures: moka::sync::Cache<IpAddr, Arc<Window>>,
+    /// Failed sign-ins per client address and user name, and per address, in the current window.
+    failures: moka::sync::Cache<(IpAddr, Option<String>), Arc<Window>>,
     checker: Checker,
 }
 
@@ -99,7 +101,7 @@ impl Auth {
             return Ok(Some(u));
         }
         let address = client_address(client);
-        self.check_rate(address)?;
+        self.check_rate(address, user)?;
         if self.failed.contains_key(&key) {
             return Err(self.failure(address, client, user, "failed sign-in (the same credentials again)"));
         }
@@ -115,20 +117,25 @@ impl Auth {
         Ok(Some(user.to_string()))
     }
 
-    /// Refuses a client address that failed too often in the current window.
-    fn check_rate(&self, address: IpAddr) -> Result<()> {
-        let Some(w) = self.failures.get(&address) else { return Ok(()) };
-        if w.count.load(Ordering::Relaxed) < FAILURES_PER_WINDOW {
-            return Ok(());
+    /// Refuses a client address that failed too often in the current window, as this user or
+    /// as anyone.
+    fn check_rate(&self, address: IpAddr, user: &str) -> Result<()> {
+        for (key, limit) in [((address, Some(user.to_string())), FAILURES_PER_WINDOW), ((address, None), ADDRESS_FAILURES_PER_WINDOW)] {
+            let Some(w) = self.failures.get(&key) else { continue };
+            if w.count.load(Ordering::Relaxed) >= limit {
+                let wait = FAILURE_WINDOW.saturating_sub(w.started.elapsed()).as_secs().max(1);
+                return Err(RegistryError::of(Code::TooManyRequests, "too many failed sign-ins from this address; try again later").with_retry_after(Some(wait)));
+            }
         }
-        let wait = FAILURE_WINDOW.saturating_sub(w.started.elapsed()).as_secs().max(1);
-        Err(RegistryError::of(Code::TooManyRequests, "too many failed sign-ins from this address; try again later").with_retry_after(Some(wait)))
+        Ok(())
     }
 
     /// Counts and logs a failed sign-in (user and client, never the password); the error.
     fn failure(&self, address: IpAddr, client: &str, user: &str, what: &str) -> RegistryError {
-        let window = self.failures.get_with(address, || Arc::new(Window { started: Instant::now(), count: AtomicU32::new(0) }));
-        window.count.fetch_add(1, Ordering::Relaxed);
+        for key in [(address, Some(user.to_string())), (address, None)] {
+            let window = self.failures.get_with(key, || Arc::new(Window { started: Instant::now(), count: AtomicU32::new(0) }));
+            window.count.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(%client, user = %user, "{what}");
         unauthorized("authentication failed")
     }
@@ -294,6 +301,7 @@ mod tests {
         assert!(e.retry_after.is_some_and(|s| (1..=60).contains(&s)));
         assert!(a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:5").await.is_ok(), "known credentials still pass");
         assert_eq!(a.authenticate(Some(&basic("alice", "nope")), "10.0.0.2:1").await.unwrap_err().code, Code::Unauthorized, "other addresses are not affected");
+        assert_eq!(a.authenticate(Some(&basic("ci", "nope")), "10.0.0.1:7").await.unwrap_err().code, Code::Unauthorized, "nor other users of the address");
     }
 
     #[test]

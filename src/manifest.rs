@@ -88,10 +88,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Parses manifest bytes, rejecting what is not a schema 2 manifest or index.
+    /// Parses manifest bytes, rejecting what is not a schema 2 manifest or index, and what other
+    /// clients would read differently (see [`check_keys`]).
     pub fn parse(bytes: &[u8]) -> Result<Manifest, RegistryError> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| RegistryError::of(Code::ManifestInvalid, format!("manifest is not valid: {e}")))?;
+        let invalid = |e: serde_json::Error| RegistryError::of(Code::ManifestInvalid, format!("manifest is not valid: {e}"));
+        check_keys(bytes).map_err(invalid)?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
         if m.schema_version != 2 {
             return Err(RegistryError::of(Code::ManifestInvalid, "only schemaVersion 2 manifests are supported"));
         }
@@ -129,6 +131,89 @@ impl Manifest {
             _ => OCI_MANIFEST,
         }
     }
+}
+
+/// Field names of manifests, descriptors and platforms.
+const FIELDS: [&str; 19] = [
+    "schemaVersion", "mediaType", "config", "layers", "manifests", "subject", "artifactType", "annotations", "digest", "size",
+    "platform", "urls", "data", "architecture", "os", "variant", "os.version", "os.features", "features",
+];
+
+/// A key as Go's `encoding/json` matches it to a field: case-insensitively, `ſ` as `s` and the
+/// Kelvin sign as `k`.
+fn fold(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Refuses JSON that Go clients (containerd, Docker, podman) would read differently from this
+/// proxy: two keys of one object that fold to the same name (Go takes the last, whatever its
+/// case), or a key that folds to a field name without being it (`"Layers"`, `"layerſ"`), at any
+/// depth but inside annotations.
+pub fn check_keys(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Keys;
+    impl<'de> DeserializeSeed<'de> for Keys {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Keys)
+        }
+    }
+    impl<'de> Visitor<'de> for Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen: Vec<String> = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let folded = fold(&key);
+                if seen.contains(&folded) {
+                    return Err(serde::de::Error::custom(format!("key {key:?} appears twice (in some spelling)")));
+                }
+                if let Some(field) = FIELDS.iter().find(|f| fold(f) == folded && **f != key) {
+                    return Err(serde::de::Error::custom(format!("key {key:?} is not {field:?}")));
+                }
+                seen.push(folded);
+                if key == "annotations" {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    map.next_value_seed(Keys)?;
+                }
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Keys)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Keys.deserialize(&mut de)?;
+    de.end()
 }
 
 /// Whether a tag names a cosign attachment or a referrers fallback index: `sha256-<hex>[.kind]`.
@@ -203,6 +288,25 @@ mod tests {
         assert_eq!(signature.attaches_to(Some("latest")), None, "a signature nothing names");
         let referrer = manifest(&layer("application/vnd.dev.sigstore.bundle.v0.3+json"), &format!(",{subject}"));
         assert_eq!(referrer.attaches_to(None).unwrap().hex(), "c".repeat(64), "a bundle referring to its subject");
+    }
+
+    #[test]
+    fn json_that_go_clients_read_otherwise_is_refused() {
+        let layer = |t: &str| format!(r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#, "d".repeat(64));
+        let sig = layer("application/vnd.dev.cosign.simplesigning.v1+json");
+        let tar = layer("application/vnd.oci.image.layer.v1.tar+gzip");
+        let config = format!(r#""config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}}"#, "e".repeat(64));
+        let ok = format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"annotations":{{"Layers":"x","layers":"y"}}}}"#);
+        assert!(Manifest::parse(ok.as_bytes()).is_ok(), "annotations may hold any keys");
+        for bad in [
+            format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"Layers":[{tar}]}}"#),
+            format!(r#"{{"schemaVersion":2,{config},"layer\u017f":[{tar}],"layers":[{sig}]}}"#),
+            format!(r#"{{"schemaVersion":2,{config},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","MediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":2}}]}}"#, "d".repeat(64)),
+            format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"layers":[{tar}]}}"#),
+            format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"\u212aind":1,"kind":2}}"#),
+        ] {
+            assert_eq!(Manifest::parse(bad.as_bytes()).unwrap_err().code, Code::ManifestInvalid, "{bad}");
+        }
     }
 
     #[test]

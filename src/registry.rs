@@ -69,7 +69,6 @@ impl Registry {
         let attaches_to = m.attachment.then(|| m.subject.clone().or_else(|| tag_subject(reference))).flatten();
         let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes, attaches_to };
         self.admit(caller, false, ns, repo, decided).await?;
-        self.cache.link_references(ns, repo, &m);
         Ok(m)
     }
 
@@ -150,10 +149,14 @@ impl Registry {
         }
     }
 
-    /// Asks the policies in scope about a manifest; a rejection is `DENIED`.
-    async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: Decided<'_>) -> Result<()> {
+    /// Asks the policies in scope about a manifest; a rejection is `DENIED`. What claims to be
+    /// an attachment is decided as one only if its layers' bytes agree.
+    async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, mut m: Decided<'_>) -> Result<()> {
         if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
+        }
+        if m.attaches_to.is_some() && !self.cache.payloads_are_inert(ns, repo, m.digest, m.bytes).await {
+            m.attaches_to = None;
         }
         let subject = self.subject(caller, push, ns, repo, &m);
         self.policies.check(&subject).await

@@ -73,6 +73,9 @@ pub struct Limits {
     pub header: Duration,
     /// How long a connection with no request in flight stays open.
     pub idle: Duration,
+    /// How long a response may make no progress (a client not reading) before its connection
+    /// is dropped.
+    pub stall: Duration,
     /// The most client connections open at once; beyond it new ones wait to be accepted.
     pub max_connections: usize,
 }
@@ -85,6 +88,7 @@ impl Limits {
             grace: server.shutdown_grace.0,
             header: server.header_timeout.0,
             idle: server.idle_timeout.0,
+            stall: server.body_timeout.0,
             max_connections: server.max_connections.unwrap_or_else(|| default_max_connections(fd_limit())),
         }
     }
@@ -115,11 +119,54 @@ pub fn fd_limit() -> u64 {
     lim.rlim_cur as u64
 }
 
-/// What a connection is doing, for closing it once idle.
+/// What a connection is doing, for closing it once idle and dropping it once stalled.
 struct Activity {
     in_flight: AtomicUsize,
     requests: AtomicUsize,
     last: std::sync::Mutex<Instant>,
+    /// Responses handed to the connection and not yet done with.
+    responding: AtomicUsize,
+    /// When a response last sent a chunk (or started).
+    progress: std::sync::Mutex<Instant>,
+    /// Woken when a request or response starts or ends.
+    changed: tokio::sync::Notify,
+}
+
+/// Why a connection is ended by the server.
+enum Ending {
+    /// No request in flight for its limit: closed gracefully.
+    Idle,
+    /// A response made no progress for the stall limit (the client does not read): dropped.
+    Stalled,
+}
+
+/// A response being sent: its progress is the connection's.
+struct Responding {
+    activity: Arc<Activity>,
+    _request: InFlight,
+}
+
+impl Responding {
+    fn new(request: InFlight) -> Responding {
+        let activity = Arc::clone(&request.0);
+        activity.responding.fetch_add(1, Ordering::SeqCst);
+        *activity.progress.lock().expect("activity lock") = Instant::now();
+        activity.changed.notify_one();
+        Responding { activity, _request: request }
+    }
+}
+
+impl crate::http::body::Watch for Responding {
+    fn progressed(&self) {
+        *self.activity.progress.lock().expect("activity lock") = Instant::now();
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.activity.responding.fetch_sub(1, Ordering::SeqCst);
+        self.activity.changed.notify_one();
+    }
 }
 
 /// One request of a connection, in flight until its response body is done with.
@@ -129,31 +176,56 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         *self.0.last.lock().expect("activity lock") = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
     }
 }
 
 impl Activity {
     fn new() -> Arc<Activity> {
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), requests: AtomicUsize::new(0), last: std::sync::Mutex::new(Instant::now()) })
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+            responding: AtomicUsize::new(0),
+            progress: std::sync::Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
+        })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
-    /// Resolves once the connection has had no request in flight for its limit: the header
-    /// timeout until a first request arrives, the idle timeout after.
-    async fn idle(&self, limits: Limits) {
+    /// Resolves once the connection has had no request in flight for its limit (the header
+    /// timeout until a first request arrives, the idle timeout after), or once a response it
+    /// sends has made no progress for the stall limit.
+    async fn ending(&self, limits: Limits) -> Ending {
         loop {
-            let limit = if self.requests.load(Ordering::SeqCst) == 0 { limits.header } else { limits.idle };
-            let quiet = self.last.lock().expect("activity lock").elapsed();
-            let busy = self.in_flight.load(Ordering::SeqCst) > 0;
-            if !busy && quiet >= limit {
-                return;
+            let wait = if self.in_flight.load(Ordering::SeqCst) > 0 {
+                let still = self.progress.lock().expect("activity lock").elapsed();
+                if self.responding.load(Ordering::SeqCst) == 0 {
+                    limits.stall // the handler is at work
+                } else if still >= limits.stall {
+                    return Ending::Stalled;
+                } else {
+                    limits.stall - still
+                }
+            } else {
+                let limit = if self.requests.load(Ordering::SeqCst) == 0 { limits.header } else { limits.idle };
+                let quiet = self.last.lock().expect("activity lock").elapsed();
+                if quiet >= limit {
+                    return Ending::Idle;
+                }
+                limit - quiet
+            };
+            // looked at again when the time is up, or when a request or response starts or ends
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.changed.notified() => {}
             }
-            tokio::time::sleep(if busy { limit } else { limit - quiet }).await;
         }
     }
 }
@@ -269,7 +341,7 @@ impl Connection {
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let (api, in_flight) = (Arc::clone(&api), tracked.begin());
             req.extensions_mut().insert(ClientAddr(peer));
-            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await.map(|b| b.held_with(in_flight))) }
+            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await.map(|b| b.watched(Responding::new(in_flight)))) }
         });
         let conn = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
         tokio::pin!(conn);
@@ -292,12 +364,18 @@ impl Connection {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = activity.idle(self.limits), if !closing => {
-                    tracing::debug!(%peer, "idle connection closed");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                    idle_close = Some(Box::pin(tokio::time::sleep(self.limits.header)));
-                }
+                ending = activity.ending(self.limits), if !closing => match ending {
+                    Ending::Idle => {
+                        tracing::debug!(%peer, "idle connection closed");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        idle_close = Some(Box::pin(tokio::time::sleep(self.limits.header)));
+                    }
+                    Ending::Stalled => {
+                        tracing::info!(%peer, "a response made no progress (the client does not read); connection dropped");
+                        return;
+                    }
+                },
                 () = async { idle_close.as_mut().expect("set").await }, if idle_close.is_some() => {
                     tracing::debug!(%peer, "idle connection dropped");
                     return;

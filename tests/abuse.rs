@@ -392,3 +392,66 @@ fn a_cached_layer_asked_for_as_a_manifest_is_never_read_into_memory() {
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
     assert!(grown < 48 << 10, "asking for a layer as a manifest grew the proxy by {grown} KiB");
 }
+
+#[test]
+fn a_flood_of_tag_list_requests_asks_the_upstream_once_per_tag_ttl() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "tags", layers: &[100], tag: "v1" });
+    reg.push(&img, "team/app:v1");
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "[cache]\ntag_ttl = \"1h\"\n");
+    let askers: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("{}/v2/up/team/app/tags/list", proxy.url());
+            std::thread::spawn(move || http().get(url).send().unwrap().json::<serde_json::Value>().unwrap())
+        })
+        .collect();
+    for a in askers {
+        assert_eq!(a.join().unwrap()["tags"], serde_json::json!(["v1"]));
+    }
+    assert_eq!(reg.count_settled("GET", "/team/app/tags/list", 1), 1, "one upstream request for twenty clients");
+}
+
+#[test]
+fn clients_that_never_read_their_downloads_are_dropped_after_body_timeout() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let layer = push_blob(&reg, "team/app", &image::noise("never read", 64 << 20));
+    let proxy = Proxy::start_with_server(
+        &t.path().join("proxy"),
+        "body_timeout = \"2s\"\nmax_connections = 2\n",
+        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+    );
+    let url = format!("{}/v2/up/team/app/blobs/{layer}", proxy.url());
+    assert_eq!(sha256(&http().get(&url).send().unwrap().bytes().unwrap()), layer, "cached");
+    // two connections take every slot, ask for the blob, read its first bytes and stop
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(&proxy.addr);
+            write!(s, "GET /v2/up/team/app/blobs/{layer} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let r = http().get(format!("{}/v2/", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 200, "served once a stalled connection was dropped");
+    assert!(started.elapsed() < Duration::from_secs(2) + MARGIN, "{:?}", started.elapsed());
+    wait_for("both stalled connections dropped, as the log says", MARGIN, || proxy.log().matches("the client does not read").count() == 2);
+    // the stalled clients find their connections closed before the whole blob arrived
+    for s in &mut stalled {
+        let mut got = 12usize;
+        let mut buf = vec![0u8; 1 << 20];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert!(got < 64 << 20, "{got} bytes");
+    }
+}

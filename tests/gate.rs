@@ -152,6 +152,31 @@ fn runnable_images_dressed_as_attachments_are_refused_and_real_attachments_pass(
     assert_eq!(s.get(&format!("up/demo/app/manifests/{bundle}")).0, 200, "a cosign v3 bundle referrer is admitted");
 }
 
+#[test]
+fn manifests_that_only_claim_to_be_attachments_are_decided_as_images() {
+    let s = setup("\"up/*\"");
+    let signed = s.image("demo/app", "signed2", "v1");
+    let evil = s.image("demo/app", "evil2", "unsigned");
+    let layer = &evil.layers[0];
+    let size = evil.blob(layer).len();
+    let config = serde_json::json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": evil.config_digest, "size": evil.blob(&evil.config_digest).len()});
+    let subject = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": signed.digest, "size": signed.manifest.len()});
+    // the image's tar+gzip layer declared as a cosign signature payload: podman unpacks by content
+    let relabelled = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "subject": subject,
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": layer, "size": size}]}).to_string();
+    push_manifest(&s.reg, "demo/app", "relabelled", OCI_MANIFEST, relabelled.as_bytes());
+    assert_refused_by_policy(s.get("up/demo/app/manifests/relabelled"), "a filesystem layer labelled as a signature payload");
+    // a signature layer for this proxy, the real layer for Go clients (they match keys case-insensitively, the last wins)
+    let sig = push_blob(&s.reg, "demo/app", br#"{"critical":{}}"#);
+    let twofaced = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{config},"subject":{subject},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"{sig}","size":15}}],"Layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":{size}}}]}}"#
+    );
+    push_manifest(&s.reg, "demo/app", "twofaced", OCI_MANIFEST, twofaced.as_bytes());
+    let (status, body) = s.get("up/demo/app/manifests/twofaced");
+    assert_ne!(status, 200, "a manifest Go clients read differently is never served: {body}");
+    assert!(body.contains("Layers"), "the reason names the key: {body}");
+}
+
 /// Pushes a cosign v3 style Sigstore bundle referrer of `img` upstream; its digest.
 fn push_bundle(reg: &Registry, repo: &str, img: &OciImage) -> String {
     let empty = push_blob(reg, repo, b"{}");
@@ -195,7 +220,8 @@ fn a_private_upstreams_content_is_not_readable_under_any_other_name() {
     std::fs::create_dir_all(&private_dir).unwrap();
     std::fs::write(private_dir.join("htpasswd"), format!("puller:{}\n", bcrypt::hash("pull-pw", 5).unwrap())).unwrap();
     let private = Registry::start_with(&private_dir, &format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", private_dir.join("htpasswd").display()));
-    let public = Registry::start(&t.path().join("public"));
+    // the public upstream accepts foreign layers (as distribution does when told to allow their URLs)
+    let public = Registry::start_with(&t.path().join("public"), "validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n");
     let img = build_image(&t.path().join("img"), &ImageSpec { seed: "private", layers: &[5000], tag: "v1" });
     skopeo(&["copy", "-q", "--dest-tls-verify=false", "--dest-creds", "puller:pull-pw", &format!("oci:{}:v1", img.dir.display()), &format!("docker://{}/secret/app:v1", private.host())]).success();
     std::fs::write(t.path().join("pw"), "pull-pw\n").unwrap();
@@ -232,6 +258,22 @@ fn a_private_upstreams_content_is_not_readable_under_any_other_name() {
         assert_eq!(anonymous(reqwest::Method::GET, &url), (404, "MANIFEST_UNKNOWN".into()), "GET {url}");
         assert_eq!(anonymous(reqwest::Method::HEAD, &url).0, 404, "HEAD {url}");
     }
+    // ...nor through a manifest of its own naming the digest as a foreign layer, which the
+    // public upstream accepts without holding it
+    let config_bytes = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config = push_blob(&public, "attacker/x", config_bytes);
+    let foreign = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": config_bytes.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "digest": img.layers[0], "size": 5000, "urls": ["https://example.invalid/layer"]}],
+    })
+    .to_string();
+    push_manifest(&public, "attacker/x", "v1", "application/vnd.docker.distribution.manifest.v2+json", foreign.as_bytes());
+    let r = http().get(format!("{base}/v2/public/attacker/x/manifests/v1")).header("accept", "application/vnd.docker.distribution.manifest.v2+json").send().unwrap();
+    assert_eq!(r.status(), 200, "the attacker's manifest is served");
+    let url = format!("{base}/v2/public/attacker/x/blobs/{}", img.layers[0]);
+    assert_eq!(anonymous(reqwest::Method::GET, &url), (404, "BLOB_UNKNOWN".into()), "a manifest naming a digest does not make it readable");
     // ...nor by mounting it into a repository of its own
     let r = http()
         .post(format!("{base}/v2/internal/mine/blobs/uploads/?mount={}&from=public/secret/app", img.layers[0]))

@@ -50,15 +50,21 @@ impl Cache {
     /// Streams a blob (or a range of it): stored, else from the one upstream fill.
     pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Wanted) -> Result<(ServedBlob, Option<ByteRange>)> {
         let (name, upstream) = self.namespace(ns)?;
-        if !self.links.contains(&name, repo, Kind::Blob, digest).await? {
+        // the stored copy is served only where it belongs: linked, or (held for another
+        // repository) confirmed by this one's upstream; otherwise this repository's own fill
+        // decides, whatever another repository's fill stores meanwhile
+        let mut belongs = self.links.contains(&name, repo, Kind::Blob, digest).await?;
+        if !belongs && self.store.blob_size(digest).await?.is_some() {
             let Some(up) = &upstream else { return Err(blob_unknown(digest)) };
-            // held here but not known to belong: the upstream repository must have it too
-            if self.store.blob_size(digest).await?.is_some() && !self.confirm(up, repo, Kind::Blob, digest).await? {
+            if !self.confirm(up, repo, Kind::Blob, digest).await? {
                 return Err(blob_unknown(digest));
             }
+            belongs = true;
         }
-        if let Some(found) = self.local_blob(digest, range).await? {
-            return Ok(found);
+        if belongs {
+            if let Some(found) = self.local_blob(digest, range).await? {
+                return Ok(found);
+            }
         }
         let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
         if self.low_on_space() && !self.filling(&upstream, digest) {

@@ -1,7 +1,8 @@
 //! Which repositories each manifest and blob belongs to. Content is served under
 //! `<namespace>/<repository>` only where it is known to belong: fetched from that upstream
-//! repository, referenced by a manifest admitted there, confirmed there by the upstream, or
-//! pushed or mounted there.
+//! repository, confirmed there by the upstream, or pushed or mounted there. What a manifest
+//! merely names is not linked: an upstream may accept a manifest naming blobs it does not hold
+//! (foreign layers), and one repository's manifest must not open another's content.
 //!
 //! A link is an empty record, `links/<ns>/<repo>/_manifests|_blobs/<alg>-<hex>` for what the
 //! upstream showed (not synced: it can be learnt again), and the push records'
@@ -39,8 +40,6 @@ pub struct Links {
     store: Arc<dyn Store>,
     /// Known answers (present or absent), by a hash of the link.
     known: moka::sync::Cache<[u8; 16], bool>,
-    /// Manifests whose references were linked to a repository, by the same hash.
-    expanded: moka::sync::Cache<[u8; 16], ()>,
 }
 
 /// The memory key of a link: a hash, so an entry costs the same whatever the names' length.
@@ -62,17 +61,7 @@ fn record(root: &str, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) ->
 impl Links {
     /// Links over a store, with up to `capacity` answers kept in memory.
     pub fn new(store: Arc<dyn Store>, capacity: u64) -> Links {
-        Links { store, known: moka::sync::Cache::new(capacity), expanded: moka::sync::Cache::new(capacity / 4) }
-    }
-
-    /// True the first time (while remembered) a manifest's references are linked to a repository.
-    pub fn expand_once(&self, ns: &str, repo: &RepoName, manifest: &Digest) -> bool {
-        let key = memory_key(ns, repo, Kind::Manifest, manifest);
-        if self.expanded.contains_key(&key) {
-            return false;
-        }
-        self.expanded.insert(key, ());
-        true
+        Links { store, known: moka::sync::Cache::new(capacity) }
     }
 
     /// Whether `digest` belongs to `<ns>/<repo>` as a `kind`.
@@ -88,8 +77,12 @@ impl Links {
                 break;
             }
         }
-        self.known.insert(key, found);
-        Ok(found)
+        if found {
+            self.known.insert(key, true);
+            return Ok(true);
+        }
+        // a link remembered meanwhile (a push) is never overwritten by this look-up's absence
+        Ok(self.known.entry(key).or_insert(false).into_value())
     }
 
     /// Remembers a link in memory; true when it was not known to hold already (the caller then

@@ -125,6 +125,8 @@ pub struct Cache {
     manifests: moka::future::Cache<Digest, Bytes>,
     /// The facts of each manifest served, so that serving one does not parse it each time.
     facts: moka::sync::Cache<Digest, ManifestFacts>,
+    /// Attachment manifests whose layers were looked at: inert payloads or not.
+    inert: moka::sync::Cache<Digest, bool>,
     tags: moka::future::Cache<TagKey, TagRecord>,
     /// Upstream tag lists, for `tag_ttl`, weighed by their size.
     tag_lists: moka::future::Cache<(String, RepoName), Arc<Option<Vec<String>>>>,
@@ -181,6 +183,7 @@ impl Cache {
                 .max_capacity(memory)
                 .build(),
             facts: moka::sync::Cache::new(100_000),
+            inert: moka::sync::Cache::new(100_000),
             tags: moka::future::Cache::builder().max_capacity(100_000).build(),
             tag_lists: moka::future::Cache::builder()
                 .weigher(|_, v: &Arc<Option<Vec<String>>>| {
@@ -272,11 +275,12 @@ impl Cache {
         self.pins.lease(digest).await
     }
 
-    /// Marks a leased blob as pushed content, durably: it is never evicted.
+    /// Marks a leased blob as pushed content, durably: it is never evicted, and a copy stored
+    /// earlier as cache (without a sync) is synced now.
     pub async fn pin(&self, lease: &Lease<'_>) -> Result<()> {
+        self.store.sync_blob(lease.digest()).await?;
         self.records.pin(lease.digest()).await?;
-        self.pins.pin(lease);
-        self.lru.remove(lease.digest());
+        self.pins.pin(lease, || self.lru.remove(lease.digest()));
         Ok(())
     }
 
@@ -492,21 +496,37 @@ impl Cache {
         Ok(found)
     }
 
-    /// Links what an admitted manifest references (config, layers, child manifests) to its
-    /// repository, once per manifest and repository: a pull that was admitted there may fetch
-    /// them there. A manifest refused by a policy never gets here.
-    pub fn link_references(&self, ns: &str, repo: &RepoName, m: &ServedManifest) {
-        let Some(name) = self.canonical_namespace(ns) else { return };
-        if !self.links.expand_once(name, repo, &m.digest) {
-            return;
+    /// Whether every layer of a manifest that claims to be an attachment is a payload by its
+    /// bytes, not an archive or executable dressed as one: each layer is fetched from the
+    /// repository if need be and its first bytes looked at. Remembered per manifest once known.
+    pub async fn payloads_are_inert(&self, ns: &str, repo: &RepoName, digest: &Digest, bytes: &Bytes) -> bool {
+        if let Some(known) = self.inert.get(digest) {
+            return known;
         }
-        let Ok(parsed) = Manifest::parse(&m.bytes) else { return };
-        for d in parsed.config.iter().chain(&parsed.layers) {
-            self.link(name, repo, Kind::Blob, &d.digest);
+        let Ok(parsed) = Manifest::parse(bytes) else { return false };
+        for layer in &parsed.layers {
+            if self.ensure_blob(ns, repo, &layer.digest).await.is_err() {
+                return false; // not known now; asked again next time
+            }
+            let head = match self.store.read_blob(&layer.digest, 0, Some(512)).await {
+                Ok(Some(mut body)) => {
+                    use futures_util::StreamExt;
+                    match body.next().await {
+                        Some(Ok(chunk)) => chunk.slice(..chunk.len().min(512)),
+                        None => Bytes::new(),
+                        Some(Err(_)) => return false,
+                    }
+                }
+                _ => return false,
+            };
+            if portcullis_classify::looks_like_archive(&head) {
+                tracing::warn!(%repo, %digest, layer = %layer.digest, "an attachment's layer is an archive or executable: decided as an image");
+                self.inert.insert(digest.clone(), false);
+                return false;
+            }
         }
-        for child in &parsed.manifests {
-            self.link(name, repo, Kind::Manifest, &child.digest);
-        }
+        self.inert.insert(digest.clone(), true);
+        true
     }
 
     /// Links pushed (or mounted) content to a repository, durably: the push record first.
@@ -526,10 +546,7 @@ impl Cache {
 
     /// Counts a newly stored cached blob towards the size cap (pushed content is never evicted).
     fn index_cached(&self, digest: &Digest, size: u64) {
-        if self.pins.is_pinned(digest) {
-            return;
-        }
-        self.lru.insert(digest.clone(), size);
+        self.pins.unless_pinned(digest, || self.lru.insert(digest.clone(), size));
         self.evict_if_needed();
     }
 

@@ -54,11 +54,6 @@ impl Pins {
         Pins { state: Mutex::new(State { pinned: pinned.into_iter().collect(), ..State::default() }), evicted: tokio::sync::Notify::new() }
     }
 
-    /// Whether a blob is pinned.
-    pub fn is_pinned(&self, digest: &Digest) -> bool {
-        self.state.lock().expect("pins lock").pinned.contains(digest)
-    }
-
     /// Keeps a blob from eviction until the lease is dropped; waits while an eviction of it is
     /// under way (afterwards the blob is simply not there).
     pub async fn lease(&self, digest: &Digest) -> Lease<'_> {
@@ -77,9 +72,21 @@ impl Pins {
         }
     }
 
-    /// Pins a leased blob (its durable record already written): never evicted from now on.
-    pub fn pin(&self, lease: &Lease<'_>) {
-        self.state.lock().expect("pins lock").pinned.insert(lease.digest.clone());
+    /// Pins a leased blob (its durable record already written): never evicted from now on;
+    /// `then` runs under the same lock (to take it out of the eviction index).
+    pub fn pin(&self, lease: &Lease<'_>, then: impl FnOnce()) {
+        let mut s = self.state.lock().expect("pins lock");
+        s.pinned.insert(lease.digest.clone());
+        then();
+    }
+
+    /// Runs `f` (to put a blob in the eviction index) unless the blob is pinned, under the lock
+    /// that pinning takes: a blob pinned meanwhile is never left in the index.
+    pub fn unless_pinned(&self, digest: &Digest, f: impl FnOnce()) {
+        let s = self.state.lock().expect("pins lock");
+        if !s.pinned.contains(digest) {
+            f();
+        }
     }
 
     /// Claims a blob for deletion by the eviction pass: false when it is pinned or leased.
@@ -111,7 +118,7 @@ mod tests {
         assert!(!pins.claim(&Digest::sha256_of(b"pinned")));
         let lease = pins.lease(&a).await;
         assert!(!pins.claim(&a), "a leased blob is not evicted");
-        pins.pin(&lease);
+        pins.pin(&lease, || ());
         drop(lease);
         assert!(!pins.claim(&a), "nor once it is pinned");
 

@@ -38,13 +38,20 @@ pub struct Body {
     sent: u64,
     failed: bool,
     log: Option<RequestLog>,
-    /// Dropped with the body (the connection counts the request in flight until then).
-    held: Option<Box<dyn Send>>,
+    /// Told of each chunk sent, and dropped with the body (the connection watches its
+    /// responses' progress this way).
+    watch: Option<Box<dyn Watch>>,
+}
+
+/// What watches a response's progress: told of every chunk handed to the connection.
+pub trait Watch: Send {
+    /// A chunk was handed to the connection.
+    fn progressed(&self);
 }
 
 impl Body {
     fn new(inner: Inner) -> Body {
-        Body { inner, sent: 0, failed: false, log: None, held: None }
+        Body { inner, sent: 0, failed: false, log: None, watch: None }
     }
 
     /// No body (HEAD, 204).
@@ -62,9 +69,9 @@ impl Body {
         Body::new(Inner::Stream(s))
     }
 
-    /// Holds `value` until the body is dropped.
-    pub fn held_with(mut self, value: impl Send + 'static) -> Body {
-        self.held = Some(Box::new(value));
+    /// Tells `watch` of each chunk sent, and holds it until the body is dropped.
+    pub fn watched(mut self, watch: impl Watch + 'static) -> Body {
+        self.watch = Some(Box::new(watch));
         self
     }
 
@@ -89,6 +96,9 @@ impl http_body::Body for Body {
         match next {
             Poll::Ready(Some(Ok(b))) => {
                 this.sent += b.len() as u64;
+                if let Some(w) = &this.watch {
+                    w.progressed();
+                }
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Poll::Ready(Some(Err(e))) => {

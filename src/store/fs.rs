@@ -205,6 +205,17 @@ impl Store for FsStore {
         .map_err(io::Error::other)?
     }
 
+    async fn sync_blob(&self, digest: &Digest) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || {
+            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else { return Ok(()) };
+            file.sync_all()?;
+            std::fs::File::open(path.parent().expect("blob paths have a parent"))?.sync_all()
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()> {
         not_found_is_none(tokio::fs::remove_file(self.blob_path(digest)).await).map(|_| ())
     }

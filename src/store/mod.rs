@@ -70,6 +70,10 @@ pub trait Store: Send + Sync + 'static {
         stored
     }
 
+    /// Makes a stored blob durable (its bytes and its entry), if it is stored; for content kept
+    /// as cache that a push now relies on.
+    async fn sync_blob(&self, digest: &Digest) -> io::Result<()>;
+
     /// Removes a blob.
     async fn delete_blob(&self, digest: &Digest) -> io::Result<()>;
 

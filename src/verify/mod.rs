@@ -190,6 +190,16 @@ pub struct Verdict {
     pub statements: Vec<Statement>,
 }
 
+impl Verdict {
+    /// Roughly the memory a verdict takes, for the cache's weigher.
+    fn weight(&self) -> usize {
+        let layer = |v: &LayerVerdict| 96 + v.layer.len() + v.reason.len() + v.signer.as_ref().map_or(0, String::len);
+        let layers: usize = self.signatures.iter().chain(&self.attestations).map(layer).sum();
+        let statements: usize = self.statements.iter().map(|s| 64 + s.signer.len() + s.predicate_type.len() + s.statement.to_string().len()).sum();
+        128 + self.reason.len() + layers + statements
+    }
+}
+
 /// Verdicts by (image, requested name, manifest, requirement, attachment set): a change in the
 /// image's attachments makes a new key.
 pub struct VerdictCache {
@@ -203,9 +213,14 @@ impl Default for VerdictCache {
 }
 
 impl VerdictCache {
-    /// An empty cache (100k verdicts, an hour each).
+    /// An empty cache (32 MiB of verdicts, an hour each).
     pub fn new() -> VerdictCache {
-        VerdictCache { inner: moka::future::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(3600)).build() }
+        let inner = moka::future::Cache::builder()
+            .weigher(|key: &String, v: &Arc<Verdict>| u32::try_from(key.len() + v.weight()).unwrap_or(u32::MAX))
+            .max_capacity(32 << 20)
+            .time_to_live(Duration::from_secs(3600))
+            .build();
+        VerdictCache { inner }
     }
 
     /// The key of one verification.
@@ -247,6 +262,8 @@ pub const MAX_READ: u64 = 16 << 20;
 struct Reading {
     layers: usize,
     bytes: u64,
+    /// Whether layers were left unread (beyond [`MAX_LAYERS`]).
+    cut: bool,
 }
 
 /// cosign's `--type` short names and the predicate types they stand for.
@@ -367,6 +384,15 @@ impl Verifier {
             let m = self.cache.manifest(ns, repo, &Reference::Digest(a.descriptor.digest.clone())).await?;
             let manifest = Manifest::parse(&m.bytes)?;
             for l in manifest.layers {
+                if reading.layers >= MAX_LAYERS {
+                    // one refusal stands for all the rest: nothing more is looked at
+                    if !reading.cut {
+                        reading.cut = true;
+                        let refusal = Some(format!("not read: one verification reads at most {MAX_LAYERS} layers"));
+                        out.push(Layer { digest: l.digest, media_type: l.media_type, annotations: HashMap::new(), bytes: bytes::Bytes::new(), refusal });
+                    }
+                    return Ok(out);
+                }
                 let (bytes, refusal) = match self.read_payload(ns, repo, &l, reading).await? {
                     Ok(bytes) => (bytes, None),
                     Err(refusal) => (bytes::Bytes::new(), Some(refusal)),
@@ -387,9 +413,6 @@ impl Verifier {
     /// stored), or beyond [`MAX_LAYERS`] / [`MAX_READ`] for this verification.
     async fn read_payload(&self, ns: &str, repo: &RepoName, layer: &crate::manifest::Descriptor, reading: &mut Reading) -> Result<std::result::Result<bytes::Bytes, String>> {
         reading.layers += 1;
-        if reading.layers > MAX_LAYERS {
-            return Ok(Err(format!("not read: one verification reads at most {MAX_LAYERS} layers")));
-        }
         let too_large = |size: u64| format!("payload is {size} bytes, over the {} MiB limit", MAX_PAYLOAD >> 20);
         let declared = u64::try_from(layer.size).unwrap_or(0);
         if declared > MAX_PAYLOAD {

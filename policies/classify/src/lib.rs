@@ -3,19 +3,29 @@
 //!
 //! The one rule, shared by the proxy and the example policies:
 //! 1. An index (OCI image index, Docker manifest list) is never an attachment.
-//! 2. A manifest with any filesystem layer (a media type under `application/vnd.oci.image.layer.`
-//!    or `application/vnd.docker.image.rootfs.`, or any other `tar` archive) is never an
-//!    attachment, whatever else it says.
-//! 3. Otherwise it is an attachment when every layer (at least one) is an attachment payload
+//! 2. A manifest with any layer a container runtime could unpack or run (a media type under
+//!    `application/vnd.oci.image.layer.` or `application/vnd.docker.image.rootfs.`, any other
+//!    `tar` archive, `application/octet-stream`, WebAssembly) is never an attachment, whatever
+//!    else it says.
+//! 3. Otherwise it is an attachment when it has layers and every one is an attachment payload
 //!    (cosign simple signing, DSSE envelope, in-toto, Sigstore bundle, SPDX, CycloneDX, Syft),
-//!    or when its `artifactType` or config media type names something other than a runnable
-//!    image config (an OCI 1.1 artifact such as a cosign v3 bundle or a Notation signature).
+//!    or when its config is something other than a runnable image config (an OCI 1.1 artifact
+//!    such as a cosign v3 bundle or a Notation signature; an `artifactType` alone does not
+//!    count).
+//!
+//! Media types are what a manifest claims; the proxy also looks at the payload bytes
+//! ([`looks_like_archive`]) before it treats a manifest as an attachment.
 
 /// Media types of manifests that list other manifests.
 const INDEX_TYPES: [&str; 2] = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 
-/// Config media types of runnable images.
-const IMAGE_CONFIG_TYPES: [&str; 2] = ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+/// Config media types a runtime runs: OCI and Docker image configs, the untyped config some
+/// clients accept, WebAssembly module configs.
+fn is_runnable_config(media_type: &str) -> bool {
+    let t = media_type.to_ascii_lowercase();
+    matches!(t.as_str(), "application/vnd.oci.image.config.v1+json" | "application/vnd.docker.container.image.v1+json" | "application/octet-stream")
+        || t.starts_with("application/vnd.wasm.config.")
+}
 
 /// Layer media type prefixes of signatures, attestations and SBOMs.
 const PAYLOAD_PREFIXES: [&str; 8] = [
@@ -42,11 +52,14 @@ pub struct Shape<'a> {
     pub has_manifests: bool,
 }
 
-/// Whether a layer media type is a filesystem layer a container runtime would unpack.
+/// Whether a layer media type is something a container runtime could unpack or run.
 pub fn is_filesystem_layer(media_type: &str) -> bool {
     let t = media_type.to_ascii_lowercase();
     t.starts_with("application/vnd.oci.image.layer.")
         || t.starts_with("application/vnd.docker.image.rootfs.")
+        || t.starts_with("application/octet-stream")
+        || t.starts_with("application/wasm")
+        || t.starts_with("application/vnd.wasm.")
         || t.split(['.', '/', '+', '-', ';']).any(|word| word.trim() == "tar")
 }
 
@@ -70,9 +83,17 @@ pub fn is_attachment<'a>(shape: &Shape<'_>, layers: impl IntoIterator<Item = &'a
         count += 1;
         all_payloads &= is_attachment_payload(layer);
     }
-    let artifact = shape.artifact_type.is_some_and(|t| !t.is_empty() && !IMAGE_CONFIG_TYPES.contains(&t))
-        || shape.config.is_some_and(|c| !IMAGE_CONFIG_TYPES.contains(&c));
+    let artifact = shape.config.is_some_and(|c| !c.is_empty() && !is_runnable_config(c));
     (count > 0 && all_payloads) || artifact
+}
+
+/// Whether the first bytes of a blob are an archive, compressed data or an executable (gzip,
+/// zstd, xz, bzip2, zip, tar, WebAssembly, ELF): never a signature, attestation or SBOM
+/// payload, whatever its media type says. Give it the blob's first 512 bytes (or all of a
+/// shorter blob).
+pub fn looks_like_archive(head: &[u8]) -> bool {
+    const MAGIC: [&[u8]; 8] = [b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"BZh", b"PK\x03\x04", b"\x00asm", b"\x7fELF", b"\x04\x22\x4d\x18"];
+    MAGIC.iter().any(|m| head.starts_with(m)) || head.get(257..262) == Some(b"ustar")
 }
 
 #[cfg(test)]
@@ -112,6 +133,30 @@ mod tests {
         assert!(is_attachment(&notation, ["application/jose+json"]));
         let config_only = image("application/vnd.example.report.v1+json");
         assert!(is_attachment(&config_only, ["application/json"]));
+    }
+
+    #[test]
+    fn an_artifact_type_next_to_a_runnable_config_is_no_attachment() {
+        let dressed = Shape { artifact_type: Some("application/vnd.example.note"), ..image(IMAGE_CONFIG) };
+        assert!(!is_attachment(&dressed, ["application/json"]));
+        for runnable in ["application/octet-stream", "application/vnd.wasm.config.v0+json", "application/vnd.docker.container.image.v1+json"] {
+            assert!(!is_attachment(&image(runnable), ["application/json"]), "{runnable}");
+        }
+        for layer in ["application/octet-stream", "application/wasm", "application/vnd.wasm.content.layer.v1+wasm"] {
+            assert!(!is_attachment(&image("application/vnd.example.report.v1+json"), [layer]), "{layer}");
+        }
+    }
+
+    #[test]
+    fn archives_and_executables_are_recognised_by_their_bytes() {
+        let mut tar = vec![0u8; 512];
+        tar[257..262].copy_from_slice(b"ustar");
+        for blob in [&b"\x1f\x8b\x08\x00"[..], b"\x28\xb5\x2f\xfd\x00", b"PK\x03\x04xx", b"\x00asm\x01\x00\x00\x00", b"\x7fELF\x02", &tar] {
+            assert!(looks_like_archive(blob), "{:?}", &blob[..4]);
+        }
+        for payload in [&br#"{"critical":{"identity":{}}}"#[..], b"SPDXVersion: SPDX-2.3", b"", b"{}"] {
+            assert!(!looks_like_archive(payload));
+        }
     }
 
     #[test]

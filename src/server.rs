@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use hyper::service::service_fn;
@@ -119,17 +119,19 @@ pub fn fd_limit() -> u64 {
     lim.rlim_cur as u64
 }
 
-/// What a connection is doing, for closing it once idle and dropping it once stalled.
+/// What a connection is doing, for closing it once idle and dropping it once stalled: counters
+/// and times (milliseconds since the connection began), atomics only, no wake-ups on the
+/// request path.
 struct Activity {
+    began: Instant,
     in_flight: AtomicUsize,
     requests: AtomicUsize,
-    last: std::sync::Mutex<Instant>,
+    /// When the last request ended.
+    last: AtomicU64,
     /// Responses handed to the connection and not yet done with.
     responding: AtomicUsize,
     /// When a response last sent a chunk (or started).
-    progress: std::sync::Mutex<Instant>,
-    /// Woken when a request or response starts or ends.
-    changed: tokio::sync::Notify,
+    progress: AtomicU64,
 }
 
 /// Why a connection is ended by the server.
@@ -140,72 +142,76 @@ enum Ending {
     Stalled,
 }
 
-/// A response being sent: its progress is the connection's.
-struct Responding {
-    activity: Arc<Activity>,
-    _request: InFlight,
-}
-
-impl Responding {
-    fn new(request: InFlight) -> Responding {
-        let activity = Arc::clone(&request.0);
-        activity.responding.fetch_add(1, Ordering::SeqCst);
-        *activity.progress.lock().expect("activity lock") = Instant::now();
-        activity.changed.notify_one();
-        Responding { activity, _request: request }
-    }
-}
-
-impl crate::http::body::Watch for Responding {
-    fn progressed(&self) {
-        *self.activity.progress.lock().expect("activity lock") = Instant::now();
-    }
-}
-
-impl Drop for Responding {
-    fn drop(&mut self) {
-        self.activity.responding.fetch_sub(1, Ordering::SeqCst);
-        self.activity.changed.notify_one();
-    }
-}
-
 /// One request of a connection, in flight until its response body is done with.
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self.0.last.lock().expect("activity lock") = Instant::now();
+        self.0.last.store(self.0.now(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_one();
+    }
+}
+
+/// A response being sent: its progress is the connection's.
+struct Responding(InFlight);
+
+impl Responding {
+    fn new(request: InFlight) -> Responding {
+        let activity = &request.0;
+        activity.progress.store(activity.now(), Ordering::Relaxed);
+        activity.responding.fetch_add(1, Ordering::SeqCst);
+        Responding(request)
+    }
+}
+
+impl crate::http::body::Watch for Responding {
+    fn progressed(&self) {
+        let activity = &(self.0).0;
+        activity.progress.store(activity.now(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        (self.0).0.responding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
+            began: Instant::now(),
             in_flight: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
+            last: AtomicU64::new(0),
             responding: AtomicUsize::new(0),
-            progress: std::sync::Mutex::new(Instant::now()),
-            changed: tokio::sync::Notify::new(),
+            progress: AtomicU64::new(0),
         })
+    }
+
+    fn now(&self) -> u64 {
+        self.began.elapsed().as_millis() as u64
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(at.load(Ordering::Relaxed)))
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
     /// Resolves once the connection has had no request in flight for its limit (the header
     /// timeout until a first request arrives, the idle timeout after), or once a response it
-    /// sends has made no progress for the stall limit.
+    /// sends has made no progress for the stall limit. It looks again at least every half of
+    /// the shortest limit, so what began or ended while it slept is seen soon enough.
     async fn ending(&self, limits: Limits) -> Ending {
+        let tick = limits.header.min(limits.idle).min(limits.stall) / 2;
         loop {
             let wait = if self.in_flight.load(Ordering::SeqCst) > 0 {
-                let still = self.progress.lock().expect("activity lock").elapsed();
+                let still = self.since(&self.progress);
                 if self.responding.load(Ordering::SeqCst) == 0 {
                     limits.stall // the handler is at work
                 } else if still >= limits.stall {
@@ -215,17 +221,13 @@ impl Activity {
                 }
             } else {
                 let limit = if self.requests.load(Ordering::SeqCst) == 0 { limits.header } else { limits.idle };
-                let quiet = self.last.lock().expect("activity lock").elapsed();
+                let quiet = self.since(&self.last);
                 if quiet >= limit {
                     return Ending::Idle;
                 }
                 limit - quiet
             };
-            // looked at again when the time is up, or when a request or response starts or ends
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.changed.notified() => {}
-            }
+            tokio::time::sleep(wait.min(tick)).await;
         }
     }
 }

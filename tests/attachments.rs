@@ -405,3 +405,22 @@ fn signatures_in_the_containers_image_format_are_served_byte_identical_and_verif
     assert!(out.ok, "cosign verifies the containers/image signature through the proxy: {}", out.stderr);
     assert!(!cosign_verify(&s.keys, "cosign.pub", &s.proxy_ref(repo, "v1")).ok, "another key does not");
 }
+
+#[test]
+fn a_plain_pull_fetches_the_images_signature_for_later_without_the_upstream() {
+    let mut s = setup("");
+    let img = s.image("demo/plain", "plain");
+    cosign_sign(&s.keys, &s.upstream_ref("demo/plain", &img.digest));
+    let sig_tag = format!("{}.sig", img.digest.replace(':', "-"));
+    // a pull as podman or skopeo makes it: the manifest and its blobs, no referrers call
+    skopeo_pull(&s.proxy_ref("demo/plain", "v1"), &s.t.path().join("pulled")).success();
+    assert!(!s.proxy.log().contains("/referrers/"), "nothing asked for the referrers");
+    // the proxy fetches the signature (manifest and payload) from the upstream on its own
+    assert_eq!(s.reg.count_settled("GET", &format!("/manifests/{sig_tag}"), 1), 1, "the signature fetched once, unasked");
+    let sig: serde_json::Value = serde_json::from_str(&http().get(format!("{}/v2/demo/plain/manifests/{sig_tag}", s.reg.url())).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().text().unwrap()).unwrap();
+    let payload = sig["layers"][0]["digest"].as_str().unwrap().to_string();
+    assert!(s.proxy.cached(&payload), "its payload is cached");
+    s.reg.stop();
+    let out = cosign_verify(&s.keys, "cosign.pub", &s.proxy_ref("demo/plain", &img.digest));
+    assert!(out.ok, "cosign verify through the proxy with the upstream gone: {}", out.stderr);
+}

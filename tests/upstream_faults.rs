@@ -41,6 +41,15 @@ impl Setup {
     }
 }
 
+/// A GET read to its end: (status, whether the body ended cleanly, bytes received).
+fn read_whole(url: &str) -> (u16, bool, usize) {
+    use std::io::Read;
+    let Ok(mut r) = http().get(url).send() else { return (0, false, 0) };
+    let mut body = Vec::new();
+    let clean = r.read_to_end(&mut body).is_ok();
+    (r.status().as_u16(), clean, body.len())
+}
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
@@ -60,7 +69,24 @@ fn blob_faults_fail_cleanly_cache_nothing_and_recover() {
         let repo = format!("faults/blob{i}");
         let img = s.image(&repo, &format!("blob{i}"), 2 << 20);
         let layer = img.layers[0].clone();
+        let size = img.blob(&layer).len();
         s.front.fault("GET", &layer, fault.clone());
+        // four raw clients joined to one bad download read their bodies: none gets a clean,
+        // complete response (the client's own digest check is not what protects it)
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let url = format!("{}/v2/up/{repo}/blobs/{layer}", s.proxy.url());
+                std::thread::spawn(move || read_whole(&url))
+            })
+            .collect();
+        for c in clients {
+            let (status, clean, got) = c.join().unwrap();
+            assert!(status != 200 || !clean || got < size, "{fault:?}: a client got a clean {status} with {got} of {size} bytes");
+            if status == 200 && !clean {
+                assert!(got < size, "{fault:?}: an aborted response still held every byte");
+            }
+        }
+        wait_for("fills to settle", Duration::from_secs(10), || s.proxy.spool_files() == 0);
         let out = s.pull(&format!("{repo}:v1"), &format!("pull{i}a"));
         assert!(!out.ok, "{fault:?}: the pull must fail");
         if let Fault::Status(code, _) = fault {

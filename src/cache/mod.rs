@@ -408,15 +408,14 @@ impl Cache {
     }
 
     /// A manifest by digest of a proxied repository: from memory or the store when it belongs
-    /// there (`known_here`: the repository's own tag resolves to it; else linked, else confirmed
-    /// by the upstream), else one upstream fetch shared by that repository's requests.
+    /// there (`known_here`: the repository's own tag resolves to it, and is linked when the tag
+    /// is learnt; else linked, else confirmed by the upstream), else one upstream fetch shared
+    /// by that repository's requests.
     async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest, known_here: bool) -> Result<(Bytes, CacheStatus)> {
         let ns = upstream.name.as_str();
         let linked = known_here || self.links.contains(ns, repo, Kind::Manifest, digest).await?;
         if let Some(b) = self.held_manifest(digest).await? {
-            if known_here {
-                self.link(ns, repo, Kind::Manifest, digest);
-            } else if !linked && !self.confirm(upstream, repo, Kind::Manifest, digest).await? {
+            if !linked && !self.confirm(upstream, repo, Kind::Manifest, digest).await? {
                 return Err(manifest_unknown(repo, digest));
             }
             return Ok((b, CacheStatus::Hit));
@@ -632,6 +631,7 @@ impl Cache {
         self.keep_manifest(&fetched.digest, &fetched.bytes).await;
         let record = TagRecord { digest: fetched.digest.clone(), checked_at: now_secs() };
         self.save_tag(key, &record).await?;
+        self.link(&upstream.name, repo, Kind::Manifest, &record.digest);
         Ok((record, CacheStatus::Miss))
     }
 
@@ -660,6 +660,8 @@ impl Cache {
             return Ok(None);
         };
         self.tags.insert(key.clone(), record.clone()).await;
+        let (ns, repo, _) = key;
+        self.link(ns, repo, Kind::Manifest, &record.digest);
         Ok(Some(record))
     }
 

@@ -6,6 +6,7 @@
 #
 #   bench/run.sh            release build, 256 MiB blob, 5 rounds (several minutes)
 #   bench/run.sh --quick    debug build, 8 MiB blob, 1 round (seconds; run by tests/run.sh)
+#   PORTCULLIS_BIN=path bench/run.sh   the same, measuring that binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=""; [ "${1:-}" = "--quick" ] && quick=1
@@ -18,6 +19,8 @@ else
   bin=target/release/portcullis; openloop=target/release/examples/openloop
   cargo build --release --quiet --bin portcullis --example openloop
 fi
+# PORTCULLIS_BIN measures another build of Portcullis (e.g. an earlier commit's) in the same run
+bin="${PORTCULLIS_BIN:-$bin}"
 for tool in docker-registry nginx wrk curl skopeo python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "bench: $tool is missing (tests/setup.sh installs it)" >&2; exit 1; }
 done

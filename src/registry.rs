@@ -111,6 +111,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Deletes a blob from a local repository, when deletes are enabled (blobs of proxied
+    /// repositories are never deleted).
+    pub async fn delete_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if !self.allow_delete {
+            return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
+        }
+        let (name, upstream) = self.cache.namespace(ns)?;
+        if upstream.is_some() {
+            return Err(RegistryError::of(Code::Unsupported, "blobs of proxied repositories are not deleted"));
+        }
+        uploads::delete_blob(&self.cache, &name, repo, digest).await
+    }
+
     /// Mounts a blob from `from` (`<namespace>/<repository>`) the user may read into
     /// `ns/repo`; false when the client should upload it instead.
     pub async fn mount(&self, user: Option<&str>, from: &str, ns: &str, repo: &RepoName, digest: &Digest) -> bool {

@@ -424,3 +424,27 @@ fn a_plain_pull_fetches_the_images_signature_for_later_without_the_upstream() {
     let out = cosign_verify(&s.keys, "cosign.pub", &s.proxy_ref("demo/plain", &img.digest));
     assert!(out.ok, "cosign verify through the proxy with the upstream gone: {}", out.stderr);
 }
+
+#[test]
+fn a_subset_of_attachment_kinds_fetches_only_those() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::start(
+        &t.path().join("proxy"),
+        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\nattachments = [\"sig\"]\n", reg.url()),
+    );
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "subset", layers: &[100], tag: "v1" });
+    reg.push(&img, "demo/subset:v1");
+    cosign_sign(&keys, &format!("{}/demo/subset@{}", reg.host(), img.digest));
+    let prefix = img.digest.replace(':', "-");
+    let r = http().get(format!("{}/v2/up/demo/subset/manifests/v1", proxy.url())).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(reg.count_settled("GET", &format!("/manifests/{prefix}.sig"), 1), 1, "signatures are fetched");
+    std::thread::sleep(Duration::from_millis(300));
+    for other in [".att", ".sbom"] {
+        assert_eq!(reg.count("GET", &format!("/manifests/{prefix}{other}")) + reg.count("HEAD", &format!("/manifests/{prefix}{other}")), 0, "{other} is not");
+    }
+    assert_eq!(reg.count("GET", &format!("/manifests/{prefix} HTTP")) + reg.count("GET", "/referrers/"), 0, "nor the referrers");
+}

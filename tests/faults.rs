@@ -234,3 +234,71 @@ fn ten_thousand_tags_are_gathered_from_upstream_pages_and_paginated_for_clients(
     }
     assert_eq!(seen, tags, "all 10k tags, in order, once each");
 }
+
+#[test]
+fn an_expired_token_is_fetched_again() {
+    let (_t, liar, proxy) = setup();
+    liar.require_token();
+    liar.token_expires_in("1");
+    let data = image::noise("expiring", 3000);
+    let digest = sha256(&data);
+    liar.blob(&digest, Behaviour::Good(data));
+    let head = |d: &str| http().head(format!("{}/v2/liar/r/blobs/{d}", proxy.url())).send().unwrap().status().as_u16();
+    assert_eq!(head(&digest), 200);
+    assert_eq!(head(&sha256(b"another")), 404);
+    assert_eq!(liar.hits("/token"), 1, "reused while valid");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(head(&sha256(b"a third")), 404);
+    assert_eq!(liar.hits("/token"), 2, "fetched again once expired");
+    assert!(liar.authorizations("/v2/r/blobs/").iter().all(|a| a.as_deref().is_none_or(|a| a == "Bearer good-token")));
+}
+
+#[test]
+fn the_upstreams_referrers_api_is_used_where_offered() {
+    let (_t, liar, proxy) = setup();
+    let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let subject = sha256(image);
+    liar.manifest("r", "v1", MANIFEST_TYPE, image);
+    liar.blob("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", Behaviour::Good(b"{}".to_vec()));
+    let note_blob = br#"{"note":"built on Tuesday"}"#;
+    liar.blob(&sha256(note_blob), Behaviour::Good(note_blob.to_vec()));
+    let note = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","artifactType":"application/vnd.example.note","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[{{"mediaType":"application/json","digest":"{}","size":{}}}],"subject":{{"mediaType":"{MANIFEST_TYPE}","digest":"{subject}","size":{}}}}}"#,
+        sha256(note_blob),
+        note_blob.len(),
+        image.len()
+    );
+    let note_digest = sha256(note.as_bytes());
+    liar.manifest("r", &note_digest, MANIFEST_TYPE, note.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"{MANIFEST_TYPE}","digest":"{note_digest}","size":{},"artifactType":"application/vnd.example.note"}}]}}"#,
+        note.len()
+    );
+    liar.referrers(&subject, &index);
+    let list: serde_json::Value = http().get(format!("{}/v2/liar/r/referrers/{subject}", proxy.url())).send().unwrap().json().unwrap();
+    let entries = list["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["digest"], note_digest.as_str());
+    assert_eq!(entries[0]["artifactType"], "application/vnd.example.note");
+    assert_eq!(liar.hits(&format!("GET /v2/r/referrers/{subject}")), 1, "the upstream's referrers API was asked");
+    assert!(proxy.cached(&note_digest), "the referrer's manifest is cached");
+    assert!(proxy.cached(&sha256(note_blob)), "and its blob");
+}
+
+#[test]
+fn whether_the_upstream_offers_atomic_signatures_is_asked_again_every_tag_ttl() {
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    liar.offer_signatures(false);
+    let list = r#"{"signatures":[{"version":2,"type":"atomic","name":"sha256:x@abc","content":"c2lnbmVk"}]}"#;
+    liar.signatures(200, list);
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "liar", &liar.url(), "[cache]\ntag_ttl = \"1s\"\n");
+    let url = format!("{}/extensions/v2/liar/r/signatures/{}", proxy.url(), sha256(b"image"));
+    let got = || http().get(&url).send().unwrap().json::<serde_json::Value>().unwrap();
+    assert_eq!(got(), serde_json::json!({"signatures": []}), "not offered: not asked for");
+    assert_eq!(liar.hits("/extensions/v2/"), 0);
+    liar.offer_signatures(true);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(got()["signatures"][0]["content"], "c2lnbmVk", "offered now: mirrored");
+    assert_eq!(liar.hits("GET /v2/"), 2, "the upstream's /v2/ asked once per tag_ttl");
+}

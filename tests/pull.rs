@@ -240,6 +240,14 @@ fn range_requests_and_head_answer_exact_bytes_and_headers() {
     assert_eq!(r.bytes().unwrap().as_ref(), &bytes[bytes.len() - 5..]);
     let r = http().get(&url).header("range", format!("bytes={}-", bytes.len())).send().unwrap();
     assert_eq!(r.status(), 416);
+    assert_eq!(error_code(&r.text().unwrap()), "RANGE_INVALID");
+    // a suffix range: the last bytes
+    let r = http().get(&url).header("range", "bytes=-7").send().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], format!("bytes {}-{}/{}", bytes.len() - 7, bytes.len() - 1, bytes.len()).as_str());
+    assert_eq!(r.bytes().unwrap().as_ref(), &bytes[bytes.len() - 7..]);
+    let r = http().get(&url).header("range", "bytes=-0").send().unwrap();
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (416, "RANGE_INVALID"));
 
     let r = http().head(&url).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -295,7 +303,9 @@ fn bad_input_gets_oci_errors_and_never_a_server_error() {
         ("/v2/up/%2e%2e/manifests/v1".into(), 400, "NAME_INVALID"),
         ("/v2/up/ok//repo/manifests/v1".into(), 400, "NAME_INVALID"),
         (format!("/v2/up/{}/manifests/v1", "a".repeat(300)), 400, "NAME_INVALID"),
-        (format!("/v2/up/ok/repo/manifests/{}", "t".repeat(200)), 400, "MANIFEST_INVALID"),
+        // a reference that is no valid tag names no manifest (the conformance suite's view)
+        (format!("/v2/up/ok/repo/manifests/{}", "t".repeat(200)), 404, "MANIFEST_UNKNOWN"),
+        ("/v2/up/ok/repo/manifests/.INVALID".into(), 404, "MANIFEST_UNKNOWN"),
         ("/v2/up/ok/repo/manifests/sha256:1234".into(), 400, "DIGEST_INVALID"),
         ("/v2/up/ok/repo/blobs/sha256:XYZ".into(), 400, "DIGEST_INVALID"),
         (format!("/v2/up/ok/repo/blobs/md5:{}", "0".repeat(32)), 400, "DIGEST_INVALID"),
@@ -349,8 +359,12 @@ fn upstream_basic_auth_uses_the_configured_credentials() {
         &t.path().join("proxy"), "up", &reg.url(), "",
     );
     let anonymous = http().get(format!("{}/v2/up/locked/app/manifests/v1", proxy.url())).send().unwrap();
-    assert_eq!(anonymous.status(), 404, "without credentials the upstream refuses");
-    assert_eq!(error_code(&anonymous.text().unwrap()), "NAME_UNKNOWN");
+    // the upstream refuses the proxy: not a 401 (the client's credentials would not help),
+    // not a 404 (the repository may well exist), but a refusal naming the upstream
+    assert_eq!(anonymous.status(), 403, "without credentials the upstream refuses");
+    let body = anonymous.text().unwrap();
+    assert_eq!(error_code(&body), "DENIED");
+    assert!(body.contains("upstream up requires credentials the proxy was not given"), "{body}");
     drop(proxy);
 
     let proxy = Proxy::start(
@@ -383,4 +397,154 @@ fn concurrent_gets_of_a_missing_manifest_and_tag_make_one_upstream_fetch() {
         }
         assert_eq!(reg.count_settled("GET", &format!("/manifests/{reference}"), 1), 1, "one upstream GET for {reference}");
     }
+}
+
+#[test]
+fn docker_schema2_manifest_lists_fall_back_to_linux_amd64_for_clients_without_indexes() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let index = image::build_index(&t.path().join("idx"), "docker-list", &["linux/arm64", "linux/amd64"], "v1");
+    // converted to Docker's formats on the way up: a manifest list over schema 2 manifests
+    skopeo(&[
+        "copy", "-q", "--all", "--format", "v2s2", "--dest-tls-verify=false",
+        &format!("oci:{}:v1", index.dir.display()), &format!("docker://{}/multi/app:v1", reg.host()),
+    ])
+    .success();
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
+    let url = format!("{}/v2/up/multi/app/manifests/v1", proxy.url());
+    let list = http().get(&url).header("accept", "application/vnd.docker.distribution.manifest.list.v2+json").send().unwrap();
+    assert_eq!(list.status(), 200);
+    assert_eq!(list.headers()["content-type"], "application/vnd.docker.distribution.manifest.list.v2+json");
+    let body: serde_json::Value = list.json().unwrap();
+    let amd64 = body["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "amd64").unwrap()["digest"].as_str().unwrap().to_string();
+    // a client that accepts schema 2 manifests only gets the linux/amd64 image
+    let single = http().get(&url).header("accept", "application/vnd.docker.distribution.manifest.v2+json").send().unwrap();
+    assert_eq!(single.status(), 200);
+    assert_eq!(single.headers()["content-type"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(single.headers()["docker-content-digest"], amd64.as_str());
+    let m: serde_json::Value = single.json().unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    skopeo_pull(&format!("{}/up/multi/app:v1", proxy.addr), &t.path().join("pulled")).success();
+}
+
+#[test]
+fn an_https_upstream_is_trusted_through_its_ca_file_only() {
+    let t = tempfile::tempdir().unwrap();
+    let pki = tls::make_pki(&t.path().join("pki"));
+    let tls_yaml = format!("  tls:\n    certificate: {}\n    key: {}\n", pki.cert.display(), pki.key.display());
+    let reg = Registry::start_tls(&t.path().join("upstream"), &tls_yaml);
+    let img = image(&t.path().join("img"), "tls-upstream", &[2000], "v1");
+    skopeo(&["copy", "-q", "--dest-cert-dir", &pki.cert_dir.display().to_string(), &format!("oci:{}:v1", img.dir.display()), &format!("docker://{}/secure/app:v1", reg.host())]).success();
+    let url = format!("https://{}", reg.host());
+    let trusting = Proxy::start(&t.path().join("trusting"), &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{url}\"\nca_file = \"{}\"\n", pki.ca.display()));
+    skopeo_pull(&format!("{}/up/secure/app:v1", trusting.addr), &t.path().join("pulled")).success();
+    let doubting = Proxy::for_upstream(&t.path().join("doubting"), "up", &url, "");
+    let r = http().get(format!("{}/v2/up/secure/app/manifests/v1", doubting.url())).send().unwrap();
+    let (status, body) = (r.status().as_u16(), r.text().unwrap());
+    assert_eq!((status, error_code(&body).as_str()), (502, "UNAVAILABLE"), "an unknown CA is refused: {body}");
+    assert!(body.contains("unreachable"), "{body}");
+}
+
+#[test]
+fn an_upstream_that_does_not_start_answering_in_time_is_a_504() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "slow", &[100], "v1");
+    reg.push(&img, "slow/app:v1");
+    let front = common::front::Front::start(&reg.url());
+    front.fault("GET", "/manifests/", common::front::Fault::Delay(Duration::from_secs(5)));
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &front.url(), "");
+    let r = http().get(format!("{}/v2/up/slow/app/manifests/v1", proxy.url())).send().unwrap();
+    let status = r.status().as_u16();
+    assert_eq!((status, error_code(&r.text().unwrap()).as_str()), (504, "UNAVAILABLE"));
+}
+
+#[test]
+fn readiness_fails_while_the_store_cannot_be_written() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
+    let ready = || http().get(format!("{}/readyz", proxy.url())).send().unwrap();
+    assert_eq!(ready().status(), 200);
+    // the spool directory replaced by a file: nothing can be written
+    let spool = proxy.data().join("tmp");
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    let r = ready();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().unwrap(), r#"{"ready":false}"#);
+    assert_eq!(http().get(format!("{}/healthz", proxy.url())).send().unwrap().status(), 200, "alive all the same");
+    std::fs::remove_file(&spool).unwrap();
+    std::fs::create_dir(&spool).unwrap();
+    assert_eq!(ready().status(), 200);
+}
+
+#[test]
+fn closed_reads_need_a_user_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "closed", &[1000], "v1");
+    reg.push(&img, "team/app:v1");
+    let dir = t.path().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    htpasswd(&dir.join("users.htpasswd"), &[("puller", "pull-pass")]);
+    let proxy = Proxy::start(&dir, &format!("[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\nanonymous_read = false\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()));
+    let anonymous = skopeo_pull(&format!("{}/up/team/app:v1", proxy.addr), &t.path().join("a"));
+    assert!(!anonymous.ok && anonymous.stderr.contains("unauthorized"), "{}", anonymous.stderr);
+    let r = http().get(format!("{}/v2/up/team/app/blobs/{}", proxy.url(), img.layers[0])).send().unwrap();
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (401, "UNAUTHORIZED"));
+    let out = t.path().join("b");
+    skopeo(&["copy", "--src-tls-verify=false", "--src-creds", "puller:pull-pass", &format!("docker://{}/up/team/app:v1", proxy.addr), &format!("oci:{}:p", out.display())]).success();
+    assert_eq!(pulled_blob(&out, &img.layers[0]), img.blob(&img.layers[0]));
+}
+
+#[test]
+fn manifests_are_kept_in_memory_up_to_the_configured_size() {
+    let t = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "memory", &[100], "v1");
+    reg.push(&img, "team/app:v1");
+    let roomy = Proxy::for_upstream(&t.path().join("roomy"), "up", &reg.url(), "[cache]\nmemory = \"1MiB\"\n");
+    let tight = Proxy::for_upstream(&t.path().join("tight"), "up", &reg.url(), "[cache]\nmemory = \"1\"\n");
+    let by_digest = |p: &Proxy| http().get(format!("{}/v2/up/team/app/manifests/{}", p.url(), img.digest)).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().status().as_u16();
+    for p in [&roomy, &tight] {
+        assert_eq!(by_digest(p), 200);
+        assert!(p.cached(&img.digest));
+    }
+    // the manifest's file removed and the upstream gone: only memory can answer
+    reg.stop();
+    for p in [&roomy, &tight] {
+        let (alg, hex) = img.digest.split_once(':').unwrap();
+        std::fs::remove_file(p.data().join("blobs").join(alg).join(hex)).unwrap();
+    }
+    assert_eq!(by_digest(&roomy), 200, "within [cache] memory: served from memory");
+    assert_ne!(by_digest(&tight), 200, "a 1-byte memory keeps nothing");
+}
+
+#[test]
+fn access_times_kept_on_disk_order_evictions_after_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let blobs: Vec<String> = (0..3).map(|i| push_blob(&reg, "lru/app", &image::noise(&format!("lru-{i}"), 400_000))).collect();
+    let mut proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "max_size = \"1MiB\"\n");
+    let get = |p: &Proxy, d: &str| assert_eq!(http().get(format!("{}/v2/up/lru/app/blobs/{d}", p.url())).send().unwrap().status(), 200);
+    get(&proxy, &blobs[0]);
+    get(&proxy, &blobs[1]);
+    assert!(proxy.cached(&blobs[0]) && proxy.cached(&blobs[1]));
+    // as if blob 0 was last read an hour ago and blob 1 two hours ago
+    let data = proxy.data();
+    let path = |d: &str| data.join("blobs/sha256").join(&d["sha256:".len()..]);
+    let ago = |secs: u64| filetime::FileTime::from_system_time(std::time::SystemTime::now() - Duration::from_secs(secs));
+    filetime::set_file_mtime(path(&blobs[0]), ago(3600)).unwrap();
+    filetime::set_file_mtime(path(&blobs[1]), ago(7200)).unwrap();
+    proxy.restart();
+    // reading blob 1 after the restart refreshes its time on disk (it was last touched long ago)
+    get(&proxy, &blobs[1]);
+    wait_for("the access time written", Duration::from_secs(10), || {
+        std::fs::metadata(path(&blobs[1])).unwrap().modified().unwrap() > std::time::SystemTime::now() - Duration::from_secs(60)
+    });
+    proxy.restart();
+    get(&proxy, &blobs[2]);
+    wait_for("an eviction", Duration::from_secs(10), || !proxy.has_blob(&blobs[0]));
+    assert!(proxy.has_blob(&blobs[1]), "the blob read after the first restart is kept: its access time survived the second");
 }

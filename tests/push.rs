@@ -470,3 +470,128 @@ fn two_finishes_of_one_upload_session_get_one_success_and_one_unknown_upload() {
         assert_eq!(http().get(format!("{}/v2/internal/twice/blobs/{digest}", proxy.url())).send().unwrap().status(), 200);
     }
 }
+
+#[test]
+fn a_pushed_manifest_with_a_subject_answers_oci_subject_and_is_listed_as_a_referrer() {
+    let (_t, _reg, proxy) = setup();
+    let image = push_small_image(&proxy, "refs", "v1", b"{\"image\":1}");
+    let empty = sha256(b"{}");
+    assert_eq!(authed(http().post(format!("{}/v2/internal/refs/blobs/uploads/?digest={empty}", proxy.url())).body("{}")).status(), 201);
+    let note = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.note","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}}],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{image}","size":300}},"annotations":{{"note":"hello"}}}}"#
+    );
+    let digest = sha256(note.as_bytes());
+    let r = authed(http().put(format!("{}/v2/internal/refs/manifests/{digest}", proxy.url())).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(note.clone()));
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["oci-subject"], image.as_str(), "the push answers the subject it was filed under");
+    let list: serde_json::Value = http().get(format!("{}/v2/internal/refs/referrers/{image}", proxy.url())).send().unwrap().json().unwrap();
+    let entries = list["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["digest"], digest.as_str());
+    assert_eq!(entries[0]["artifactType"], "application/vnd.example.note");
+    assert_eq!(entries[0]["annotations"]["note"], "hello");
+}
+
+#[test]
+fn a_pushed_manifest_over_four_mib_is_413() {
+    let (_t, _reg, proxy) = setup();
+    let config = sha256(b"{}");
+    assert_eq!(authed(http().post(format!("{}/v2/internal/big/blobs/uploads/?digest={config}", proxy.url())).body("{}")).status(), 201);
+    let padding = "x".repeat((4 << 20) + 1);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[],"annotations":{{"pad":"{padding}"}}}}"#
+    );
+    let r = authed(http().put(format!("{}/v2/internal/big/manifests/v1", proxy.url())).header("content-type", "application/vnd.oci.image.manifest.v1+json").body(manifest));
+    assert_eq!(r.status(), 413);
+    assert_eq!(error_code(&r.text().unwrap()), "MANIFEST_INVALID");
+    assert_eq!(http().get(format!("{}/v2/internal/big/manifests/v1", proxy.url())).send().unwrap().status(), 404);
+}
+
+#[test]
+fn blobs_of_local_repositories_are_deleted_unless_a_manifest_names_them() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let proxy = proxy_with(t.path(), &reg, "allow_delete = true\n", "");
+    let free = image::noise("free blob", 1000);
+    let d = sha256(&free);
+    assert_eq!(authed(http().post(format!("{}/v2/internal/del/blobs/uploads/?digest={d}", proxy.url())).body(free)).status(), 201);
+    let url = format!("{}/v2/internal/del/blobs/{d}", proxy.url());
+    assert_eq!(http().get(&url).send().unwrap().status(), 200);
+    assert_eq!(authed(http().delete(&url)).status(), 202);
+    let r = http().get(&url).send().unwrap();
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (404, "BLOB_UNKNOWN"));
+    let r = authed(http().delete(&url));
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (404, "BLOB_UNKNOWN"), "deleted once");
+    // a blob a pushed manifest of the repository names stays
+    let content = b"{\"named\":1}";
+    let manifest = push_small_image(&proxy, "del", "v1", content);
+    let named = format!("{}/v2/internal/del/blobs/{}", proxy.url(), sha256(content));
+    let r = authed(http().delete(&named));
+    let body = r.text().unwrap();
+    assert_eq!(error_code(&body), "DENIED", "{body}");
+    assert!(body.contains(&manifest), "the refusal names the manifest: {body}");
+    assert_eq!(http().get(&named).send().unwrap().status(), 200);
+    // proxied repositories' blobs are never deleted
+    let r = authed(http().delete(format!("{}/v2/up/some/repo/blobs/{d}", proxy.url())));
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (405, "UNSUPPORTED"));
+}
+
+#[test]
+fn a_request_refused_before_its_body_was_read_is_answered_not_reset() {
+    use std::io::{Read, Write};
+    let (_t, _reg, proxy) = setup();
+    let url = post_upload(&proxy, "drain");
+    let path = url.trim_start_matches(&proxy.url()).to_string();
+    let chunk = image::noise("a megabyte", 1 << 20);
+    // 200 unauthenticated 1 MiB chunks on kept-alive connections: each gets its 401
+    let mut answered = 0;
+    for round in 0..20 {
+        let mut s = std::net::TcpStream::connect(&proxy.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        for i in 0..10 {
+            let last = i == 9;
+            write!(
+                s,
+                "PATCH {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
+                chunk.len(),
+                if last { "Connection: close\r\n" } else { "" }
+            )
+            .unwrap();
+            s.write_all(&chunk).unwrap_or_else(|e| panic!("round {round}, request {i}: the connection broke while sending: {e}"));
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap_or_else(|e| panic!("round {round}, request {i}: no answer: {e}"));
+            assert_eq!(&head, b"HTTP/1.1 401", "round {round}, request {i}");
+            // read the rest of this answer (headers and the small JSON body)
+            let mut rest = Vec::new();
+            let mut byte = [0u8; 1];
+            while !rest.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                rest.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+            let len: usize = text.lines().find_map(|l| l.strip_prefix("content-length:")).unwrap().trim().parse().unwrap();
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            assert_eq!(error_code(&String::from_utf8_lossy(&body)), "UNAUTHORIZED");
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 200);
+    // and the retry with credentials goes through
+    let r = authed(http().patch(&url).header("content-range", "0-1048575").body(chunk));
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-1048575");
+}
+
+#[test]
+fn a_mount_without_from_starts_an_upload() {
+    let (_t, _reg, proxy) = setup();
+    let content = image::noise("mountable", 1000);
+    let d = sha256(&content);
+    assert_eq!(authed(http().post(format!("{}/v2/internal/src/blobs/uploads/?digest={d}", proxy.url())).body(content)).status(), 201);
+    // no automatic cross-repository mount: without `from`, the client uploads
+    let r = authed(http().post(format!("{}/v2/internal/dst/blobs/uploads/?mount={d}", proxy.url())));
+    assert_eq!(r.status(), 202);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/v2/internal/dst/blobs/uploads/"));
+    assert_eq!(http().get(format!("{}/v2/internal/dst/blobs/{d}", proxy.url())).send().unwrap().status(), 404);
+}

@@ -124,7 +124,7 @@ fn containers_image_signatures_tampering_and_thresholds() {
     let k3args = keys(&["k3"]);
     let (ok, out) = s.verify("up/ci/identity:v1", &[&k3args[0], &k3args[1]]);
     assert!(!ok);
-    assert!(out.contains("signature is for \"registry.example/somebody/else:v1\""), "{out}");
+    assert!(out.contains("signature is for registry.example/somebody/else:v1, not "), "{out}");
     let _ = k2;
 }
 
@@ -224,12 +224,12 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
     let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/main"]].concat());
     assert!(ok, "GitHub ref claim: {out}");
     let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/dev"]].concat());
-    assert!(!ok && out.contains("github-workflow-ref is Some(\"refs/heads/main\")"), "{out}");
+    assert!(!ok && out.contains("github-workflow-ref is refs/heads/main, not refs/heads/dev"), "{out}");
 
     let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", "https://accounts.example"]);
-    assert!(!ok && out.contains(&format!("certificate issuer is \"{ISSUER}\"")), "wrong issuer: {out}");
+    assert!(!ok && out.contains(&format!("certificate issuer is {ISSUER}, not https://accounts.example")), "wrong issuer: {out}");
     let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", "eve@example.com", "--certificate-oidc-issuer", ISSUER]);
-    assert!(!ok && out.contains("certificate subject is [\"dev@example.com\"]"), "wrong subject: {out}");
+    assert!(!ok && out.contains("certificate subject is dev@example.com, not eve@example.com"), "wrong subject: {out}");
     let (ok, out) = s.verify("up/ci/keyless:v1", &[&["--trust", "theirs"][..], &exact].concat());
     assert!(!ok && out.contains("unknown transparency log"), "another trust root: {out}");
 

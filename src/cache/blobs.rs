@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::fill::{self, Fill, FillState};
 use super::links::Kind;
-use super::{blob_unknown, resolve_range, ByteRange, Cache, CacheStatus, ServedBlob};
+use super::{blob_unknown, resolve_range, ByteRange, Cache, CacheStatus, RangeSpec, ServedBlob};
 use crate::error::{Code, RegistryError, Result};
 use crate::names::{Digest, RepoName};
 use crate::upstream::Upstream;
@@ -24,8 +24,8 @@ pub(super) struct Running {
     fill: Arc<Fill>,
 }
 
-/// A range as asked for: `(start, end)`.
-type Wanted = Option<(u64, Option<u64>)>;
+/// A range as asked for, if any.
+type Wanted = Option<RangeSpec>;
 
 impl Cache {
     /// The size of a blob of `<ns>/<repo>`: stored, else an upstream HEAD.

@@ -155,7 +155,7 @@ impl Cache {
         let mut upstreams = HashMap::new();
         let mut aliases = HashMap::new();
         for u in &config.upstreams {
-            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?));
+            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?.rechecking(config.cache.tag_ttl.0)));
             for a in &u.aliases {
                 aliases.insert(a.clone(), u.name.clone());
             }
@@ -289,7 +289,7 @@ impl Cache {
         let lease = self.lease(digest).await;
         self.pin(&lease).await?;
         self.store.put_small(digest, bytes, true).await?;
-        self.manifests.insert(digest.clone(), bytes.clone()).await;
+        self.remember_manifest(digest, bytes).await;
         Ok(())
     }
 
@@ -462,7 +462,7 @@ impl Cache {
         }
         let Some(b) = self.store.read_small(digest).await? else { return Ok(None) };
         self.note_access(digest);
-        self.manifests.insert(digest.clone(), b.clone()).await;
+        self.remember_manifest(digest, &b).await;
         Ok(Some(b))
     }
 
@@ -540,7 +540,17 @@ impl Cache {
 
     /// Forgets a pushed manifest's link (it was deleted).
     pub async fn unlink_manifest(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
-        Ok(self.links.forget(ns, repo, Kind::Manifest, digest).await?)
+        self.unlink(ns, repo, Kind::Manifest, digest).await
+    }
+
+    /// Forgets a link (what it linked was deleted from the repository).
+    pub async fn unlink(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<()> {
+        Ok(self.links.forget(ns, repo, kind, digest).await?)
+    }
+
+    /// Whether content is linked to a repository.
+    pub async fn holds_pushed(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<bool> {
+        self.links.contains(ns, repo, kind, digest).await
     }
 
     /// Counts a newly stored cached blob towards the size cap (pushed content is never evicted).
@@ -549,10 +559,17 @@ impl Cache {
         self.evict_if_needed();
     }
 
+    /// Keeps a manifest in memory, within `[cache] memory` (enforced at once: inserts are off
+    /// the warm path, which only reads).
+    async fn remember_manifest(&self, digest: &Digest, bytes: &Bytes) {
+        self.manifests.insert(digest.clone(), bytes.clone()).await;
+        self.manifests.run_pending_tasks().await;
+    }
+
     /// Keeps verified manifest bytes from the upstream: in memory now, on disk shortly after
     /// (the client does not wait for the disk; a failed write only costs a later refetch).
     pub async fn keep_manifest(&self, digest: &Digest, bytes: &Bytes) {
-        self.manifests.insert(digest.clone(), bytes.clone()).await;
+        self.remember_manifest(digest, bytes).await;
         let (this, d, b) = (self.self_arc(), digest.clone(), bytes.clone());
         self.spawn_background(async move {
             match this.store.put_small(&d, &b, false).await {
@@ -845,8 +862,27 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Checks a requested `(start, end)` range against a blob's size (RFC 9110 semantics).
-pub fn resolve_range((start, end): (u64, Option<u64>), size: u64) -> Result<ByteRange> {
+/// A byte range as a client asks for it (RFC 9110).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=<start>-[<end>]`.
+    From {
+        /// First byte.
+        start: u64,
+        /// Last byte, inclusive; to the end when absent.
+        end: Option<u64>,
+    },
+    /// `bytes=-<n>`: the last `n` bytes.
+    Last(u64),
+}
+
+/// Checks a requested range against a blob's size (RFC 9110 semantics).
+pub fn resolve_range(spec: RangeSpec, size: u64) -> Result<ByteRange> {
+    let (start, end) = match spec {
+        RangeSpec::From { start, end } => (start, end),
+        RangeSpec::Last(0) => return Err(RegistryError::of(Code::RangeInvalid, "an empty suffix range selects nothing")),
+        RangeSpec::Last(n) => (size.saturating_sub(n), None),
+    };
     if start >= size {
         return Err(RegistryError::of(Code::RangeInvalid, format!("range starts at {start}, blob has {size} bytes")));
     }
@@ -872,10 +908,14 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(resolve_range((0, Some(9)), 100).unwrap(), ByteRange { start: 0, end: 9 });
-        assert_eq!(resolve_range((90, None), 100).unwrap(), ByteRange { start: 90, end: 99 });
-        assert_eq!(resolve_range((90, Some(500)), 100).unwrap(), ByteRange { start: 90, end: 99 });
-        assert_eq!(resolve_range((100, None), 100).unwrap_err().status, 416);
-        assert!(resolve_range((5, Some(4)), 100).is_err());
+        let from = |start, end| RangeSpec::From { start, end };
+        assert_eq!(resolve_range(from(0, Some(9)), 100).unwrap(), ByteRange { start: 0, end: 9 });
+        assert_eq!(resolve_range(from(90, None), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(resolve_range(from(90, Some(500)), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(resolve_range(from(100, None), 100).unwrap_err().status, 416);
+        assert!(resolve_range(from(5, Some(4)), 100).is_err());
+        assert_eq!(resolve_range(RangeSpec::Last(10), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(resolve_range(RangeSpec::Last(500), 100).unwrap(), ByteRange { start: 0, end: 99 }, "more than there is: all of it");
+        assert_eq!(resolve_range(RangeSpec::Last(0), 100).unwrap_err().code, Code::RangeInvalid);
     }
 }

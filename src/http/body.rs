@@ -146,3 +146,76 @@ impl Drop for Body {
         }
     }
 }
+
+/// How much of a request body left unread is read and discarded before the connection is left
+/// to close (beyond it, a client still sending may see its connection reset).
+pub const DRAIN_LIMIT: u64 = 16 << 20;
+
+/// How long an unread request body is read and discarded at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request body that, when dropped before its end (the request was refused, or answered
+/// without it), is read to its end in the background, up to [`DRAIN_LIMIT`] bytes and
+/// [`DRAIN_TIME`]: the client, still sending, then reads the answer instead of finding its
+/// connection reset, and the connection stays usable.
+pub struct Drained<B: http_body::Body + Send + Unpin + 'static> {
+    inner: Option<B>,
+    ended: bool,
+    /// How long the body may pause before the draining gives up.
+    idle: std::time::Duration,
+}
+
+impl<B: http_body::Body + Send + Unpin + 'static> Drained<B> {
+    /// Wraps a request body; draining gives up when it pauses for `idle`.
+    pub fn new(inner: B, idle: std::time::Duration) -> Drained<B> {
+        Drained { inner: Some(inner), ended: false, idle }
+    }
+}
+
+impl<B: http_body::Body + Send + Unpin + 'static> http_body::Body for Drained<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+    }
+}
+
+impl<B: http_body::Body + Send + Unpin + 'static> Drop for Drained<B> {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else { return };
+        if self.ended || body.is_end_stream() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let idle = self.idle;
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                let mut read = 0u64;
+                while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, body.frame()).await {
+                    if let Some(data) = frame.data_ref() {
+                        read += bytes::Buf::remaining(data) as u64;
+                    }
+                    if read > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}

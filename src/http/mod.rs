@@ -12,7 +12,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use crate::attachments::Attachments;
 use crate::auth::{Access, Auth};
-use crate::cache::{ByteRange, Cache, CacheStatus};
+use crate::cache::{ByteRange, Cache, CacheStatus, RangeSpec};
 use crate::error::{Code, RegistryError, Result};
 use crate::policy::Policies;
 use crate::push::uploads::{self, Uploads};
@@ -106,12 +106,16 @@ impl Api {
     /// Answers one request; never fails (errors become OCI error responses).
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        // a body left unread (a request refused before it was read) is read and discarded, so
+        // that the client, still sending, gets the answer rather than a reset connection
+        let idle = self.body_timeout;
+        let req = req.map(|b| body::Drained::new(b, idle));
         let reply = match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => error_response(&e, &method).into(),
@@ -130,7 +134,8 @@ impl Api {
         B::Error: std::fmt::Display + Send,
     {
         let ns = query_param(req.uri().query(), "ns");
-        let route = route::parse(req.uri().path(), ns.as_deref())?;
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
+        let route = route::parse(req.uri().path(), ns.as_deref()).map_err(|e| impossible_manifest(e, read, req.uri().path()))?;
         let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
         let user = self.authorize(&req, &route, &client).await?;
         let caller = Caller {
@@ -144,6 +149,10 @@ impl Api {
         match route {
             Route::Upload { name, id } => self.upload(req, &name, id.as_deref(), user.as_deref()).await,
             Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference, &caller).await,
+            Route::Blob { name, digest } if method == Method::DELETE => {
+                self.registry.delete_blob(&name.namespace, &name.repo, &digest).await?;
+                Ok(empty(StatusCode::ACCEPTED).into())
+            }
             Route::Manifest { name, reference } if method == Method::DELETE => {
                 self.registry.delete_manifest(&name.namespace, &name.repo, &reference).await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
@@ -438,6 +447,16 @@ fn json(status: StatusCode, body: Bytes, method: &Method) -> Response<Body> {
         .expect("static response parts")
 }
 
+/// A read of a manifest by a reference that is no valid tag names no manifest: 404
+/// `MANIFEST_UNKNOWN`, as the distribution spec's conformance suite expects (a push with such
+/// a tag stays 400 `MANIFEST_INVALID`).
+fn impossible_manifest(e: RegistryError, read: bool, path: &str) -> RegistryError {
+    if read && e.code == Code::ManifestInvalid && path.rsplit('/').nth(1) == Some("manifests") {
+        return RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {}", e.message));
+    }
+    e
+}
+
 /// The OCI error response for an error.
 pub fn error_response(e: &RegistryError, method: &Method) -> Response<Body> {
     if e.status.is_server_error() {
@@ -462,19 +481,23 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
-/// Parses a single `bytes=start-[end]` range; anything else is ignored (whole blob served).
-pub fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+/// Parses a single `bytes=<start>-[<end>]` or `bytes=-<n>` range; anything else (several
+/// ranges, other units) is ignored and the whole blob served, as RFC 9110 allows.
+pub fn parse_range(v: &str) -> Option<RangeSpec> {
     let spec = v.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
     }
     let (start, end) = spec.split_once('-')?;
+    if start.trim().is_empty() {
+        return Some(RangeSpec::Last(end.trim().parse().ok()?));
+    }
     let start = start.trim().parse().ok()?;
     let end = match end.trim() {
         "" => None,
         e => Some(e.parse().ok()?),
     };
-    Some((start, end))
+    Some(RangeSpec::From { start, end })
 }
 
 #[cfg(test)]
@@ -483,9 +506,10 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-99"), Some((0, Some(99))));
-        assert_eq!(parse_range("bytes=100-"), Some((100, None)));
-        assert_eq!(parse_range("bytes=-5"), None);
+        assert_eq!(parse_range("bytes=0-99"), Some(RangeSpec::From { start: 0, end: Some(99) }));
+        assert_eq!(parse_range("bytes=100-"), Some(RangeSpec::From { start: 100, end: None }));
+        assert_eq!(parse_range("bytes=-5"), Some(RangeSpec::Last(5)));
+        assert_eq!(parse_range("bytes=-x"), None);
         assert_eq!(parse_range("bytes=0-1,5-6"), None);
         assert_eq!(parse_range("items=0-1"), None);
     }

@@ -70,11 +70,12 @@ impl Audit {
     /// Writes one event that is not a policy's decision (`decision` says what it was, e.g. an
     /// upstream tag overridden by a push), with the reason.
     pub fn record_event(&self, s: &Subject, decision: &str, reason: &str) {
-        self.write(s, "-", "-", decision, reason, Duration::ZERO, false);
+        self.write(s, "-", "-", decision, reason, Duration::ZERO, None);
     }
 
-    /// Writes one decision.
-    pub fn record(&self, s: &Subject, policy: &str, mode: PolicyMode, outcome: &Outcome, took: Duration, cached: bool) {
+    /// Writes one decision: how long it took, and the CPU time its module used (`None` for a
+    /// cached decision).
+    pub fn record(&self, s: &Subject, policy: &str, mode: PolicyMode, outcome: &Outcome, took: Duration, cpu: Option<Duration>) {
         let (decision, reason) = match outcome {
             Outcome::Admit => ("admit", ""),
             Outcome::Reject(r) => ("reject", r.as_str()),
@@ -83,11 +84,11 @@ impl Audit {
             PolicyMode::Enforce => "enforce",
             PolicyMode::Warn => "warn",
         };
-        self.write(s, policy, mode, decision, reason, took, cached);
+        self.write(s, policy, mode, decision, reason, took, cpu);
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&self, s: &Subject, policy: &str, mode: &str, decision: &str, reason: &str, took: Duration, cached: bool) {
+    fn write(&self, s: &Subject, policy: &str, mode: &str, decision: &str, reason: &str, took: Duration, cpu: Option<Duration>) {
         let line = Line {
             time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             client: &s.client,
@@ -102,7 +103,8 @@ impl Audit {
             decision,
             reason,
             duration_us: took.as_micros() as u64,
-            cache_hit: cached,
+            cpu_us: cpu.map(|c| c.as_micros() as u64),
+            cache_hit: cpu.is_none() && policy != "-",
         };
         let Ok(line) = serde_json::to_string(&line) else { return };
         if self.messages.send(Message::Line(line)).is_err() {
@@ -127,5 +129,7 @@ struct Line<'a> {
     decision: &'a str,
     reason: &'a str,
     duration_us: u64,
+    /// The module's CPU time (null for a cached decision).
+    cpu_us: Option<u64>,
     cache_hit: bool,
 }

@@ -21,6 +21,11 @@ impl Budget {
         Budget { cpu_start: thread_cpu_time(), cpu, wall_end: Instant::now() + cpu + WAIT_LIMIT }
     }
 
+    /// The CPU time used so far (on the calling thread, which must be the one that started it).
+    pub fn used(&self) -> Duration {
+        thread_cpu_time().saturating_sub(self.cpu_start)
+    }
+
     /// The CPU time left, or `None` once it is spent or the wall-clock limit has passed.
     pub fn remaining(&self) -> Option<Duration> {
         if Instant::now() >= self.wall_end {

@@ -267,7 +267,7 @@ impl Standalone {
         ctx.subject = Some(self.subject.clone());
         ctx.attachments = Arc::clone(&self.attachments);
         let ctx = Arc::new(ctx);
-        let decision = match self.loaded.evaluate(&self.engine, Arc::clone(&ctx), &self.request) {
+        let decision = match self.loaded.evaluate(&self.engine, Arc::clone(&ctx), &self.request).0 {
             Ok(Decision::Admit) => "decision: admit".to_string(),
             Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
             Ok(Decision::Verify(r)) => format!(
@@ -359,12 +359,16 @@ impl Loaded {
         Ok((meta, valid))
     }
 
-    /// Runs one evaluation (blocking: call from a blocking thread).
-    fn evaluate(&self, engine: &Engine, ctx: Arc<CallContext>, request: &Request) -> wasmtime::Result<Decision> {
+    /// Runs one evaluation (blocking: call from a blocking thread); its decision and the CPU
+    /// time it used.
+    fn evaluate(&self, engine: &Engine, ctx: Arc<CallContext>, request: &Request) -> (wasmtime::Result<Decision>, Duration) {
         let _running = ticker::running();
         let mut store = self.store(engine, ctx);
-        let instance = self.pre.instantiate(&mut store)?;
-        instance.call_evaluate(&mut store, request, &self.settings)
+        let decision = match self.pre.instantiate(&mut store) {
+            Ok(instance) => instance.call_evaluate(&mut store, request, &self.settings),
+            Err(e) => Err(e),
+        };
+        (decision, store.data().budget.used())
     }
 }
 
@@ -454,9 +458,9 @@ impl Policies {
         };
         for policy in in_scope {
             let started = Instant::now();
-            let (outcome, cached) = self.decide(policy, subject, &attachments).await;
+            let (outcome, cpu) = self.decide(policy, subject, &attachments).await;
             let outcome = explain_unresolved(outcome, unresolved.as_deref());
-            self.audit.record(subject, &policy.config.name, policy.config.mode, &outcome, started.elapsed(), cached);
+            self.audit.record(subject, &policy.config.name, policy.config.mode, &outcome, started.elapsed(), cpu);
             if let Outcome::Reject(reason) = outcome {
                 if policy.config.mode == PolicyMode::Enforce {
                     return Err(RegistryError::of(Code::Denied, format!("policy {}: {reason}", policy.config.name)));
@@ -467,36 +471,38 @@ impl Policies {
         Ok(())
     }
 
-    async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, bool) {
+    /// A policy's outcome, and the CPU time its module used (`None`: a cached decision).
+    async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, Option<Duration>) {
         let key = decision_key(&policy.digest, &policy.settings_hash, subject, attachments);
         if let Some(o) = self.decisions.get(&key) {
-            return (o, true);
+            return (o, None);
         }
-        let outcome = self.evaluate(policy, subject, attachments).await;
+        let (outcome, cpu) = self.evaluate(policy, subject, attachments).await;
         self.decisions.insert(key, outcome.clone());
-        (outcome, false)
+        (outcome, Some(cpu))
     }
 
-    /// Evaluates one policy (fail closed), then runs a `verify` decision's verification.
-    async fn evaluate(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> Outcome {
+    /// Evaluates one policy (fail closed), then runs a `verify` decision's verification; the
+    /// outcome and the CPU time the module used.
+    async fn evaluate(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, Duration) {
         let request = convert::request(subject, attachments);
         let ctx = Arc::new(self.call_context(subject, attachments));
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
-            return Outcome::Reject("policy host is shutting down".into());
+            return (Outcome::Reject("policy host is shutting down".into()), Duration::ZERO);
         };
         let (engine, loaded) = (self.engine.clone(), Arc::clone(policy));
-        let result = tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await;
-        let decision = match result {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))),
-            Err(e) => return Outcome::Reject(format!("policy module failed: {e}")),
+        let (decision, cpu) = match tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await {
+            Ok((Ok(d), cpu)) => (d, cpu),
+            Ok((Err(e), cpu)) => return (Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))), cpu),
+            Err(e) => return (Outcome::Reject(format!("policy module failed: {e}")), Duration::ZERO),
         };
-        match decision {
+        let outcome = match decision {
             Decision::Admit => Outcome::Admit,
             Decision::Reject(reason) => Outcome::Reject(bounded(reason)),
             Decision::Verify(_) if subject.attaches_to.is_some() => Outcome::Admit,
             Decision::Verify(reqs) => self.run_verification(subject, &reqs).await,
-        }
+        };
+        (outcome, cpu)
     }
 
     async fn run_verification(&self, subject: &Subject, reqs: &portcullis::policy::types::Requirements) -> Outcome {

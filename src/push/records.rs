@@ -80,6 +80,18 @@ impl Records {
         Ok(self.store.get_meta(&key(ns, repo, &format!("_blobs/{}", digest.tag_prefix()))).await?.is_some())
     }
 
+    /// Every manifest pushed to a repository.
+    pub async fn manifests(&self, ns: &str, repo: &RepoName) -> Result<Vec<Digest>> {
+        let names = self.store.list_meta(&key(ns, repo, "_manifests")).await?;
+        Ok(names.iter().filter_map(|n| n.replacen('-', ":", 1).parse().ok()).collect())
+    }
+
+    /// Removes a blob's push record from a repository.
+    pub async fn unlink_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.store.delete_meta(&key(ns, repo, &format!("_blobs/{}", digest.tag_prefix()))).await?;
+        Ok(())
+    }
+
     /// Records a pushed manifest that names `subject`.
     pub async fn add_referrer(&self, ns: &str, repo: &RepoName, subject: &Digest, d: &Descriptor) -> Result<()> {
         let json = serde_json::to_vec(d).map_err(crate::error::RegistryError::internal)?;

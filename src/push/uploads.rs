@@ -319,6 +319,24 @@ pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference
     }
 }
 
+/// Deletes a blob from a local repository: it is no longer served there (its bytes stay for
+/// the other repositories that hold them). Refused while a manifest pushed to the repository
+/// names it.
+pub async fn delete_blob(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
+    if !cache.holds_pushed(ns, repo, Kind::Blob, digest).await? {
+        return Err(RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}")));
+    }
+    for m in cache.records.manifests(ns, repo).await? {
+        let Some(bytes) = cache.store().read_small(&m).await? else { continue };
+        let Ok(parsed) = Manifest::parse(&bytes) else { continue };
+        if parsed.config.iter().chain(&parsed.layers).any(|d| &d.digest == digest) {
+            return Err(RegistryError::of(Code::Denied, format!("blob {digest} is named by manifest {m} of {repo}; delete the manifest first")));
+        }
+    }
+    cache.records.unlink_blob(ns, repo, digest).await?;
+    cache.unlink(ns, repo, Kind::Blob, digest).await
+}
+
 /// Stores an atomic signature pushed with the signatures extension:
 /// `{"version":2,"type":"atomic","name":"<digest>@<id>","content":"<base64>"}`.
 pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest, body: Bytes) -> Result<()> {

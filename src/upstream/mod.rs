@@ -53,10 +53,10 @@ pub struct Upstream {
     timeout: Duration,
     /// Whether the upstream offers the atomic signatures extension, and when that was learnt.
     signatures_offered: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
+    /// How long that answer is trusted (the cache's `tag_ttl`).
+    recheck: Duration,
 }
 
-/// How long an upstream's answer about the signatures extension is trusted.
-const SIGNATURES_OFFER_TTL: Duration = Duration::from_secs(600);
 
 /// The most pages of an upstream tag list followed.
 const MAX_TAG_PAGES: usize = 100;
@@ -95,7 +95,14 @@ impl Upstream {
             retries: config.retries,
             timeout: config.timeout.0,
             signatures_offered: std::sync::Mutex::new(None),
+            recheck: Duration::from_secs(300),
         })
+    }
+
+    /// Asks whether the upstream offers the atomic signatures extension again after `every`.
+    pub fn rechecking(mut self, every: Duration) -> Upstream {
+        self.recheck = every;
+        self
     }
 
     /// The registry host (with a port when not the default), as image names write it.
@@ -202,10 +209,10 @@ impl Upstream {
 
     /// Whether the upstream offers the atomic signatures extension: its `/v2/` answer (200 or
     /// 401) carries `X-Registry-Supports-Signatures: 1`, the header containers/image looks for.
-    /// Asked again after `SIGNATURES_OFFER_TTL`; registries without it are not asked per image.
+    /// Asked again after `recheck`; registries without it are not asked per image.
     async fn offers_signatures(&self) -> Result<bool> {
         if let Some((offered, at)) = *self.signatures_offered.lock().expect("signatures lock") {
-            if at.elapsed() < SIGNATURES_OFFER_TTL {
+            if at.elapsed() < self.recheck {
                 return Ok(offered);
             }
         }
@@ -310,10 +317,13 @@ impl Upstream {
                     authenticated_once = true;
                     auth = Some(self.authenticate(resp.headers(), &scope, &token_key).await?);
                 }
+                // the upstream's refusal of the proxy: a repository it does not have (as Docker
+                // Hub says it) or one the proxy's credentials do not open; the client can do
+                // nothing about either with credentials of its own, so not a 401
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Err(RegistryError::of(
-                        Code::NameUnknown,
-                        format!("upstream {} refused access to {repo} (missing or requires credentials)", self.name),
+                        Code::Denied,
+                        format!("upstream {} refused access to {repo}: it does not exist there, or the proxy's credentials for it do not allow it", self.name),
                     ));
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
@@ -348,8 +358,8 @@ impl Upstream {
             Some(Challenge::Basic) => match &self.credentials {
                 Some((u, p)) => Ok(basic_header(u, p)),
                 None => Err(RegistryError::of(
-                    Code::NameUnknown,
-                    format!("upstream {} requires credentials; set username and password_file", self.name),
+                    Code::Denied,
+                    format!("upstream {} requires credentials the proxy was not given (username and password_file)", self.name),
                 )),
             },
             Some(Challenge::Bearer { realm, service, scope: challenge_scope }) => {
@@ -389,8 +399,8 @@ impl Upstream {
             .map_err(|e| transport_error(&self.name, &e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::of(
-                Code::NameUnknown,
-                format!("token endpoint of {} refused: {}", self.name, resp.status()),
+                Code::Denied,
+                format!("the token endpoint of {} refused the proxy: {}", self.name, resp.status()),
             ));
         }
         let body = read_limited(resp, 1 << 20, "token answer").await?;

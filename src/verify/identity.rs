@@ -105,7 +105,7 @@ impl SignedIdentity {
         if ok {
             Ok(())
         } else {
-            Err(format!("signature is for {:?}, not {:?}", claimed.full(), requested.full()))
+            Err(format!("signature is for {}, not {}", claimed.full(), requested.full()))
         }
     }
 }

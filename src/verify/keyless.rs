@@ -118,32 +118,50 @@ impl Identity {
         let issuer = signer.issuer.as_deref().unwrap_or("");
         if let Some(want) = &self.issuer {
             if issuer != want {
-                return Err(format!("certificate issuer is {issuer:?}, not {want:?}"));
+                return Err(format!("certificate issuer is {}, not {want}", shown(issuer)));
             }
         }
         if let Some(re) = &self.issuer_regexp {
             if !re.is_match(issuer) {
-                return Err(format!("certificate issuer {issuer:?} does not match {:?}", re.as_str()));
+                return Err(format!("certificate issuer {} does not match {}", shown(issuer), re.as_str()));
             }
         }
         let subjects = &signer.subjects;
         if let Some(want) = &self.subject {
             if !subjects.iter().any(|s| s == want) {
-                return Err(format!("certificate subject is {subjects:?}, not {want:?}"));
+                return Err(format!("certificate subject is {}, not {want}", listed(subjects)));
             }
         }
         if let Some(re) = &self.subject_regexp {
             if !subjects.iter().any(|s| re.is_match(s)) {
-                return Err(format!("certificate subject {subjects:?} does not match {:?}", re.as_str()));
+                return Err(format!("certificate subject {} does not match {}", listed(subjects), re.as_str()));
             }
         }
         for (claim, want) in &self.github {
             let got = signer.github.iter().find(|(c, _)| c == claim).map(|(_, v)| v.as_str());
             if got != Some(want.as_str()) {
-                return Err(format!("certificate {} is {got:?}, not {want:?}", claim.label()));
+                return Err(format!("certificate {} is {}, not {want}", claim.label(), shown(got.unwrap_or(""))));
             }
         }
         Ok(())
+    }
+}
+
+/// A certificate value as a message shows it: itself, or "absent".
+fn shown(value: &str) -> &str {
+    if value.is_empty() {
+        "absent"
+    } else {
+        value
+    }
+}
+
+/// Certificate subjects as a message shows them: comma-separated, or "absent".
+fn listed(subjects: &[String]) -> String {
+    if subjects.is_empty() {
+        "absent".into()
+    } else {
+        subjects.join(", ")
     }
 }
 

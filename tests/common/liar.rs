@@ -44,6 +44,10 @@ struct State {
     tags: HashMap<String, Vec<String>>,
     /// An absolute `Link` for the first tags page, instead of the next page here.
     tags_link: Option<String>,
+    /// Referrers indexes by subject digest (the OCI 1.1 referrers API).
+    referrers: HashMap<String, String>,
+    /// Whether `/v2/` says the atomic signatures extension is offered (it does unless told).
+    signatures_hidden: bool,
 }
 
 /// A running liar on a loopback port.
@@ -110,6 +114,16 @@ impl Liar {
         self.state.lock().unwrap().tags_link = Some(absolute.to_string());
     }
 
+    /// Serves the OCI 1.1 referrers API: this index for the subject `digest`.
+    pub fn referrers(&self, digest: &str, index: &str) {
+        self.state.lock().unwrap().referrers.insert(digest.to_string(), index.to_string());
+    }
+
+    /// Whether `/v2/` advertises the atomic signatures extension.
+    pub fn offer_signatures(&self, offered: bool) {
+        self.state.lock().unwrap().signatures_hidden = !offered;
+    }
+
     /// Requires Basic credentials (any) on every `/v2/<repo>` request.
     pub fn require_basic(&self) {
         self.state.lock().unwrap().basic_required = true;
@@ -157,7 +171,9 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
     if path == "/v2/" {
         // it serves the atomic signatures extension, and says so as such registries do
         let mut r = full(200, "{}");
-        r.headers_mut().insert("x-registry-supports-signatures", hyper::header::HeaderValue::from_static("1"));
+        if !s.signatures_hidden {
+            r.headers_mut().insert("x-registry-supports-signatures", hyper::header::HeaderValue::from_static("1"));
+        }
         return r;
     }
     if path.starts_with("/extensions/v2/") {
@@ -200,6 +216,16 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
             r.headers_mut().insert("link", next.parse().unwrap());
         }
         return r;
+    }
+    if let Some((_, digest)) = rest.split_once("/referrers/") {
+        return match s.referrers.get(digest) {
+            Some(index) => {
+                let mut r = full(200, index.clone());
+                r.headers_mut().insert("content-type", "application/vnd.oci.image.index.v1+json".parse().unwrap());
+                r
+            }
+            None => full(404, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no referrers API here"}]}"#),
+        };
     }
     if let Some((repo, reference)) = rest.split_once("/manifests/") {
         return match s.manifests.get(&format!("{repo}:{reference}")) {

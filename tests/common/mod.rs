@@ -50,6 +50,7 @@ pub struct Registry {
     pub port: u16,
     child: Option<Child>,
     extra_config: String,
+    tls: bool,
 }
 
 impl Registry {
@@ -61,7 +62,15 @@ impl Registry {
     /// Starts a registry with extra YAML appended at the top level (e.g. an `auth:` block).
     pub fn start_with(dir: &Path, extra_config: &str) -> Registry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: extra_config.into() };
+        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: extra_config.into(), tls: false };
+        r.spawn();
+        r
+    }
+
+    /// Starts a registry serving HTTPS: `tls_yaml` is its `http.tls` block, indented by two.
+    pub fn start_tls(dir: &Path, tls_yaml: &str) -> Registry {
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: tls_yaml.into(), tls: true };
         r.spawn();
         r
     }
@@ -83,10 +92,10 @@ impl Registry {
             .spawn()
             .expect("docker-registry is installed (tests/setup.sh)");
         self.child = Some(child);
-        let port = self.port;
+        let url = format!("{}/v2/", self.url());
         wait_for("docker-registry to answer", Duration::from_secs(15), || {
             Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "--max-time", "2", &format!("http://127.0.0.1:{port}/v2/")])
+                .args(["-ksS", "-o", "/dev/null", "--max-time", "2", &url])
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
@@ -99,9 +108,9 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` for a TLS registry).
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.host())
     }
 
     /// Stops the registry (the proxy's upstream goes away).

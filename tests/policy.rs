@@ -117,7 +117,23 @@ fn require_signature_admits_signed_images_and_refuses_unsigned_ones_with_the_rea
     let s = setup(&policy("require-signature", &example("require-signature"), "up/*", "[policy.settings]\ntrust = \"release-keys\""));
     let signed = s.image("demo/signed", "signed", "v1");
     s.sign("demo/signed", &signed);
-    s.image("demo/unsigned", "unsigned", "v1");
+    let unsigned = s.image("demo/unsigned", "unsigned", "v1");
+    // signed with the release key, but the payload changed afterwards: an invalid signature
+    let forged = s.image("demo/forged", "forged", "v1");
+    s.sign("demo/forged", &forged);
+    let sig_tag = format!("{}.sig", forged.digest.replace(':', "-"));
+    let sig: serde_json::Value = http().get(format!("{}/v2/demo/forged/manifests/{sig_tag}", s.reg.url())).header("accept", "application/vnd.oci.image.manifest.v1+json").send().unwrap().json().unwrap();
+    let layer = sig["layers"][0]["digest"].as_str().unwrap();
+    let payload = http().get(format!("{}/v2/demo/forged/blobs/{layer}", s.reg.url())).send().unwrap().text().unwrap();
+    let altered = payload.replacen("\"optional\":null", "\"optional\":{\"creator\":\"mallory\"}", 1);
+    assert_ne!(altered, payload);
+    let new_layer = push_blob(&s.reg, "demo/forged", altered.as_bytes());
+    let mut forged_sig = sig.clone();
+    forged_sig["layers"][0]["digest"] = new_layer.into();
+    forged_sig["layers"][0]["size"] = altered.len().into();
+    push_manifest(&s.reg, "demo/forged", &sig_tag, "application/vnd.oci.image.manifest.v1+json", forged_sig.to_string().as_bytes());
+    let refused = s.pull("demo/forged:v1");
+    assert!(!refused.ok && refused.stderr.contains("signature does not verify with any trusted key"), "an invalid signature is no signature: {}", refused.stderr);
 
     s.pull("demo/signed:v1").success();
     let refused = s.pull("demo/unsigned:v1");
@@ -140,7 +156,11 @@ fn require_signature_admits_signed_images_and_refuses_unsigned_ones_with_the_rea
     let audit = s.audit_with("a cached admission of the repeated pull in the audit log", |l| {
         l["repository"] == "demo/signed" && l["cache_hit"] == true && l["decision"] == "admit"
     });
-    assert!(audit.iter().any(|l| l["repository"] == "demo/unsigned" && l["decision"] == "reject" && l["policy"] == "require-signature"));
+    let refusal = audit.iter().find(|l| l["repository"] == "demo/unsigned" && l["decision"] == "reject").expect("the refusal is audited");
+    assert_eq!(refusal["policy"], "require-signature");
+    assert_eq!(refusal["digest"], unsigned.digest.as_str(), "the audit names the manifest");
+    assert!(refusal["reason"].as_str().unwrap().contains("no signatures found"), "and why: {refusal}");
+    assert_eq!(refusal["user"], serde_json::Value::Null, "an anonymous pull");
     assert!(audit.iter().any(|l| l["repository"] == "demo/signed" && l["decision"] == "admit" && l["cache_hit"] == false));
 }
 
@@ -183,6 +203,13 @@ fn deny_tags_and_push_time_refusals() {
     let allowed = format!("{}/up/allowed/app@{}", s.proxy.addr, img.digest);
     sign_ok.push(&allowed);
     cosign(&s.keys, &sign_ok).success();
+    // the signature pushed by ci is audited as ci's push, with its digest
+    let audit = s.audit_with("the admitted push in the audit log", |l| l["operation"] == "push" && l["repository"] == "allowed/app");
+    let push = audit.iter().find(|l| l["operation"] == "push" && l["repository"] == "allowed/app").unwrap();
+    assert_eq!(push["user"], "ci", "the audit names the signed-in user: {push}");
+    assert_eq!(push["decision"], "admit");
+    assert!(push["digest"].as_str().unwrap().starts_with("sha256:"), "{push}");
+    assert!(push["reference"].as_str().unwrap().ends_with(".sig"), "the signature's tag: {push}");
 }
 
 #[test]
@@ -528,4 +555,73 @@ fn a_trust_repointed_at_another_authority_applies_at_once_after_sighup() {
     let refused = s.pull("ci/app:v1");
     assert!(!refused.ok, "the image verified under the old trust is refused at once");
     assert!(refused.stderr.contains("policy keyless"), "{}", refused.stderr);
+}
+
+#[test]
+fn modules_get_no_filesystem_network_environment_or_clock_and_overflow_their_stack_safely() {
+    let escape = faulty("escape");
+    let tries = ["fs", "env", "clock", "net", "recurse"];
+    let policies: String = tries.iter().map(|w| policy(w, &escape, &format!("up/{w}/*"), &format!("[policy.settings]\ntry = \"{w}\""))).collect();
+    let s = setup(&policies);
+    for w in tries {
+        s.image(&format!("{w}/app"), w, "v1");
+        let r = http().get(format!("{}/v2/up/{w}/app/manifests/v1", s.proxy.url())).send().unwrap();
+        let (status, body) = (r.status().as_u16(), r.text().unwrap());
+        // the module got nothing: it failed closed on the import it may not use (or, where the
+        // language's library answers "unsupported" without asking the host, admitted)
+        for leak in ["read a file", "read the environment", "read the clock", "opened a connection", "returned from recursion"] {
+            assert!(!body.contains(leak), "{w}: {body}");
+        }
+        if status == 403 {
+            assert_eq!(error_code(&body), "DENIED", "{w}");
+            assert!(body.contains("policy module"), "{w}: failed closed, naming the failure: {body}");
+        } else {
+            assert_eq!(status, 200, "{w}: {body}");
+        }
+        if matches!(w, "fs" | "env" | "clock" | "recurse") {
+            assert_eq!(status, 403, "{w} fails closed: {body}");
+        }
+    }
+    assert_eq!(http().get(format!("{}/v2/", s.proxy.url())).send().unwrap().status(), 401, "the proxy serves on (and challenges)");
+}
+
+#[test]
+fn a_module_deciding_on_who_asks_is_asked_again_for_each_asker() {
+    let s = setup(&policy("agent", &faulty("escape"), "up/agent/*", "[policy.settings]\ntry = \"agent\""));
+    s.image("agent/app", "agent", "v1");
+    let get = |agent: &str| {
+        let r = http().get(format!("{}/v2/up/agent/app/manifests/v1", s.proxy.url())).header("user-agent", agent).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(get("podman/4.3").0, 200);
+    let (status, body) = get("blocked-client/1.0");
+    assert_eq!(status, 403, "not the first client's cached admission: {body}");
+    assert!(body.contains("blocked-client/1.0 may not pull"), "{body}");
+    assert_eq!(get("podman/4.3").0, 200, "the first client keeps its own decision");
+}
+
+#[test]
+fn a_host_call_that_never_ends_is_cut_at_its_hard_cap() {
+    let s = setup_via(&policy("config-reader", &faulty("config-reader"), "up/stuck/*", ""), true);
+    let img = s.image("stuck/app", "stuck", "v1");
+    s.front.as_ref().unwrap().fault("GET", &format!("/blobs/{}", img.config_digest), Fault::Delay(Duration::from_secs(60)));
+    let started = Instant::now();
+    let r = http().get(format!("{}/v2/up/stuck/app/manifests/v1", s.proxy.url())).send().unwrap();
+    let (status, body) = (r.status().as_u16(), r.text().unwrap());
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host call timed out"), "the module was told the call was cut: {body}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(20), "cut at the 10 s cap: {took:?}");
+}
+
+#[test]
+fn warn_mode_admits_what_a_trapping_module_would_refuse_and_audits_it() {
+    let s = setup(&policy("trap", &faulty("trap"), "up/trapped/*", "mode = \"warn\""));
+    let img = s.image("trapped/app", "trapped", "v1");
+    s.pull("trapped/app:v1").success();
+    let audit = s.audit_with("the trap's audit line", |l| l["repository"] == "trapped/app");
+    let line = audit.iter().find(|l| l["repository"] == "trapped/app").unwrap();
+    assert_eq!((line["decision"].as_str(), line["mode"].as_str()), (Some("reject"), Some("warn")));
+    assert!(line["reason"].as_str().unwrap().contains("trapped"), "{line}");
+    assert_eq!(line["digest"], img.digest.as_str());
 }

@@ -238,6 +238,23 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
     let (ok, out) = s.verify("up/ci/expired:v1", &[&["--trust", "ours-root"][..], &exact].concat());
     assert!(!ok && out.contains("not valid when the log integrated"), "expired certificate: {out}");
 
+    let early = s.image("ci/early", "early");
+    push_keyless_signature(&s.reg, "ci/early", &early.digest, &ours, &signer, Entry::BeforeValidity);
+    let (ok, out) = s.verify("up/ci/early:v1", &[&["--trust", "ours-root"][..], &exact].concat());
+    assert!(!ok && out.contains("not valid when the log integrated"), "a certificate not yet valid: {out}");
+
+    // keyless thresholds count distinct subjects: one signer twice is one, two signers are two
+    let second = ours.issue("ops@example.com", ISSUER);
+    let regexps = ["--certificate-identity-regexp", r"@example\.com$", "--certificate-oidc-issuer", ISSUER, "--trust", "ours-root", "--threshold", "2"];
+    let twice = s.image("ci/twice", "twice");
+    common::keyless::push_keyless_signatures(&s.reg, "ci/twice", &twice.digest, &ours, &[&signer, &signer], Entry::Good);
+    let (ok, out) = s.verify("up/ci/twice:v1", &regexps);
+    assert!(!ok && out.contains("1 of 2 required signers verified"), "one subject twice: {out}");
+    let pair = s.image("ci/pair", "pair");
+    common::keyless::push_keyless_signatures(&s.reg, "ci/pair", &pair.digest, &ours, &[&signer, &second], Entry::Good);
+    let (ok, out) = s.verify("up/ci/pair:v1", &regexps);
+    assert!(ok, "two subjects: {out}");
+
     let bad_set = s.image("ci/badset", "badset");
     push_keyless_signature(&s.reg, "ci/badset", &bad_set.digest, &ours, &signer, Entry::BadSet);
     let (ok, out) = s.verify("up/ci/badset:v1", &[&["--trust", "ours-root"][..], &exact].concat());

@@ -702,4 +702,117 @@ mod tests {
         assert_eq!(predicate_type("slsaprovenance"), "https://slsa.dev/provenance/v0.2");
         assert_eq!(predicate_type("https://example.com/x"), "https://example.com/x");
     }
+
+    use sigstore::crypto::{SigStoreSigner, SigningScheme};
+
+    /// A signer of `scheme` and the key that verifies it, trusted under `name`.
+    fn signer(scheme: SigningScheme, name: &str) -> (SigStoreSigner, TrustedKey) {
+        let s = scheme.create_signer().unwrap();
+        let pem = s.to_sigstore_keypair().unwrap().public_key_to_pem().unwrap();
+        let key = TrustedKey::from_pem(name, pem.as_bytes()).unwrap();
+        (s, key)
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn image() -> Digest {
+        Digest::sha256_of(b"the image manifest")
+    }
+
+    fn layer(media_type: &str, bytes: Vec<u8>, signature: Option<String>) -> Layer {
+        let annotations = signature.map(|s| HashMap::from([(SIGNATURE_ANNOTATION.to_string(), s)])).unwrap_or_default();
+        Layer { digest: Digest::sha256_of(&bytes), media_type: media_type.into(), annotations, bytes: bytes.into(), refusal: None }
+    }
+
+    fn requirement(keys: Vec<TrustedKey>, threshold: usize) -> Requirement {
+        Requirement { keys, threshold, identity: SignedIdentity::MatchRepository, ..Requirement::default() }
+    }
+
+    fn payload(digest: &Digest) -> Vec<u8> {
+        format!(r#"{{"critical":{{"identity":{{"docker-reference":"registry.example/app"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#).into_bytes()
+    }
+
+    fn signature_layer(s: &SigStoreSigner, digest: &Digest) -> Layer {
+        let p = payload(digest);
+        let sig = b64(&s.sign(&p).unwrap());
+        layer(SIMPLE_SIGNING, p, Some(sig))
+    }
+
+    /// A DSSE envelope around an in-toto statement about `subject`, signed by `s` over
+    /// `signed_type` (the envelope then says `payload_type`).
+    fn envelope(s: &SigStoreSigner, subject: &Digest, signed_type: &str, payload_type: &str, tamper: bool) -> Layer {
+        let statement = format!(
+            r#"{{"_type":"https://in-toto.io/Statement/v0.1","subject":[{{"name":"registry.example/app","digest":{{"sha256":"{}"}}}}],"predicateType":"https://slsa.dev/provenance/v0.2","predicate":{{"builder":{{"id":"ci"}}}}}}"#,
+            subject.hex()
+        );
+        let sig = b64(&s.sign(&pae(signed_type, statement.as_bytes())).unwrap());
+        let carried = if tamper { statement.replace("\"ci\"", "\"evil\"") } else { statement };
+        let env = format!(r#"{{"payloadType":"{payload_type}","payload":"{}","signatures":[{{"sig":"{sig}"}}]}}"#, b64(carried.as_bytes()));
+        layer("application/vnd.dsse.envelope.v1+json", env.into_bytes(), None)
+    }
+
+    #[test]
+    fn rsa_p384_and_ed25519_keys_verify_and_refuse_other_bytes() {
+        for scheme in [SigningScheme::RSA_PKCS1_SHA256(2048), SigningScheme::ECDSA_P384_SHA384_ASN1, SigningScheme::ED25519, SigningScheme::ECDSA_P256_SHA256_ASN1] {
+            let name = scheme.to_string();
+            let (s, key) = signer(scheme, &name);
+            let v = check_signature(&signature_layer(&s, &image()), &image(), &ImageRef::parse("registry.example/app"), "up/app", &requirement(vec![key.clone()], 1));
+            assert!(v.verified, "{name}: {}", v.reason);
+            let sig = b64(&s.sign(b"these bytes").unwrap());
+            assert!(key.check(&sig, b"these bytes") && !key.check(&sig, b"other bytes"), "{name}");
+        }
+    }
+
+    #[test]
+    fn attestations_about_other_images_tampered_or_mistyped_do_not_verify() {
+        let (s, key) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1, "release");
+        let req = requirement(vec![key], 1);
+        let (good, _) = check_attestation(&envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, false), &image(), &req);
+        assert!(good.verified, "{}", good.reason);
+        let (other, st) = check_attestation(&envelope(&s, &Digest::sha256_of(b"another image"), INTOTO_PAYLOAD, INTOTO_PAYLOAD, false), &image(), &req);
+        assert!(!other.verified && st.is_none());
+        assert!(other.reason.contains("subject"), "a statement about another image: {}", other.reason);
+        let (tampered, _) = check_attestation(&envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, true), &image(), &req);
+        assert!(!tampered.verified);
+        assert!(tampered.reason.contains("envelope signature does not verify"), "{}", tampered.reason);
+        // signed as one payload type, claiming another: the signature covers the type
+        let (relabelled, _) = check_attestation(&envelope(&s, &image(), "application/json", INTOTO_PAYLOAD, false), &image(), &req);
+        assert!(!relabelled.verified, "{}", relabelled.reason);
+        // signed as what it says, but not in-toto
+        let (mistyped, _) = check_attestation(&envelope(&s, &image(), "application/json", "application/json", false), &image(), &req);
+        assert!(!mistyped.verified);
+        assert!(mistyped.reason.contains("payload type is application/json, not in-toto"), "{}", mistyped.reason);
+    }
+
+    #[test]
+    fn a_bundle_signing_another_manifest_does_not_count() {
+        let (s, key) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1, "release");
+        let other = b"another manifest";
+        let bundle = format!(
+            r#"{{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{{"publicKey":{{"hint":"k"}}}},"messageSignature":{{"messageDigest":{{"algorithm":"SHA2_256","digest":"{}"}},"signature":"{}"}}}}"#,
+            b64(&<sha2::Sha256 as sha2::Digest>::digest(other)),
+            b64(&s.sign(other).unwrap())
+        );
+        match check_bundle(&layer(SIGSTORE_BUNDLE, bundle.into_bytes(), None), &image(), b"the image manifest", &requirement(vec![key], 1)) {
+            BundleOutcome::Signature(v) => {
+                assert!(!v.verified);
+                assert!(v.reason.starts_with("bundle signs sha256:") && v.reason.ends_with(&format!("not {}", image())), "{}", v.reason);
+            }
+            BundleOutcome::Attestation(v, _) => panic!("a message signature read as an attestation: {}", v.reason),
+        }
+    }
+
+    #[test]
+    fn one_key_listed_twice_is_one_signer() {
+        let (s, key) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1, "keys/a.pub");
+        let copy = TrustedKey { name: "keys/copy-of-a.pub".into(), ..key.clone() };
+        let req = requirement(vec![key, copy], 2);
+        let layers = [signature_layer(&s, &image()), signature_layer(&s, &image())];
+        let verdicts: Vec<LayerVerdict> = layers.iter().map(|l| check_signature(l, &image(), &ImageRef::parse("registry.example/app"), "up/app", &req)).collect();
+        assert!(verdicts.iter().all(|v| v.verified));
+        let signers: BTreeSet<String> = verdicts.iter().filter_map(|v| v.signer.clone()).collect();
+        assert_eq!(signers.len(), 1, "two signatures by one key, listed twice, are one signer of the two required: {signers:?}");
+    }
 }

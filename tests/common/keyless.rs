@@ -65,6 +65,8 @@ pub enum Entry {
     AfterExpiry,
     /// The SET signed by another key.
     BadSet,
+    /// Integrated an hour before the certificate became valid.
+    BeforeValidity,
 }
 
 impl Sigstore {
@@ -160,6 +162,7 @@ impl Sigstore {
     fn log(&self, body_b64: &str, signer: &Signer, entry: Entry) -> (i64, i64, String) {
         let integrated = match entry {
             Entry::AfterExpiry => signer.not_before + 600 + 3600,
+            Entry::BeforeValidity => signer.not_before - 3600,
             _ => signer.not_before + 60,
         };
         let index = 1000 + (now() % 1000);
@@ -250,20 +253,30 @@ pub fn payload(reference: &str, digest: &str) -> String {
 /// Pushes a keyless `.sig` for `image_digest` the way cosign does, with the entry spoiled as
 /// `entry` says; returns the signature manifest's digest.
 pub fn push_keyless_signature(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signer: &Signer, entry: Entry) {
+    push_keyless_signatures(reg, repo, image_digest, sigstore, &[signer], entry);
+}
+
+/// Pushes a keyless `.sig` with one layer per signer (as `cosign sign` run by each of them).
+pub fn push_keyless_signatures(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signers: &[&Signer], entry: Entry) {
     let payload = payload(&format!("{}/{repo}", reg.host()), image_digest);
-    let sig = B64.encode(signer.key.sign(payload.as_bytes()).unwrap());
-    let bundle = sigstore.cosign_bundle(signer, payload.as_bytes(), &sig, entry);
     let d = push_blob(reg, repo, payload.as_bytes());
-    let layer = serde_json::json!({
-        "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": d, "size": payload.len(),
-        "annotations": {
-            "dev.cosignproject.cosign/signature": sig,
-            "dev.sigstore.cosign/certificate": signer.cert_pem,
-            "dev.sigstore.cosign/chain": signer.chain_pem,
-            "dev.sigstore.cosign/bundle": bundle,
-        },
-    });
-    push_attachment(reg, repo, &format!("{}.sig", image_digest.replace(':', "-")), &d, layer);
+    let layers: Vec<serde_json::Value> = signers
+        .iter()
+        .map(|signer| {
+            let sig = B64.encode(signer.key.sign(payload.as_bytes()).unwrap());
+            let bundle = sigstore.cosign_bundle(signer, payload.as_bytes(), &sig, entry);
+            serde_json::json!({
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": d, "size": payload.len(),
+                "annotations": {
+                    "dev.cosignproject.cosign/signature": sig,
+                    "dev.sigstore.cosign/certificate": signer.cert_pem,
+                    "dev.sigstore.cosign/chain": signer.chain_pem,
+                    "dev.sigstore.cosign/bundle": bundle,
+                },
+            })
+        })
+        .collect();
+    push_attachment_layers(reg, repo, &format!("{}.sig", image_digest.replace(':', "-")), &d, layers);
 }
 
 /// One Sigstore bundle to attach: its JSON, `dev.sigstore.bundle.content` and predicate type.
@@ -348,12 +361,16 @@ pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, 
 
 /// Pushes a one-layer attachment manifest (as cosign writes `.sig` and `.att`) under `tag`.
 fn push_attachment(reg: &Registry, repo: &str, tag: &str, layer_digest: &str, layer: serde_json::Value) {
+    push_attachment_layers(reg, repo, tag, layer_digest, vec![layer]);
+}
+
+fn push_attachment_layers(reg: &Registry, repo: &str, tag: &str, layer_digest: &str, layers: Vec<serde_json::Value>) {
     let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#);
     let config_digest = push_blob(reg, repo, config.as_bytes());
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [layer],
+        "layers": layers,
     })
     .to_string();
     push_manifest(reg, repo, tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());

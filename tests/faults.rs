@@ -113,8 +113,8 @@ fn bearer_token_challenges_are_answered_and_tokens_reused() {
     let (status, body) = fetch(&format!("{}/v2/liar/r/blobs/{digest}", proxy.url())).unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, data);
-    let r = http().head(format!("{}/v2/liar/r/blobs/{}", proxy.url(), sha256(b"nope"))).send().unwrap();
-    assert_eq!(r.status(), 404);
+    let r = http().get(format!("{}/v2/liar/r/blobs/{}", proxy.url(), sha256(b"nope"))).send().unwrap();
+    assert_eq!((r.status().as_u16(), error_code(&r.text().unwrap()).as_str()), (404, "BLOB_UNKNOWN"));
     assert_eq!(liar.hits("/token"), 1, "the token is cached and reused");
 }
 

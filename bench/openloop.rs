@@ -37,7 +37,10 @@ struct Tally {
 
 fn main() -> Result<(), String> {
     let load = parse_args(std::env::args().skip(1).collect())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let (tally, elapsed) = runtime.block_on(run(&load))?;
     println!("{}", summary(tally, elapsed));
     Ok(())
@@ -49,11 +52,27 @@ fn parse_args(args: Vec<String>) -> Result<Load, String> {
         return Err(usage.into());
     }
     let rest = args[0].strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h.to_string(), format!("/{p}"))).unwrap_or((rest.to_string(), "/".into()));
-    let number = |i: usize| args[i].parse::<f64>().map_err(|_| format!("{usage}: {} is not a number", args[i]));
-    let load = Load { host, path, headers: args[4..].to_vec(), rate: number(1)?, connections: number(2)? as usize, seconds: number(3)? };
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h.to_string(), format!("/{p}")))
+        .unwrap_or((rest.to_string(), "/".into()));
+    let number = |i: usize| {
+        args[i]
+            .parse::<f64>()
+            .map_err(|_| format!("{usage}: {} is not a number", args[i]))
+    };
+    let load = Load {
+        host,
+        path,
+        headers: args[4..].to_vec(),
+        rate: number(1)?,
+        connections: number(2)? as usize,
+        seconds: number(3)?,
+    };
     if load.rate <= 0.0 || load.connections == 0 || load.seconds <= 0.0 {
-        return Err(format!("{usage}: RATE, CONNECTIONS and SECONDS must be positive"));
+        return Err(format!(
+            "{usage}: RATE, CONNECTIONS and SECONDS must be positive"
+        ));
     }
     Ok(load)
 }
@@ -70,10 +89,18 @@ async fn run(load: &Load) -> Result<(Tally, Duration), String> {
     let interval = Duration::from_secs_f64(load.connections as f64 / load.rate);
     let mut tasks = Vec::new();
     for k in 0..load.connections {
-        let stream = TcpStream::connect(&load.host).await.map_err(|e| format!("connect {}: {e}", load.host))?;
+        let stream = TcpStream::connect(&load.host)
+            .await
+            .map_err(|e| format!("connect {}: {e}", load.host))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let first = start + Duration::from_secs_f64(k as f64 / load.rate);
-        tasks.push(tokio::spawn(connection(stream, request.clone().into_bytes(), first, interval, end)));
+        tasks.push(tokio::spawn(connection(
+            stream,
+            request.clone().into_bytes(),
+            first,
+            interval,
+            end,
+        )));
     }
     let mut tally = Tally::default();
     for t in tasks {
@@ -85,7 +112,13 @@ async fn run(load: &Load) -> Result<(Tally, Duration), String> {
 }
 
 /// Sends the request on one connection at each due time until `end`.
-async fn connection(mut stream: TcpStream, request: Vec<u8>, first: Instant, interval: Duration, end: Instant) -> Tally {
+async fn connection(
+    mut stream: TcpStream,
+    request: Vec<u8>,
+    first: Instant,
+    interval: Duration,
+    end: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut due = first;
@@ -94,10 +127,13 @@ async fn connection(mut stream: TcpStream, request: Vec<u8>, first: Instant, int
         tokio::time::sleep_until(due).await;
         let sent = Instant::now();
         let from = if free_at > due { due } else { sent };
-        let ok = stream.write_all(&request).await.is_ok() && read_response(&mut stream, &mut buf).await.unwrap_or(false);
+        let ok = stream.write_all(&request).await.is_ok()
+            && read_response(&mut stream, &mut buf).await.unwrap_or(false);
         free_at = Instant::now();
         if ok {
-            tally.latencies.push((free_at - from).as_micros().min(u32::MAX as u128) as u32);
+            tally
+                .latencies
+                .push((free_at - from).as_micros().min(u32::MAX as u128) as u32);
         } else {
             tally.errors += 1;
             break;
@@ -143,6 +179,19 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result
 fn summary(mut tally: Tally, elapsed: Duration) -> String {
     tally.latencies.sort_unstable();
     let n = tally.latencies.len();
-    let at = |q: f64| if n == 0 { 0.0 } else { tally.latencies[((n as f64 * q) as usize).min(n - 1)] as f64 / 1000.0 };
-    format!("{:.0} {:.3} {:.3} {:.3} {}", n as f64 / elapsed.as_secs_f64(), at(0.50), at(0.99), at(1.0), tally.errors)
+    let at = |q: f64| {
+        if n == 0 {
+            0.0
+        } else {
+            tally.latencies[((n as f64 * q) as usize).min(n - 1)] as f64 / 1000.0
+        }
+    };
+    format!(
+        "{:.0} {:.3} {:.3} {:.3} {}",
+        n as f64 / elapsed.as_secs_f64(),
+        at(0.50),
+        at(0.99),
+        at(1.0),
+        tally.errors
+    )
 }

@@ -19,9 +19,13 @@ fn per_op(total: Duration, n: u32) -> f64 {
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let module = root.join("policies/target/wasm32-wasip2/release/deny_tags.wasm");
-    anyhow::ensure!(module.exists(), "build the policies first: (cd policies && cargo build --release --target wasm32-wasip2)");
+    anyhow::ensure!(
+        module.exists(),
+        "build the policies first: (cd policies && cargo build --release --target wasm32-wasip2)"
+    );
     // `cargo bench` passes --bench; anything else (`cargo test`, --quick) is a short smoke run
-    let quick = !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--quick");
+    let quick =
+        !std::env::args().any(|a| a == "--bench") || std::env::args().any(|a| a == "--quick");
     let n: u32 = if quick { 200 } else { 5000 };
 
     let request: TestRequest = serde_json::from_str(&format!(
@@ -43,11 +47,18 @@ fn main() -> anyhow::Result<()> {
         "[storage]\npath = \"data\"\n[[local]]\nname = \"bench\"\n[policies]\naudit = \"audit.log\"\n[[policy]]\nname = \"deny-tags\"\nmodule = \"{}\"\nscope = [\"bench/*\"]\n",
         module.display()
     );
-    let config = Config::from_toml_str(&text, "bench.toml", dir.path()).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let config =
+        Config::from_toml_str(&text, "bench.toml", dir.path()).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cached = runtime.block_on(async {
         let services = portcullis::server::services(&config, false).await?;
-        let verifier = Verifier::new(Arc::clone(&services.cache), Arc::clone(&services.attachments), Duration::from_secs(1));
+        let verifier = Verifier::new(
+            Arc::clone(&services.cache),
+            Arc::clone(&services.attachments),
+            Duration::from_secs(1),
+        );
         let policies = Policies::new(&config, services.cache, services.attachments, verifier)?;
         let subject = Subject {
             push: false,
@@ -62,10 +73,16 @@ fn main() -> anyhow::Result<()> {
             user: None,
             user_agent: None,
         };
-        policies.check(&subject).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        policies
+            .check(&subject)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
         let started = Instant::now();
         for _ in 0..n {
-            policies.check(&subject).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            policies
+                .check(&subject)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
         }
         anyhow::Ok(per_op(started.elapsed(), n))
     })?;

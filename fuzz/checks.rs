@@ -8,7 +8,9 @@ use portcullis::verify::{bundle::Bundle, keyless, ImageRef};
 
 /// The request router: a path, then optionally a newline and containerd's `ns`.
 pub fn route(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (path, ns) = match text.split_once('\n') {
         Some((p, n)) => (p, Some(n)),
         None => (text, None),
@@ -19,7 +21,9 @@ pub fn route(data: &[u8]) {
 /// Digests (which must print back to themselves), tags, references, repository names, image
 /// references.
 pub fn names(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(d) = text.parse::<Digest>() {
         assert_eq!(d.to_string().parse::<Digest>().ok(), Some(d));
     }
@@ -42,7 +46,9 @@ pub fn manifest(data: &[u8]) {
 /// (NUL-separated).
 pub fn attachments(data: &[u8]) {
     let _ = Bundle::parse(data);
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(entry) = keyless::LogEntry::from_cosign_bundle(text) {
         let _ = entry.signed_bytes();
     }

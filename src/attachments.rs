@@ -68,8 +68,22 @@ pub struct AttachmentSet {
 impl AttachmentSet {
     /// Roughly the memory a set takes (annotations come from the upstream), for cache weighers.
     pub fn weight(&self) -> usize {
-        let annotations = |d: &Descriptor| d.annotations.as_ref().map_or(0, |a| a.iter().map(|(k, v)| k.len() + v.to_string().len() + 32).sum());
-        64 + self.items.iter().map(|a| 256 + a.descriptor.media_type.len() + a.descriptor.artifact_type.as_ref().map_or(0, String::len) + annotations(&a.descriptor)).sum::<usize>()
+        let annotations = |d: &Descriptor| {
+            d.annotations.as_ref().map_or(0, |a| {
+                a.iter()
+                    .map(|(k, v)| k.len() + v.to_string().len() + 32)
+                    .sum()
+            })
+        };
+        64 + self
+            .items
+            .iter()
+            .map(|a| {
+                256 + a.descriptor.media_type.len()
+                    + a.descriptor.artifact_type.as_ref().map_or(0, String::len)
+                    + annotations(&a.descriptor)
+            })
+            .sum::<usize>()
     }
 }
 
@@ -88,13 +102,19 @@ pub struct Attachments {
 impl Attachments {
     /// Builds the resolver from the per-upstream `attachments` settings.
     pub fn new(config: &Config, cache: Arc<Cache>) -> Arc<Attachments> {
-        let kinds = config.upstreams.iter().map(|u| (u.name.clone(), u.attachments.clone())).collect();
+        let kinds = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.attachments.clone()))
+            .collect();
         Arc::new(Attachments {
             cache,
             kinds,
             flights: SingleFlight::default(),
             sets: moka::future::Cache::builder()
-                .weigher(|_, set: &Arc<AttachmentSet>| u32::try_from(set.weight()).unwrap_or(u32::MAX))
+                .weigher(|_, set: &Arc<AttachmentSet>| {
+                    u32::try_from(set.weight()).unwrap_or(u32::MAX)
+                })
                 .max_capacity(32 << 20)
                 .time_to_live(SET_TTL)
                 .build(),
@@ -107,12 +127,18 @@ impl Attachments {
         if matches!(self.cache.namespace(ns), Ok((_, None))) {
             return &AttachmentKind::ALL; // local namespaces: only local lookups
         }
-        self.cache.canonical_namespace(ns).and_then(|n| self.kinds.get(n)).map(Vec::as_slice).unwrap_or(&[])
+        self.cache
+            .canonical_namespace(ns)
+            .and_then(|n| self.kinds.get(n))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Forgets the resolved set of an image (after something was pushed for it).
     pub async fn invalidate(&self, ns: &str, repo: &RepoName, digest: &Digest) {
-        self.sets.invalidate(&(ns.to_string(), repo.clone(), digest.clone())).await;
+        self.sets
+            .invalidate(&(ns.to_string(), repo.clone(), digest.clone()))
+            .await;
     }
 
     /// Starts resolving an image's attachments in the background after it was served.
@@ -135,7 +161,12 @@ impl Attachments {
     }
 
     /// Resolves an image's attachments now (one resolution per image at a time).
-    pub async fn resolve(self: &Arc<Self>, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Arc<AttachmentSet>> {
+    pub async fn resolve(
+        self: &Arc<Self>,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<AttachmentSet>> {
         let key = (ns.to_string(), repo.clone(), digest.clone());
         if let Some(set) = self.sets.get(&key).await {
             return Ok(set);
@@ -152,15 +183,31 @@ impl Attachments {
     }
 
     /// Waits for an image's attachments, at most `deadline` (for callers that need them).
-    pub async fn wait_for(self: &Arc<Self>, ns: &str, repo: &RepoName, digest: &Digest, deadline: Duration) -> Result<Arc<AttachmentSet>> {
+    pub async fn wait_for(
+        self: &Arc<Self>,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        deadline: Duration,
+    ) -> Result<Arc<AttachmentSet>> {
         tokio::time::timeout(deadline, self.resolve(ns, repo, digest))
             .await
-            .map_err(|_| RegistryError::upstream_timeout(format!("attachments of {digest} not resolved within {deadline:?}")))?
+            .map_err(|_| {
+                RegistryError::upstream_timeout(format!(
+                    "attachments of {digest} not resolved within {deadline:?}"
+                ))
+            })?
     }
 
     /// The merged referrers of a digest: upstream referrers plus tag-scheme attachments,
     /// without duplicates, optionally filtered by artifact type.
-    pub async fn referrers(self: &Arc<Self>, ns: &str, repo: &RepoName, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+    pub async fn referrers(
+        self: &Arc<Self>,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
         self.cache.namespace(ns)?;
         let set = match self.wait_for(ns, repo, digest, self.wait).await {
             Ok(set) => set,
@@ -179,12 +226,20 @@ impl Attachments {
             .collect())
     }
 
-    async fn resolve_now(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<AttachmentSet> {
+    async fn resolve_now(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<AttachmentSet> {
         let kinds = self.kinds_for(ns).to_vec();
-        let tagged = kinds.iter().filter_map(|k| k.suffix().map(|s| (*k, s))).map(|(k, suffix)| {
-            let tag = format!("{}{suffix}", digest.tag_prefix());
-            self.fetch_tagged(ns, repo, k, tag)
-        });
+        let tagged = kinds
+            .iter()
+            .filter_map(|k| k.suffix().map(|s| (*k, s)))
+            .map(|(k, suffix)| {
+                let tag = format!("{}{suffix}", digest.tag_prefix());
+                self.fetch_tagged(ns, repo, k, tag)
+            });
         let tagged = join_all(tagged);
         let referrers = async {
             if kinds.contains(&AttachmentKind::Referrers) {
@@ -195,12 +250,20 @@ impl Attachments {
         };
         let pushed = async {
             let name = self.cache.canonical_namespace(ns).unwrap_or(ns).to_string();
-            self.cache.records.referrers(&name, repo, digest).await.unwrap_or_default()
+            self.cache
+                .records
+                .referrers(&name, repo, digest)
+                .await
+                .unwrap_or_default()
         };
         let (tagged, referrers, pushed) = tokio::join!(tagged, referrers, pushed);
         let mut items: Vec<Attachment> = tagged.into_iter().flatten().collect();
         items.extend(referrers);
-        items.extend(pushed.into_iter().map(|descriptor| Attachment { kind: Kind::Referrer, tag: None, descriptor }));
+        items.extend(pushed.into_iter().map(|descriptor| Attachment {
+            kind: Kind::Referrer,
+            tag: None,
+            descriptor,
+        }));
         if items.len() > MAX_ATTACHMENTS {
             tracing::warn!(%repo, %digest, found = items.len(), "more attachments than {MAX_ATTACHMENTS}; the rest are ignored");
             items.truncate(MAX_ATTACHMENTS);
@@ -210,7 +273,13 @@ impl Attachments {
     }
 
     /// Fetches one tag-scheme attachment with its blobs; `None` when there is none.
-    async fn fetch_tagged(&self, ns: &str, repo: &RepoName, kind: AttachmentKind, tag: String) -> Option<Attachment> {
+    async fn fetch_tagged(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: AttachmentKind,
+        tag: String,
+    ) -> Option<Attachment> {
         let reference: Reference = tag.parse().ok()?;
         let _turn = self.fetching.acquire().await.ok()?;
         let served = match self.cache.manifest(ns, repo, &reference).await {
@@ -237,7 +306,11 @@ impl Attachments {
             annotations: manifest.annotations.clone(),
             platform: None,
         };
-        Some(Attachment { kind, tag: Some(tag), descriptor })
+        Some(Attachment {
+            kind,
+            tag: Some(tag),
+            descriptor,
+        })
     }
 
     /// Fetches the referrers (API, else fallback tag) and each referrer's manifest and blobs.
@@ -253,30 +326,49 @@ impl Attachments {
         if listed.len() > MAX_ATTACHMENTS {
             tracing::warn!(%repo, %digest, listed = listed.len(), "more referrers than {MAX_ATTACHMENTS}; the rest are ignored");
         }
-        let fetched = listed.into_iter().take(MAX_ATTACHMENTS).map(|d| async move {
-            let _turn = self.fetching.acquire().await.ok()?;
-            let served = self.cache.manifest(ns, repo, &Reference::Digest(d.digest.clone())).await;
-            match served.ok().and_then(|m| Manifest::parse(&m.bytes).ok()) {
-                Some(m) => {
-                    self.fetch_blobs(ns, repo, &m).await;
-                    let mut d = d;
-                    d.artifact_type = d.artifact_type.or_else(|| Some(artifact_type_of(&m)));
-                    Some(Attachment { kind: Kind::Referrer, tag: None, descriptor: d })
+        let fetched = listed
+            .into_iter()
+            .take(MAX_ATTACHMENTS)
+            .map(|d| async move {
+                let _turn = self.fetching.acquire().await.ok()?;
+                let served = self
+                    .cache
+                    .manifest(ns, repo, &Reference::Digest(d.digest.clone()))
+                    .await;
+                match served.ok().and_then(|m| Manifest::parse(&m.bytes).ok()) {
+                    Some(m) => {
+                        self.fetch_blobs(ns, repo, &m).await;
+                        let mut d = d;
+                        d.artifact_type = d.artifact_type.or_else(|| Some(artifact_type_of(&m)));
+                        Some(Attachment {
+                            kind: Kind::Referrer,
+                            tag: None,
+                            descriptor: d,
+                        })
+                    }
+                    None => {
+                        tracing::warn!(%repo, digest = %d.digest, "cannot fetch referrer manifest");
+                        None
+                    }
                 }
-                None => {
-                    tracing::warn!(%repo, digest = %d.digest, "cannot fetch referrer manifest");
-                    None
-                }
-            }
-        });
+            });
         join_all(fetched).await.into_iter().flatten().collect()
     }
 
     /// The referrers tag schema: an index tagged `sha256-<hex>`.
-    async fn fallback_referrers(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Vec<Descriptor> {
-        let Ok(reference) = digest.tag_prefix().parse::<Reference>() else { return Vec::new() };
+    async fn fallback_referrers(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Vec<Descriptor> {
+        let Ok(reference) = digest.tag_prefix().parse::<Reference>() else {
+            return Vec::new();
+        };
         match self.cache.manifest(ns, repo, &reference).await {
-            Ok(m) => Manifest::parse(&m.bytes).map(|i| i.manifests).unwrap_or_default(),
+            Ok(m) => Manifest::parse(&m.bytes)
+                .map(|i| i.manifests)
+                .unwrap_or_default(),
             Err(_) => Vec::new(),
         }
     }
@@ -312,9 +404,19 @@ mod tests {
 
     #[test]
     fn artifact_types() {
-        let sig = manifest(&format!(r#"{{"schemaVersion":2,"config":{CFG},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}}]}}"#));
-        assert_eq!(artifact_type_of(&sig), "application/vnd.dev.cosign.simplesigning.v1+json");
-        let bundle = manifest(&format!(r#"{{"schemaVersion":2,"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{CFG},"layers":[]}}"#));
-        assert_eq!(artifact_type_of(&bundle), "application/vnd.dev.sigstore.bundle.v0.3+json");
+        let sig = manifest(&format!(
+            r#"{{"schemaVersion":2,"config":{CFG},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}}]}}"#
+        ));
+        assert_eq!(
+            artifact_type_of(&sig),
+            "application/vnd.dev.cosign.simplesigning.v1+json"
+        );
+        let bundle = manifest(&format!(
+            r#"{{"schemaVersion":2,"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{CFG},"layers":[]}}"#
+        ));
+        assert_eq!(
+            artifact_type_of(&bundle),
+            "application/vnd.dev.sigstore.bundle.v0.3+json"
+        );
     }
 }

@@ -57,7 +57,12 @@ struct Window {
 impl Auth {
     /// Builds the policy from `[auth]`.
     pub fn new(config: &AuthConfig) -> Auth {
-        let cost = config.users.first().and_then(|(_, h)| h.get(4..6)).and_then(|c| c.parse().ok()).unwrap_or(10);
+        let cost = config
+            .users
+            .first()
+            .and_then(|(_, h)| h.get(4..6))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(10);
         Auth {
             users: config.users.iter().cloned().collect(),
             dummy_hash: if config.users.is_empty() {
@@ -66,9 +71,18 @@ impl Auth {
                 bcrypt::hash("portcullis: no such user", cost).unwrap_or_default()
             },
             config: config.clone(),
-            verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(300)).build(),
-            failed: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(REMEMBER_FAILURE).build(),
-            failures: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(FAILURE_WINDOW).build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(REMEMBER_FAILURE)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
             checker: Checker::start(),
         }
     }
@@ -103,12 +117,29 @@ impl Auth {
         let address = client_address(client);
         self.check_rate(address, user)?;
         if self.failed.contains_key(&key) {
-            return Err(self.failure(address, client, user, "failed sign-in (the same credentials again)"));
+            return Err(self.failure(
+                address,
+                client,
+                user,
+                "failed sign-in (the same credentials again)",
+            ));
         }
-        let Some(hash) = self.users.get(user).or((!self.users.is_empty()).then_some(&self.dummy_hash)) else {
-            return Err(self.failure(address, client, user, "failed sign-in: no users are configured"));
+        let Some(hash) = self
+            .users
+            .get(user)
+            .or((!self.users.is_empty()).then_some(&self.dummy_hash))
+        else {
+            return Err(self.failure(
+                address,
+                client,
+                user,
+                "failed sign-in: no users are configured",
+            ));
         };
-        let matches = self.checker.verify(password.to_string(), hash.clone()).await?;
+        let matches = self
+            .checker
+            .verify(password.to_string(), hash.clone())
+            .await?;
         if !(matches && self.users.contains_key(user)) {
             self.failed.insert(key, ());
             return Err(self.failure(address, client, user, "failed sign-in"));
@@ -120,11 +151,23 @@ impl Auth {
     /// Refuses a client address that failed too often in the current window, as this user or
     /// as anyone.
     fn check_rate(&self, address: IpAddr, user: &str) -> Result<()> {
-        for (key, limit) in [((address, Some(user.to_string())), FAILURES_PER_WINDOW), ((address, None), ADDRESS_FAILURES_PER_WINDOW)] {
-            let Some(w) = self.failures.get(&key) else { continue };
+        for (key, limit) in [
+            ((address, Some(user.to_string())), FAILURES_PER_WINDOW),
+            ((address, None), ADDRESS_FAILURES_PER_WINDOW),
+        ] {
+            let Some(w) = self.failures.get(&key) else {
+                continue;
+            };
             if w.count.load(Ordering::Relaxed) >= limit {
-                let wait = FAILURE_WINDOW.saturating_sub(w.started.elapsed()).as_secs().max(1);
-                return Err(RegistryError::of(Code::TooManyRequests, "too many failed sign-ins from this address; try again later").with_retry_after(Some(wait)));
+                let wait = FAILURE_WINDOW
+                    .saturating_sub(w.started.elapsed())
+                    .as_secs()
+                    .max(1);
+                return Err(RegistryError::of(
+                    Code::TooManyRequests,
+                    "too many failed sign-ins from this address; try again later",
+                )
+                .with_retry_after(Some(wait)));
             }
         }
         Ok(())
@@ -133,7 +176,12 @@ impl Auth {
     /// Counts and logs a failed sign-in (user and client, never the password); the error.
     fn failure(&self, address: IpAddr, client: &str, user: &str, what: &str) -> RegistryError {
         for key in [(address, Some(user.to_string())), (address, None)] {
-            let window = self.failures.get_with(key, || Arc::new(Window { started: Instant::now(), count: AtomicU32::new(0) }));
+            let window = self.failures.get_with(key, || {
+                Arc::new(Window {
+                    started: Instant::now(),
+                    count: AtomicU32::new(0),
+                })
+            });
             window.count.fetch_add(1, Ordering::Relaxed);
         }
         tracing::warn!(%client, user = %user, "{what}");
@@ -142,21 +190,32 @@ impl Auth {
 
     /// Decides whether `user` may do `access` on `<namespace>/<repository>`.
     pub fn authorize(&self, user: Option<&str>, scope: &str, access: Access) -> Result<()> {
-        let rule = self.config.rules.iter().find(|r| glob_match(&r.scope, scope));
+        let rule = self
+            .config
+            .rules
+            .iter()
+            .find(|r| glob_match(&r.scope, scope));
         let list = rule.and_then(|r| match access {
             Access::Read => r.read.as_ref(),
             Access::Write => r.write.as_ref(),
         });
         let allowed = match (list, access) {
-            (Some(names), _) => names.iter().any(|n| n == "anonymous" && access == Access::Read)
-                || user.is_some_and(|u| names.iter().any(|n| n == "*" || n == u)),
+            (Some(names), _) => {
+                names
+                    .iter()
+                    .any(|n| n == "anonymous" && access == Access::Read)
+                    || user.is_some_and(|u| names.iter().any(|n| n == "*" || n == u))
+            }
             (None, Access::Read) => self.config.anonymous_read || user.is_some(),
             (None, Access::Write) => user.is_some(),
         };
         match (allowed, user) {
             (true, _) => Ok(()),
             (false, None) => Err(unauthorized("authentication required")),
-            (false, Some(u)) => Err(RegistryError::of(Code::Denied, format!("user {u:?} may not {} {scope}", verb(access)))),
+            (false, Some(u)) => Err(RegistryError::of(
+                Code::Denied,
+                format!("user {u:?} may not {} {scope}", verb(access)),
+            )),
         }
     }
 }
@@ -165,8 +224,13 @@ impl Auth {
     /// The scope of the rule that lets `user` override upstream tags in `scope` (`override =
     /// true`, and the user may write there), if any.
     pub fn override_rule(&self, user: Option<&str>, scope: &str) -> Option<&str> {
-        let rule = self.config.rules.iter().find(|r| glob_match(&r.scope, scope))?;
-        (rule.override_upstream && self.authorize(user, scope, Access::Write).is_ok()).then_some(rule.scope.as_str())
+        let rule = self
+            .config
+            .rules
+            .iter()
+            .find(|r| glob_match(&r.scope, scope))?;
+        (rule.override_upstream && self.authorize(user, scope, Access::Write).is_ok())
+            .then_some(rule.scope.as_str())
     }
 }
 
@@ -191,12 +255,17 @@ const CHECK_QUEUE: usize = 64;
 
 impl Checker {
     fn start() -> Checker {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>(CHECK_QUEUE);
-        let spawned = std::thread::Builder::new().name("bcrypt".into()).spawn(move || {
-            while let Ok((password, hash, done)) = queue.recv() {
-                let _ = done.send(bcrypt::verify(password, &hash).unwrap_or(false));
-            }
-        });
+        let (jobs, queue) =
+            std::sync::mpsc::sync_channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>(
+                CHECK_QUEUE,
+            );
+        let spawned = std::thread::Builder::new()
+            .name("bcrypt".into())
+            .spawn(move || {
+                while let Ok((password, hash, done)) = queue.recv() {
+                    let _ = done.send(bcrypt::verify(password, &hash).unwrap_or(false));
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the bcrypt thread; every sign-in will fail");
         }
@@ -207,9 +276,15 @@ impl Checker {
     async fn verify(&self, password: String, hash: String) -> Result<bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
         if self.jobs.try_send((password, hash, done)).is_err() {
-            return Err(RegistryError::of(Code::TooManyRequests, "too many sign-ins are being checked; try again shortly").with_retry_after(Some(1)));
+            return Err(RegistryError::of(
+                Code::TooManyRequests,
+                "too many sign-ins are being checked; try again shortly",
+            )
+            .with_retry_after(Some(1)));
         }
-        answer.await.map_err(|_| RegistryError::internal("the bcrypt thread stopped"))
+        answer
+            .await
+            .map_err(|_| RegistryError::internal("the bcrypt thread stopped"))
     }
 }
 
@@ -231,7 +306,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || !text[first.len()..].ends_with(last) || text.len() < first.len() + last.len() {
+    if !text.starts_with(first)
+        || !text[first.len()..].ends_with(last)
+        || text.len() < first.len() + last.len()
+    {
         return false;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
@@ -251,12 +329,23 @@ mod tests {
 
     fn auth(rules: Vec<AuthRule>, anonymous_read: bool) -> Auth {
         let hash = bcrypt::hash("pw", 4).unwrap();
-        let users = vec![("alice".to_string(), hash.clone()), ("ci".to_string(), hash)];
-        Auth::new(&AuthConfig { htpasswd: None, anonymous_read, rules, users })
+        let users = vec![
+            ("alice".to_string(), hash.clone()),
+            ("ci".to_string(), hash),
+        ];
+        Auth::new(&AuthConfig {
+            htpasswd: None,
+            anonymous_read,
+            rules,
+            users,
+        })
     }
 
     fn basic(u: &str, p: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
     }
 
     #[test]
@@ -274,62 +363,191 @@ mod tests {
     #[tokio::test]
     async fn credentials() {
         let a = auth(vec![], true);
-        assert_eq!(a.authenticate(Some(&basic("alice", "pw")), "t").await.unwrap().as_deref(), Some("alice"));
-        assert_eq!(a.authenticate(Some(&basic("alice", "pw")), "t").await.unwrap().as_deref(), Some("alice"), "cached");
-        assert_eq!(a.authenticate(Some(&basic("alice", "nope")), "t").await.unwrap_err().code, Code::Unauthorized);
-        assert_eq!(a.authenticate(Some(&basic("mallory", "pw")), "t").await.unwrap_err().code, Code::Unauthorized);
-        assert_eq!(a.authenticate(Some(&basic("", "")), "t").await.unwrap(), None);
+        assert_eq!(
+            a.authenticate(Some(&basic("alice", "pw")), "t")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("alice", "pw")), "t")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("alice"),
+            "cached"
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("alice", "nope")), "t")
+                .await
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("mallory", "pw")), "t")
+                .await
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("", "")), "t").await.unwrap(),
+            None
+        );
         assert_eq!(a.authenticate(None, "t").await.unwrap(), None);
         assert!(a.authenticate(Some("Bearer x"), "t").await.is_err());
         // the scheme is case-insensitive (RFC 9110)
         for scheme in ["BASIC", "bAsIc"] {
             let header = basic("alice", "pw").replacen("Basic", scheme, 1);
-            assert_eq!(a.authenticate(Some(&header), "t").await.unwrap().as_deref(), Some("alice"), "{scheme}");
+            assert_eq!(
+                a.authenticate(Some(&header), "t").await.unwrap().as_deref(),
+                Some("alice"),
+                "{scheme}"
+            );
         }
     }
 
     #[tokio::test]
     async fn failures_are_remembered_and_limited_per_client_address() {
         let a = auth(vec![], true);
-        assert!(a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:1").await.is_ok());
+        assert!(a
+            .authenticate(Some(&basic("alice", "pw")), "10.0.0.1:1")
+            .await
+            .is_ok());
         for i in 0..FAILURES_PER_WINDOW {
-            let e = a.authenticate(Some(&basic("alice", &format!("wrong{i}"))), &format!("10.0.0.1:{i}")).await.unwrap_err();
+            let e = a
+                .authenticate(
+                    Some(&basic("alice", &format!("wrong{i}"))),
+                    &format!("10.0.0.1:{i}"),
+                )
+                .await
+                .unwrap_err();
             assert_eq!(e.code, Code::Unauthorized);
         }
-        let e = a.authenticate(Some(&basic("alice", "another")), "10.0.0.1:99").await.unwrap_err();
-        assert_eq!((e.code, e.status.as_u16()), (Code::TooManyRequests, 429), "the address is slowed down, whatever its port");
+        let e = a
+            .authenticate(Some(&basic("alice", "another")), "10.0.0.1:99")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.status.as_u16()),
+            (Code::TooManyRequests, 429),
+            "the address is slowed down, whatever its port"
+        );
         assert!(e.retry_after.is_some_and(|s| (1..=60).contains(&s)));
-        assert!(a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:5").await.is_ok(), "known credentials still pass");
-        assert_eq!(a.authenticate(Some(&basic("alice", "nope")), "10.0.0.2:1").await.unwrap_err().code, Code::Unauthorized, "other addresses are not affected");
-        assert_eq!(a.authenticate(Some(&basic("ci", "nope")), "10.0.0.1:7").await.unwrap_err().code, Code::Unauthorized, "nor other users of the address");
+        assert!(
+            a.authenticate(Some(&basic("alice", "pw")), "10.0.0.1:5")
+                .await
+                .is_ok(),
+            "known credentials still pass"
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("alice", "nope")), "10.0.0.2:1")
+                .await
+                .unwrap_err()
+                .code,
+            Code::Unauthorized,
+            "other addresses are not affected"
+        );
+        assert_eq!(
+            a.authenticate(Some(&basic("ci", "nope")), "10.0.0.1:7")
+                .await
+                .unwrap_err()
+                .code,
+            Code::Unauthorized,
+            "nor other users of the address"
+        );
     }
 
     #[test]
     fn rules() {
         let rules = vec![
-            AuthRule { scope: "internal/secret/*".into(), read: Some(vec!["alice".into()]), write: Some(vec!["alice".into()]), override_upstream: false },
-            AuthRule { scope: "internal/*".into(), read: Some(vec!["anonymous".into()]), write: Some(vec!["ci".into()]), override_upstream: false },
-            AuthRule { scope: "docker.io/ours/*".into(), read: None, write: Some(vec!["ci".into()]), override_upstream: true },
+            AuthRule {
+                scope: "internal/secret/*".into(),
+                read: Some(vec!["alice".into()]),
+                write: Some(vec!["alice".into()]),
+                override_upstream: false,
+            },
+            AuthRule {
+                scope: "internal/*".into(),
+                read: Some(vec!["anonymous".into()]),
+                write: Some(vec!["ci".into()]),
+                override_upstream: false,
+            },
+            AuthRule {
+                scope: "docker.io/ours/*".into(),
+                read: None,
+                write: Some(vec!["ci".into()]),
+                override_upstream: true,
+            },
         ];
         let a = auth(rules, true);
         assert!(a.authorize(None, "internal/app", Access::Read).is_ok());
-        assert_eq!(a.authorize(None, "internal/app", Access::Write).unwrap_err().code, Code::Unauthorized);
-        assert_eq!(a.authorize(Some("alice"), "internal/app", Access::Write).unwrap_err().code, Code::Denied);
-        assert!(a.authorize(Some("ci"), "internal/app", Access::Write).is_ok());
-        assert_eq!(a.authorize(None, "internal/secret/x", Access::Read).unwrap_err().code, Code::Unauthorized);
-        assert_eq!(a.authorize(Some("ci"), "internal/secret/x", Access::Read).unwrap_err().code, Code::Denied);
-        assert!(a.authorize(Some("alice"), "internal/secret/x", Access::Read).is_ok());
+        assert_eq!(
+            a.authorize(None, "internal/app", Access::Write)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        assert_eq!(
+            a.authorize(Some("alice"), "internal/app", Access::Write)
+                .unwrap_err()
+                .code,
+            Code::Denied
+        );
+        assert!(a
+            .authorize(Some("ci"), "internal/app", Access::Write)
+            .is_ok());
+        assert_eq!(
+            a.authorize(None, "internal/secret/x", Access::Read)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        assert_eq!(
+            a.authorize(Some("ci"), "internal/secret/x", Access::Read)
+                .unwrap_err()
+                .code,
+            Code::Denied
+        );
+        assert!(a
+            .authorize(Some("alice"), "internal/secret/x", Access::Read)
+            .is_ok());
         // no rule: anonymous reads, any signed-in user writes
-        assert!(a.authorize(None, "docker.io/library/alpine", Access::Read).is_ok());
-        assert!(a.authorize(Some("alice"), "docker.io/library/alpine", Access::Write).is_ok());
-        assert_eq!(a.authorize(None, "docker.io/library/alpine", Access::Write).unwrap_err().code, Code::Unauthorized);
+        assert!(a
+            .authorize(None, "docker.io/library/alpine", Access::Read)
+            .is_ok());
+        assert!(a
+            .authorize(Some("alice"), "docker.io/library/alpine", Access::Write)
+            .is_ok());
+        assert_eq!(
+            a.authorize(None, "docker.io/library/alpine", Access::Write)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
         // overriding upstream tags takes a rule saying so, and the right to write there
-        assert_eq!(a.override_rule(Some("ci"), "docker.io/ours/app"), Some("docker.io/ours/*"));
+        assert_eq!(
+            a.override_rule(Some("ci"), "docker.io/ours/app"),
+            Some("docker.io/ours/*")
+        );
         assert_eq!(a.override_rule(Some("alice"), "docker.io/ours/app"), None);
-        assert_eq!(a.override_rule(Some("ci"), "docker.io/library/alpine"), None);
+        assert_eq!(
+            a.override_rule(Some("ci"), "docker.io/library/alpine"),
+            None
+        );
         assert_eq!(a.override_rule(Some("ci"), "internal/app"), None);
         let closed = auth(vec![], false);
-        assert_eq!(closed.authorize(None, "docker.io/x", Access::Read).unwrap_err().code, Code::Unauthorized);
-        assert!(closed.authorize(Some("ci"), "docker.io/x", Access::Read).is_ok());
+        assert_eq!(
+            closed
+                .authorize(None, "docker.io/x", Access::Read)
+                .unwrap_err()
+                .code,
+            Code::Unauthorized
+        );
+        assert!(closed
+            .authorize(Some("ci"), "docker.io/x", Access::Read)
+            .is_ok());
     }
 }

@@ -178,7 +178,12 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { htpasswd: None, anonymous_read: true, rules: Vec::new(), users: Vec::new() }
+        AuthConfig {
+            htpasswd: None,
+            anonymous_read: true,
+            rules: Vec::new(),
+            users: Vec::new(),
+        }
     }
 }
 
@@ -300,7 +305,12 @@ pub enum AttachmentKind {
 
 impl AttachmentKind {
     /// Every kind, the default.
-    pub const ALL: [AttachmentKind; 4] = [AttachmentKind::Sig, AttachmentKind::Att, AttachmentKind::Sbom, AttachmentKind::Referrers];
+    pub const ALL: [AttachmentKind; 4] = [
+        AttachmentKind::Sig,
+        AttachmentKind::Att,
+        AttachmentKind::Sbom,
+        AttachmentKind::Referrers,
+    ];
 
     /// The tag suffix of a tag-scheme kind.
     pub fn suffix(self) -> Option<&'static str> {
@@ -452,7 +462,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\"")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\""
+                ))
+            })
     }
 }
 
@@ -465,9 +479,13 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let value: f64 = num.parse().map_err(|_| format!("invalid size {s:?}; write e.g. \"20GiB\""))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}; write e.g. \"20GiB\""))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
@@ -478,7 +496,9 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1000 * 1000 * 1000 * 1000,
             "tib" => 1 << 40,
-            other => return Err(format!("unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB")),
+            other => return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB"
+            )),
         };
         Ok(ByteSize((value * mult as f64) as u64))
     }
@@ -502,25 +522,43 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl Config {
     /// Parses TOML text; `file` names the source in errors, `base` resolves relative paths.
     pub fn from_toml_str(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let err = |key: String, problem: String| ConfigError { file: file.to_string(), key, problem };
-        let de = toml::Deserializer::parse(text).map_err(|e| err("-".into(), one_line(&e.to_string())))?;
+        let err = |key: String, problem: String| ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("-".into(), one_line(&e.to_string())))?;
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." || key.is_empty() { "-".to_string() } else { key };
+            let key = if key == "." || key.is_empty() {
+                "-".to_string()
+            } else {
+                key
+            };
             err(key, one_line(&e.inner().to_string()))
         })?;
         config.resolve_paths(base);
-        config.validate().map_err(|(key, problem)| err(key, problem))?;
+        config
+            .validate()
+            .map_err(|(key, problem)| err(key, problem))?;
         Ok(config)
     }
 
     /// Loads a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), key: "-".into(), problem: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Config::from_toml_str(&text, &file, &base)
     }
 
@@ -536,11 +574,19 @@ impl Config {
 
     /// Finds the upstream a client addresses by name or by one of its aliases.
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
-        self.upstreams.iter().find(|u| u.name == name || u.aliases.iter().any(|a| a == name))
+        self.upstreams
+            .iter()
+            .find(|u| u.name == name || u.aliases.iter().any(|a| a == name))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let join = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
+        let join = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
         self.storage.path = join(&self.storage.path);
         self.server.tls_cert = self.server.tls_cert.as_ref().map(join);
         self.server.tls_key = self.server.tls_key.as_ref().map(join);
@@ -555,7 +601,9 @@ impl Config {
             p.module = join(&p.module);
         }
         if self.policy_host.audit != "stdout" {
-            self.policy_host.audit = join(&PathBuf::from(&self.policy_host.audit)).display().to_string();
+            self.policy_host.audit = join(&PathBuf::from(&self.policy_host.audit))
+                .display()
+                .to_string();
         }
         for u in &mut self.upstreams {
             u.password_file = u.password_file.as_ref().map(join);
@@ -580,22 +628,39 @@ impl Config {
             }
             for n in std::iter::once(&u.name).chain(&u.aliases) {
                 if !seen.insert(n.clone()) {
-                    return Err((key("name"), format!("{n:?} is used by more than one upstream")));
+                    return Err((
+                        key("name"),
+                        format!("{n:?} is used by more than one upstream"),
+                    ));
                 }
             }
             if !matches!(u.url.scheme(), "http" | "https") || u.url.host().is_none() {
-                return Err((key("url"), format!("{:?} must be an http:// or https:// URL with a host", u.url.as_str())));
+                return Err((
+                    key("url"),
+                    format!(
+                        "{:?} must be an http:// or https:// URL with a host",
+                        u.url.as_str()
+                    ),
+                ));
             }
             if u.password_file.is_some() && u.username.is_none() {
-                return Err((key("username"), "password_file is set but username is missing".into()));
+                return Err((
+                    key("username"),
+                    "password_file is set but username is missing".into(),
+                ));
             }
             if let Some(p) = &u.password_file {
-                let pw = std::fs::read_to_string(p)
-                    .map_err(|e| (key("password_file"), format!("cannot read {}: {e}", p.display())))?;
+                let pw = std::fs::read_to_string(p).map_err(|e| {
+                    (
+                        key("password_file"),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
                 u.password = Some(pw.trim_end_matches(['\r', '\n']).to_string());
             }
             if let Some(p) = &u.ca_file {
-                std::fs::metadata(p).map_err(|e| (key("ca_file"), format!("cannot read {}: {e}", p.display())))?;
+                std::fs::metadata(p)
+                    .map_err(|e| (key("ca_file"), format!("cannot read {}: {e}", p.display())))?;
             }
             if u.timeout.0.is_zero() || u.connect_timeout.0.is_zero() {
                 return Err((key("timeout"), "timeouts must be larger than zero".into()));
@@ -607,7 +672,13 @@ impl Config {
                 return Err((key, format!("{:?} is not a valid namespace: use lower-case letters, digits, '.', '_' and '-'", l.name)));
             }
             if !seen.insert(l.name.clone()) {
-                return Err((key, format!("{:?} is used by more than one upstream or local namespace", l.name)));
+                return Err((
+                    key,
+                    format!(
+                        "{:?} is used by more than one upstream or local namespace",
+                        l.name
+                    ),
+                ));
             }
         }
         Ok(())
@@ -619,7 +690,10 @@ impl Config {
         if self.server.max_connections == Some(0) {
             return Err(("server.max_connections".into(), "must be at least 1".into()));
         }
-        for (key, d) in [("server.header_timeout", self.server.header_timeout), ("server.idle_timeout", self.server.idle_timeout)] {
+        for (key, d) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
             if d.0.is_zero() {
                 return Err((key.into(), "must be larger than zero".into()));
             }
@@ -627,16 +701,38 @@ impl Config {
         match (&self.server.tls_cert, &self.server.tls_key) {
             (Some(c), Some(k)) => {
                 for (key, p) in [("server.tls_cert", c), ("server.tls_key", k)] {
-                    std::fs::metadata(p).map_err(|e| (key.to_string(), format!("cannot read {}: {e}", p.display())))?;
+                    std::fs::metadata(p).map_err(|e| {
+                        (key.to_string(), format!("cannot read {}: {e}", p.display()))
+                    })?;
                 }
             }
-            (Some(_), None) => return Err(("server.tls_key".into(), "tls_cert is set but tls_key is missing".into())),
-            (None, Some(_)) => return Err(("server.tls_cert".into(), "tls_key is set but tls_cert is missing".into())),
+            (Some(_), None) => {
+                return Err((
+                    "server.tls_key".into(),
+                    "tls_cert is set but tls_key is missing".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "server.tls_cert".into(),
+                    "tls_key is set but tls_cert is missing".into(),
+                ))
+            }
             (None, None) => {}
         }
         if let Some(p) = &self.auth.htpasswd {
-            let text = std::fs::read_to_string(p).map_err(|e| ("auth.htpasswd".to_string(), format!("cannot read {}: {e}", p.display())))?;
-            self.auth.users = parse_htpasswd(&text).map_err(|problem| ("auth.htpasswd".to_string(), format!("{}: {problem}", p.display())))?;
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                (
+                    "auth.htpasswd".to_string(),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            self.auth.users = parse_htpasswd(&text).map_err(|problem| {
+                (
+                    "auth.htpasswd".to_string(),
+                    format!("{}: {problem}", p.display()),
+                )
+            })?;
             if self.server.tls_cert.is_none() && !self.server.insecure_auth {
                 return Err((
                     "auth.htpasswd".into(),
@@ -648,14 +744,35 @@ impl Config {
         let mut names = HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !names.insert(p.name.clone()) {
-                return Err((format!("policy[{i}].name"), format!("{:?} is used by more than one policy", p.name)));
+                return Err((
+                    format!("policy[{i}].name"),
+                    format!("{:?} is used by more than one policy", p.name),
+                ));
             }
-            std::fs::metadata(&p.module).map_err(|e| (format!("policy[{i}].module"), format!("policy {:?}: cannot read {}: {e}", p.name, p.module.display())))?;
+            std::fs::metadata(&p.module).map_err(|e| {
+                (
+                    format!("policy[{i}].module"),
+                    format!(
+                        "policy {:?}: cannot read {}: {e}",
+                        p.name,
+                        p.module.display()
+                    ),
+                )
+            })?;
             if p.scope.is_empty() {
-                return Err((format!("policy[{i}].scope"), format!("policy {:?} has an empty scope", p.name)));
+                return Err((
+                    format!("policy[{i}].scope"),
+                    format!("policy {:?} has an empty scope", p.name),
+                ));
             }
             if p.timeout.0.is_zero() || p.memory.0 < (1 << 20) {
-                return Err((format!("policy[{i}].timeout"), format!("policy {:?}: timeout must be > 0 and memory at least 1MiB", p.name)));
+                return Err((
+                    format!("policy[{i}].timeout"),
+                    format!(
+                        "policy {:?}: timeout must be > 0 and memory at least 1MiB",
+                        p.name
+                    ),
+                ));
             }
         }
         if self.policy_host.concurrency == 0 {
@@ -678,9 +795,14 @@ pub fn parse_htpasswd(text: &str) -> Result<Vec<(String, String)>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (user, hash) = line.split_once(':').ok_or_else(|| format!("line {}: expected user:hash", n + 1))?;
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: expected user:hash", n + 1))?;
         if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
-            return Err(format!("line {}: user {user:?} has no bcrypt hash (create entries with htpasswd -B)", n + 1));
+            return Err(format!(
+                "line {}: user {user:?} has no bcrypt hash (create entries with htpasswd -B)",
+                n + 1
+            ));
         }
         users.push((user.to_string(), hash.to_string()));
     }
@@ -737,14 +859,21 @@ mod tests {
         assert_eq!(c.cache.tag_ttl.0, Duration::from_secs(90));
         assert_eq!(c.upstream("index.docker.io").unwrap().name, "docker.io");
         assert_eq!(c.upstreams[0].timeout.0, Duration::from_secs(5));
-        assert_eq!(c.upstreams[0].attachments, vec![AttachmentKind::Sig, AttachmentKind::Referrers]);
+        assert_eq!(
+            c.upstreams[0].attachments,
+            vec![AttachmentKind::Sig, AttachmentKind::Referrers]
+        );
         assert_eq!(c.cache.attachment_ttl.0, Duration::from_secs(60));
     }
 
     #[test]
     fn errors_name_file_key_and_problem() {
         let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err();
-        assert_eq!((e.file.as_str(), e.key.as_str()), ("test.toml", "server.listen"), "{e}");
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("test.toml", "server.listen"),
+            "{e}"
+        );
         assert!(e.problem.contains("invalid socket address"), "{e}");
 
         let e = parse("[cache]\ntag_ttl = \"soon\"\n").unwrap_err();
@@ -769,7 +898,8 @@ mod tests {
         let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
         assert_eq!(e.key, "upstream[0].password_file");
 
-        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nattachments = [\"sigs\"]\n").unwrap_err();
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nattachments = [\"sigs\"]\n")
+            .unwrap_err();
         assert_eq!(e.key, "upstream[0].attachments[0]", "{e}");
 
         let e = parse("[server\n").unwrap_err();

@@ -87,7 +87,12 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 impl RegistryError {
     /// An error with an explicit status.
     pub fn new(code: Code, status: StatusCode, message: impl Into<String>) -> Self {
-        RegistryError { code, status, message: message.into(), retry_after: None }
+        RegistryError {
+            code,
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// An error with the status the distribution spec gives its code.
@@ -114,7 +119,11 @@ impl RegistryError {
     /// An internal failure; the detail is logged, the client sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(Code::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        Self::new(
+            Code::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+        )
     }
 
     /// The JSON body `{"errors":[{"code","message","detail"}]}`.
@@ -125,16 +134,22 @@ impl RegistryError {
 
     /// Whether the upstream caused this error (so a cached copy may be served instead).
     pub fn is_upstream_failure(&self) -> bool {
-        self.code == Code::Upstream || self.code == Code::TooManyRequests || self.status == StatusCode::BAD_GATEWAY
+        self.code == Code::Upstream
+            || self.code == Code::TooManyRequests
+            || self.status == StatusCode::BAD_GATEWAY
     }
 }
 
 /// The status the distribution spec gives each code.
 fn default_status(code: Code) -> StatusCode {
     match code {
-        Code::BlobUnknown | Code::BlobUploadUnknown | Code::ManifestUnknown => StatusCode::NOT_FOUND,
+        Code::BlobUnknown | Code::BlobUploadUnknown | Code::ManifestUnknown => {
+            StatusCode::NOT_FOUND
+        }
         Code::ManifestBlobUnknown | Code::NameUnknown => StatusCode::NOT_FOUND,
-        Code::BlobUploadInvalid | Code::DigestInvalid | Code::ManifestInvalid => StatusCode::BAD_REQUEST,
+        Code::BlobUploadInvalid | Code::DigestInvalid | Code::ManifestInvalid => {
+            StatusCode::BAD_REQUEST
+        }
         Code::NameInvalid | Code::SizeInvalid => StatusCode::BAD_REQUEST,
         Code::Unauthorized => StatusCode::UNAUTHORIZED,
         Code::Denied => StatusCode::FORBIDDEN,
@@ -150,7 +165,11 @@ impl From<std::io::Error> for RegistryError {
     fn from(e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::StorageFull {
             tracing::error!(error = %e, "storage is full");
-            return RegistryError::new(Code::Internal, StatusCode::INSUFFICIENT_STORAGE, "the proxy's storage is full");
+            return RegistryError::new(
+                Code::Internal,
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the proxy's storage is full",
+            );
         }
         RegistryError::internal(format!("storage: {e}"))
     }

@@ -1,8 +1,8 @@
 //! The `portcullis` command: serve the proxy, or check a configuration.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -89,7 +89,9 @@ enum Command {
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     let config = match path {
         Some(p) => Config::load(&p)?,
-        None if std::path::Path::new("proxy.toml").exists() => Config::load(std::path::Path::new("proxy.toml"))?,
+        None if std::path::Path::new("proxy.toml").exists() => {
+            Config::load(std::path::Path::new("proxy.toml"))?
+        }
         None => Config::embedded()?,
     };
     Ok(config)
@@ -123,13 +125,39 @@ fn main() -> ExitCode {
         Command::Check { config } => load(config).and_then(check),
         Command::Serve { config } => {
             keep_freed_memory();
-            let path = config.clone().or_else(|| Some(PathBuf::from("proxy.toml")).filter(|p| p.exists()));
+            let path = config
+                .clone()
+                .or_else(|| Some(PathBuf::from("proxy.toml")).filter(|p| p.exists()));
             load(config).and_then(|c| serve(c, path))
         }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
-        Command::Policy { command: PolicyCommand::Test { module, settings, request } } => policy_test(&module, settings.as_deref(), &request),
-        Command::Verify { image, config, keys, trust, attestations, threshold, identity, keyless } => {
-            let args = VerifyArgs { image, keyless, keys, trust, attestations, threshold, identity };
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    module,
+                    settings,
+                    request,
+                },
+        } => policy_test(&module, settings.as_deref(), &request),
+        Command::Verify {
+            image,
+            config,
+            keys,
+            trust,
+            attestations,
+            threshold,
+            identity,
+            keyless,
+        } => {
+            let args = VerifyArgs {
+                image,
+                keyless,
+                keys,
+                trust,
+                attestations,
+                threshold,
+                identity,
+            };
             match load(config).and_then(|c| verify(c, args)) {
                 Ok(true) => Ok(()),
                 Ok(false) => return ExitCode::FAILURE,
@@ -189,13 +217,24 @@ impl KeylessArgs {
             (GithubClaim::WorkflowRepository, &self.github_repository),
             (GithubClaim::WorkflowRef, &self.github_ref),
         ];
-        let any = self.subject.is_some() || self.subject_regexp.is_some() || self.issuer.is_some() || self.issuer_regexp.is_some();
+        let any = self.subject.is_some()
+            || self.subject_regexp.is_some()
+            || self.issuer.is_some()
+            || self.issuer_regexp.is_some();
         if !any && github.iter().all(|(_, v)| v.is_none()) {
             return Ok(None);
         }
-        let mut id = portcullis::verify::Identity::new(self.issuer.clone(), self.issuer_regexp.as_deref(), self.subject.clone(), self.subject_regexp.as_deref())
-            .map_err(|e| anyhow::anyhow!("--certificate-*: {e}"))?;
-        id.github = github.into_iter().filter_map(|(c, v)| v.clone().map(|v| (c, v))).collect();
+        let mut id = portcullis::verify::Identity::new(
+            self.issuer.clone(),
+            self.issuer_regexp.as_deref(),
+            self.subject.clone(),
+            self.subject_regexp.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("--certificate-*: {e}"))?;
+        id.github = github
+            .into_iter()
+            .filter_map(|(c, v)| v.clone().map(|v| (c, v)))
+            .collect();
         Ok(Some(id))
     }
 }
@@ -212,8 +251,12 @@ struct VerifyArgs {
 
 /// Runs the proxy's verification for one image and prints each signature's verdict.
 fn verify(config: Config, args: VerifyArgs) -> anyhow::Result<bool> {
-    use portcullis::verify::{upstream_identity, Requirement, SignedIdentity, TrustStore, TrustedKey, Verifier};
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    use portcullis::verify::{
+        upstream_identity, Requirement, SignedIdentity, TrustStore, TrustedKey, Verifier,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let services = portcullis::server::services(&config, true).await?;
         let (ns, repo, reference) = parse_image(&config, &args.image)?;
@@ -248,7 +291,14 @@ fn verify(config: Config, args: VerifyArgs) -> anyhow::Result<bool> {
 }
 
 /// Splits `[proxy-host/]<namespace>/<repository>(:tag|@digest)`.
-fn parse_image(config: &Config, image: &str) -> anyhow::Result<(String, portcullis::names::RepoName, portcullis::names::Reference)> {
+fn parse_image(
+    config: &Config,
+    image: &str,
+) -> anyhow::Result<(
+    String,
+    portcullis::names::RepoName,
+    portcullis::names::Reference,
+)> {
     let (name, reference) = match image.split_once('@') {
         Some((n, d)) => (n, d.to_string()),
         None => {
@@ -265,31 +315,52 @@ fn parse_image(config: &Config, image: &str) -> anyhow::Result<(String, portcull
         parts.remove(0);
     }
     anyhow::ensure!(parts.len() >= 2 && known(parts[0]), "{image}: expected [proxy-host/]<namespace>/<repository>[:tag|@digest] with a configured namespace");
-    let repo = parts[1..].join("/").parse().map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
-    let reference = reference.parse().map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
+    let repo = parts[1..]
+        .join("/")
+        .parse()
+        .map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
+    let reference = reference
+        .parse()
+        .map_err(|e: portcullis::error::RegistryError| anyhow::anyhow!("{image}: {}", e.message))?;
     Ok((parts[0].to_string(), repo, reference))
 }
 
 /// `portcullis policy test`.
-fn policy_test(module: &std::path::Path, settings: Option<&std::path::Path>, request: &std::path::Path) -> anyhow::Result<()> {
+fn policy_test(
+    module: &std::path::Path,
+    settings: Option<&std::path::Path>,
+    request: &std::path::Path,
+) -> anyhow::Result<()> {
     let settings = match settings {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         None => "{}".to_string(),
     };
-    let text = std::fs::read_to_string(request).with_context(|| format!("cannot read {}", request.display()))?;
-    let request: portcullis::policy::TestRequest = serde_json::from_str(&text).with_context(|| format!("{}: not a test request", request.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let out = runtime.block_on(async { tokio::task::spawn_blocking({
-        let module = module.to_path_buf();
-        move || portcullis::policy::test_module(&module, &settings, &request)
-    }).await })??;
+    let text = std::fs::read_to_string(request)
+        .with_context(|| format!("cannot read {}", request.display()))?;
+    let request: portcullis::policy::TestRequest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a test request", request.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(async {
+        tokio::task::spawn_blocking({
+            let module = module.to_path_buf();
+            move || portcullis::policy::test_module(&module, &settings, &request)
+        })
+        .await
+    })??;
     println!("{out}");
     Ok(())
 }
 
 /// Prints `user:<bcrypt hash>` for the password on standard input.
 fn htpasswd(user: &str, cost: u32) -> anyhow::Result<()> {
-    anyhow::ensure!(!user.is_empty() && !user.contains(':'), "the user name must be non-empty and hold no ':'");
+    anyhow::ensure!(
+        !user.is_empty() && !user.contains(':'),
+        "the user name must be non-empty and hold no ':'"
+    );
     let mut password = String::new();
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']);
@@ -301,19 +372,29 @@ fn htpasswd(user: &str, cost: u32) -> anyhow::Result<()> {
 /// Validates what loading cannot: every upstream client can be built (CA files parse).
 fn check(config: Config) -> anyhow::Result<()> {
     for (i, u) in config.upstreams.iter().enumerate() {
-        portcullis::upstream::Upstream::new(u).with_context(|| format!("upstream[{i}] ({})", u.name))?;
+        portcullis::upstream::Upstream::new(u)
+            .with_context(|| format!("upstream[{i}] ({})", u.name))?;
     }
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         portcullis::tls::acceptor(cert, key).context("server.tls_cert/tls_key")?;
     }
     portcullis::verify::TrustStore::from_config(&config).map_err(anyhow::Error::msg)?;
     if !config.policies.is_empty() {
-        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(64 << 20);
+        let max_memory = config
+            .policies
+            .iter()
+            .map(|p| p.memory.0 as usize)
+            .max()
+            .unwrap_or(64 << 20);
         let engine = portcullis::policy::engine(1, max_memory)?;
         let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
         portcullis::policy::load_set(&engine, &config.policies, &cache_dir)?;
     }
-    println!("configuration OK: {} upstream(s), storage at {}", config.upstreams.len(), config.storage.path.display());
+    println!(
+        "configuration OK: {} upstream(s), storage at {}",
+        config.upstreams.len(),
+        config.storage.path.display()
+    );
     Ok(())
 }
 
@@ -322,7 +403,9 @@ fn check(config: Config) -> anyhow::Result<()> {
 fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             let Some(path) = path.clone() else {
                 tracing::warn!("SIGHUP: running on built-in defaults, nothing to reload");
@@ -336,7 +419,9 @@ fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
             .await;
             match result {
                 Ok(Ok(())) => tracing::info!("SIGHUP: policies reloaded, audit log reopened"),
-                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the previous policies"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the previous policies")
+                }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
             }
         }
@@ -344,7 +429,9 @@ fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let api = portcullis::server::build(&config).await?;
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
@@ -359,7 +446,10 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         eprintln!("portcullis listening on {addr}");
         spawn_reloader(Arc::clone(&api), config_path);
         let limits = portcullis::server::Limits::of(&config.server);
-        tracing::info!(max_connections = limits.max_connections, "connection limits");
+        tracing::info!(
+            max_connections = limits.max_connections,
+            "connection limits"
+        );
         portcullis::server::run(listener, api, tls, limits, shutdown_signal()).await;
         Ok(())
     })

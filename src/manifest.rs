@@ -91,11 +91,16 @@ impl Manifest {
     /// Parses manifest bytes, rejecting what is not a schema 2 manifest or index, and what other
     /// clients would read differently (see [`check_keys`]).
     pub fn parse(bytes: &[u8]) -> Result<Manifest, RegistryError> {
-        let invalid = |e: serde_json::Error| RegistryError::of(Code::ManifestInvalid, format!("manifest is not valid: {e}"));
+        let invalid = |e: serde_json::Error| {
+            RegistryError::of(Code::ManifestInvalid, format!("manifest is not valid: {e}"))
+        };
         check_keys(bytes).map_err(invalid)?;
         let m: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
         if m.schema_version != 2 {
-            return Err(RegistryError::of(Code::ManifestInvalid, "only schemaVersion 2 manifests are supported"));
+            return Err(RegistryError::of(
+                Code::ManifestInvalid,
+                "only schemaVersion 2 manifests are supported",
+            ));
         }
         Ok(m)
     }
@@ -109,7 +114,10 @@ impl Manifest {
             config: self.config.as_ref().map(|c| c.media_type.as_str()),
             has_manifests: !self.manifests.is_empty(),
         };
-        portcullis_classify::is_attachment(&shape, self.layers.iter().map(|l| l.media_type.as_str()))
+        portcullis_classify::is_attachment(
+            &shape,
+            self.layers.iter().map(|l| l.media_type.as_str()),
+        )
     }
 
     /// The image this manifest attaches to, when it is an attachment by its content: its
@@ -119,7 +127,10 @@ impl Manifest {
         if !self.is_attachment() {
             return None;
         }
-        self.subject.as_ref().map(|s| s.digest.clone()).or_else(|| tag.and_then(attachment_subject))
+        self.subject
+            .as_ref()
+            .map(|s| s.digest.clone())
+            .or_else(|| tag.and_then(attachment_subject))
     }
 
     /// The media type: the declared one, else inferred from the structure.
@@ -135,8 +146,25 @@ impl Manifest {
 
 /// Field names of manifests, descriptors and platforms.
 const FIELDS: [&str; 19] = [
-    "schemaVersion", "mediaType", "config", "layers", "manifests", "subject", "artifactType", "annotations", "digest", "size",
-    "platform", "urls", "data", "architecture", "os", "variant", "os.version", "os.features", "features",
+    "schemaVersion",
+    "mediaType",
+    "config",
+    "layers",
+    "manifests",
+    "subject",
+    "artifactType",
+    "annotations",
+    "digest",
+    "size",
+    "platform",
+    "urls",
+    "data",
+    "architecture",
+    "os",
+    "variant",
+    "os.version",
+    "os.features",
+    "features",
 ];
 
 /// A key as Go's `encoding/json` matches it to a field: case-insensitively, `ſ` as `s` and the
@@ -174,10 +202,14 @@ pub fn check_keys(bytes: &[u8]) -> Result<(), serde_json::Error> {
             while let Some(key) = map.next_key::<String>()? {
                 let folded = fold(&key);
                 if seen.contains(&folded) {
-                    return Err(serde::de::Error::custom(format!("key {key:?} appears twice (in some spelling)")));
+                    return Err(serde::de::Error::custom(format!(
+                        "key {key:?} appears twice (in some spelling)"
+                    )));
                 }
                 if let Some(field) = FIELDS.iter().find(|f| fold(f) == folded && **f != key) {
-                    return Err(serde::de::Error::custom(format!("key {key:?} is not {field:?}")));
+                    return Err(serde::de::Error::custom(format!(
+                        "key {key:?} is not {field:?}"
+                    )));
                 }
                 seen.push(folded);
                 if key == "annotations" {
@@ -218,9 +250,13 @@ pub fn check_keys(bytes: &[u8]) -> Result<(), serde_json::Error> {
 
 /// Whether a tag names a cosign attachment or a referrers fallback index: `sha256-<hex>[.kind]`.
 pub fn is_attachment_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else { return false };
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
     let (hex, suffix) = rest.split_at(rest.len().min(64));
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+    hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
 }
 
 /// The image digest an attachment tag (`sha256-<hex>.sig`, ...) names.
@@ -257,7 +293,11 @@ mod tests {
         assert!(is_index(m.media_type()));
         assert!(Manifest::parse(br#"{"schemaVersion":1}"#).is_err());
         let html = Manifest::parse(br#"{"schemaVersion":2,"mediaType":"text/html","config":{"mediaType":"x","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}}"#).unwrap();
-        assert_eq!(html.media_type(), OCI_MANIFEST, "a declared type that is no manifest type is never served");
+        assert_eq!(
+            html.media_type(),
+            OCI_MANIFEST,
+            "a declared type that is no manifest type is never served"
+        );
         assert!(Manifest::parse(b"[[[").is_err());
     }
 
@@ -276,36 +316,89 @@ mod tests {
     fn attachment_status_comes_from_content_not_tag_or_subject() {
         let hex = "b".repeat(64);
         let tag = format!("sha256-{hex}.sig");
-        let subject = format!(r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":2}}"#, "c".repeat(64));
-        let layer = |t: &str| format!(r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#, "d".repeat(64));
+        let subject = format!(
+            r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{}","size":2}}"#,
+            "c".repeat(64)
+        );
+        let layer = |t: &str| {
+            format!(
+                r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#,
+                "d".repeat(64)
+            )
+        };
         let manifest = |layers: &str, extra: &str| {
             Manifest::parse(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[{layers}]{extra}}}"#, "e".repeat(64)).as_bytes()).unwrap()
         };
-        let runnable = manifest(&layer("application/vnd.oci.image.layer.v1.tar+gzip"), &format!(",{subject}"));
-        assert_eq!(runnable.attaches_to(Some(&tag)), None, "a runnable image with a subject under a .sig tag");
-        let signature = manifest(&layer("application/vnd.dev.cosign.simplesigning.v1+json"), "");
-        assert_eq!(signature.attaches_to(Some(&tag)).unwrap().hex(), hex, "a signature under its tag");
-        assert_eq!(signature.attaches_to(Some("latest")), None, "a signature nothing names");
-        let referrer = manifest(&layer("application/vnd.dev.sigstore.bundle.v0.3+json"), &format!(",{subject}"));
-        assert_eq!(referrer.attaches_to(None).unwrap().hex(), "c".repeat(64), "a bundle referring to its subject");
+        let runnable = manifest(
+            &layer("application/vnd.oci.image.layer.v1.tar+gzip"),
+            &format!(",{subject}"),
+        );
+        assert_eq!(
+            runnable.attaches_to(Some(&tag)),
+            None,
+            "a runnable image with a subject under a .sig tag"
+        );
+        let signature = manifest(
+            &layer("application/vnd.dev.cosign.simplesigning.v1+json"),
+            "",
+        );
+        assert_eq!(
+            signature.attaches_to(Some(&tag)).unwrap().hex(),
+            hex,
+            "a signature under its tag"
+        );
+        assert_eq!(
+            signature.attaches_to(Some("latest")),
+            None,
+            "a signature nothing names"
+        );
+        let referrer = manifest(
+            &layer("application/vnd.dev.sigstore.bundle.v0.3+json"),
+            &format!(",{subject}"),
+        );
+        assert_eq!(
+            referrer.attaches_to(None).unwrap().hex(),
+            "c".repeat(64),
+            "a bundle referring to its subject"
+        );
     }
 
     #[test]
     fn json_that_go_clients_read_otherwise_is_refused() {
-        let layer = |t: &str| format!(r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#, "d".repeat(64));
+        let layer = |t: &str| {
+            format!(
+                r#"{{"mediaType":"{t}","digest":"sha256:{}","size":2}}"#,
+                "d".repeat(64)
+            )
+        };
         let sig = layer("application/vnd.dev.cosign.simplesigning.v1+json");
         let tar = layer("application/vnd.oci.image.layer.v1.tar+gzip");
-        let config = format!(r#""config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}}"#, "e".repeat(64));
-        let ok = format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"annotations":{{"Layers":"x","layers":"y"}}}}"#);
-        assert!(Manifest::parse(ok.as_bytes()).is_ok(), "annotations may hold any keys");
+        let config = format!(
+            r#""config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}}"#,
+            "e".repeat(64)
+        );
+        let ok = format!(
+            r#"{{"schemaVersion":2,{config},"layers":[{sig}],"annotations":{{"Layers":"x","layers":"y"}}}}"#
+        );
+        assert!(
+            Manifest::parse(ok.as_bytes()).is_ok(),
+            "annotations may hold any keys"
+        );
         for bad in [
             format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"Layers":[{tar}]}}"#),
             format!(r#"{{"schemaVersion":2,{config},"layer\u017f":[{tar}],"layers":[{sig}]}}"#),
-            format!(r#"{{"schemaVersion":2,{config},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","MediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":2}}]}}"#, "d".repeat(64)),
+            format!(
+                r#"{{"schemaVersion":2,{config},"layers":[{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","MediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":2}}]}}"#,
+                "d".repeat(64)
+            ),
             format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"layers":[{tar}]}}"#),
             format!(r#"{{"schemaVersion":2,{config},"layers":[{sig}],"\u212aind":1,"kind":2}}"#),
         ] {
-            assert_eq!(Manifest::parse(bad.as_bytes()).unwrap_err().code, Code::ManifestInvalid, "{bad}");
+            assert_eq!(
+                Manifest::parse(bad.as_bytes()).unwrap_err().code,
+                Code::ManifestInvalid,
+                "{bad}"
+            );
         }
     }
 

@@ -55,12 +55,18 @@ impl Digest {
     /// The SHA-256 digest of some bytes.
     pub fn sha256_of(bytes: &[u8]) -> Digest {
         use sha2::Digest as _;
-        Digest { algorithm: Algorithm::Sha256, hex: hex::encode(sha2::Sha256::digest(bytes)) }
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(sha2::Sha256::digest(bytes)),
+        }
     }
 
     /// Builds a digest from an algorithm and raw hash bytes.
     pub fn from_raw(algorithm: Algorithm, raw: &[u8]) -> Digest {
-        Digest { algorithm, hex: hex::encode(raw) }
+        Digest {
+            algorithm,
+            hex: hex::encode(raw),
+        }
     }
 
     /// The cosign tag-scheme prefix for attachments of this digest, `sha256-<hex>`.
@@ -79,7 +85,12 @@ impl FromStr for Digest {
     type Err = RegistryError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || RegistryError::of(Code::DigestInvalid, format!("invalid digest {:?}", truncate(s)));
+        let invalid = || {
+            RegistryError::of(
+                Code::DigestInvalid,
+                format!("invalid digest {:?}", truncate(s)),
+            )
+        };
         let (alg, hex) = s.split_once(':').ok_or_else(invalid)?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
@@ -92,11 +103,16 @@ impl FromStr for Digest {
             }
         };
         let hex_ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(invalid());
         }
-        Ok(Digest { algorithm, hex: hex.to_string() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_string(),
+        })
     }
 }
 
@@ -109,7 +125,8 @@ impl serde::Serialize for Digest {
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|e: RegistryError| serde::de::Error::custom(e.message))
+        s.parse()
+            .map_err(|e: RegistryError| serde::de::Error::custom(e.message))
     }
 }
 
@@ -196,10 +213,17 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let b = s.as_bytes();
-        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-        let rest_ok = b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        let first_ok = b
+            .first()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let rest_ok = b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if !first_ok || !rest_ok || b.len() > 128 {
-            return Err(RegistryError::of(Code::ManifestInvalid, format!("invalid tag {:?}", truncate(s))));
+            return Err(RegistryError::of(
+                Code::ManifestInvalid,
+                format!("invalid tag {:?}", truncate(s)),
+            ));
         }
         Ok(Tag(s.to_string()))
     }
@@ -246,11 +270,27 @@ mod tests {
 
     #[test]
     fn repository_names() {
-        for ok in ["alpine", "library/alpine", "a/b/c", "my-app", "my__app", "a.b", "a---b", "0"] {
+        for ok in [
+            "alpine",
+            "library/alpine",
+            "a/b/c",
+            "my-app",
+            "my__app",
+            "a.b",
+            "a---b",
+            "0",
+        ] {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
         }
-        for bad in ["", "Alpine", "a//b", "/a", "a/", "..", "a/../b", "a_-b", "a___b", "-a", "a-", "a.", "a b", "a%2fb"] {
-            assert_eq!(bad.parse::<RepoName>().unwrap_err().code, Code::NameInvalid, "{bad}");
+        for bad in [
+            "", "Alpine", "a//b", "/a", "a/", "..", "a/../b", "a_-b", "a___b", "-a", "a-", "a.",
+            "a b", "a%2fb",
+        ] {
+            assert_eq!(
+                bad.parse::<RepoName>().unwrap_err().code,
+                Code::NameInvalid,
+                "{bad}"
+            );
         }
         assert!("a".repeat(256).parse::<RepoName>().is_err());
     }
@@ -278,17 +318,29 @@ mod tests {
             "sha256".to_string(),
             format!("sha256:{}g", "a".repeat(63)),
         ] {
-            assert_eq!(bad.parse::<Digest>().unwrap_err().code, Code::DigestInvalid, "{bad}");
+            assert_eq!(
+                bad.parse::<Digest>().unwrap_err().code,
+                Code::DigestInvalid,
+                "{bad}"
+            );
         }
-        assert!(format!("sha512:{}", "0".repeat(128)).parse::<Digest>().is_ok());
+        assert!(format!("sha512:{}", "0".repeat(128))
+            .parse::<Digest>()
+            .is_ok());
     }
 
     #[test]
     fn references() {
-        assert!(matches!("v1".parse::<Reference>().unwrap(), Reference::Tag(_)));
+        assert!(matches!(
+            "v1".parse::<Reference>().unwrap(),
+            Reference::Tag(_)
+        ));
         let r: Reference = format!("sha256:{}", "b".repeat(64)).parse().unwrap();
         assert!(matches!(r, Reference::Digest(_)));
-        assert_eq!("sha256:xyz".parse::<Reference>().unwrap_err().code, Code::DigestInvalid);
+        assert_eq!(
+            "sha256:xyz".parse::<Reference>().unwrap_err().code,
+            Code::DigestInvalid
+        );
     }
 
     #[test]

@@ -46,8 +46,20 @@ pub struct Registry {
 
 impl Registry {
     /// Builds the registry over its services.
-    pub fn new(cache: Arc<Cache>, attachments: Arc<Attachments>, auth: Arc<Auth>, policies: Arc<Policies>, allow_delete: bool) -> Registry {
-        Registry { cache, attachments, auth, policies, allow_delete }
+    pub fn new(
+        cache: Arc<Cache>,
+        attachments: Arc<Attachments>,
+        auth: Arc<Auth>,
+        policies: Arc<Policies>,
+        allow_delete: bool,
+    ) -> Registry {
+        Registry {
+            cache,
+            attachments,
+            auth,
+            policies,
+            allow_delete,
+        }
     }
 
     /// The policy engine (for reloads).
@@ -63,29 +75,69 @@ impl Registry {
 
     /// A manifest for a pull: served in a media type the client accepts, its attachments
     /// fetched alongside, and admitted by the policies in scope (`DENIED` otherwise).
-    pub async fn pull_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
+    pub async fn pull_manifest(
+        &self,
+        caller: &Caller,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ServedManifest> {
         let m = self.cache.manifest_for(ns, repo, reference, accept).await?;
         self.attachments.prefetch(ns, repo, &m).await;
-        let attaches_to = m.attachment.then(|| m.subject.clone().or_else(|| tag_subject(reference))).flatten();
-        let decided = Decided { reference, digest: &m.digest, media_type: &m.media_type, bytes: &m.bytes, attaches_to };
+        let attaches_to = m
+            .attachment
+            .then(|| m.subject.clone().or_else(|| tag_subject(reference)))
+            .flatten();
+        let decided = Decided {
+            reference,
+            digest: &m.digest,
+            media_type: &m.media_type,
+            bytes: &m.bytes,
+            attaches_to,
+        };
         self.admit(caller, false, ns, repo, decided).await?;
         Ok(m)
     }
 
     /// Stores a pushed manifest once the policies in scope admit it; cached attachment lists
     /// it changes are dropped.
-    pub async fn push_manifest(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
+    pub async fn push_manifest(
+        &self,
+        caller: &Caller,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Pushed> {
         let parsed = Manifest::parse(&body)?;
-        if parsed.media_type.as_deref().is_some_and(|t| !crate::manifest::ALL_TYPES.contains(&t)) {
-            return Err(RegistryError::of(Code::ManifestInvalid, "the manifest's mediaType is not a manifest media type"));
+        if parsed
+            .media_type
+            .as_deref()
+            .is_some_and(|t| !crate::manifest::ALL_TYPES.contains(&t))
+        {
+            return Err(RegistryError::of(
+                Code::ManifestInvalid,
+                "the manifest's mediaType is not a manifest media type",
+            ));
         }
         let digest = Digest::sha256_of(&body);
         let attaches_to = parsed.attaches_to(reference_tag(reference));
         let overriding = self.proxied_write(caller, ns, repo, reference, attaches_to.is_some())?;
-        let decided = Decided { reference, digest: &digest, media_type: parsed.media_type(), bytes: &body, attaches_to };
-        let subject = overriding.is_some().then(|| self.subject(caller, true, ns, repo, &decided));
+        let decided = Decided {
+            reference,
+            digest: &digest,
+            media_type: parsed.media_type(),
+            bytes: &body,
+            attaches_to,
+        };
+        let subject = overriding
+            .is_some()
+            .then(|| self.subject(caller, true, ns, repo, &decided));
         self.admit(caller, true, ns, repo, decided).await?;
-        let pushed = uploads::put_manifest(&self.cache, ns, repo, reference, content_type, body).await?;
+        let pushed =
+            uploads::put_manifest(&self.cache, ns, repo, reference, content_type, body).await?;
         if let (Some(rule), Some(subject)) = (overriding, subject) {
             let reason = format!("pushed over the upstream's {ns}/{repo}:{reference} for every client (rule {rule:?} has override = true)");
             tracing::warn!(user = caller.user.as_deref().unwrap_or("-"), %reason, "upstream overridden");
@@ -101,9 +153,17 @@ impl Registry {
     }
 
     /// Deletes a pushed manifest or tag, when deletes are enabled.
-    pub async fn delete_manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<()> {
         if !self.allow_delete {
-            return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
+            return Err(RegistryError::of(
+                Code::Unsupported,
+                "deletes are disabled (storage.allow_delete)",
+            ));
         }
         if let Some(subject) = uploads::delete_manifest(&self.cache, ns, repo, reference).await? {
             self.attachments.invalidate(ns, repo, &subject).await;
@@ -115,39 +175,79 @@ impl Registry {
     /// repositories are never deleted).
     pub async fn delete_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
         if !self.allow_delete {
-            return Err(RegistryError::of(Code::Unsupported, "deletes are disabled (storage.allow_delete)"));
+            return Err(RegistryError::of(
+                Code::Unsupported,
+                "deletes are disabled (storage.allow_delete)",
+            ));
         }
         let (name, upstream) = self.cache.namespace(ns)?;
         if upstream.is_some() {
-            return Err(RegistryError::of(Code::Unsupported, "blobs of proxied repositories are not deleted"));
+            return Err(RegistryError::of(
+                Code::Unsupported,
+                "blobs of proxied repositories are not deleted",
+            ));
         }
         uploads::delete_blob(&self.cache, &name, repo, digest).await
     }
 
     /// Mounts a blob from `from` (`<namespace>/<repository>`) the user may read into
     /// `ns/repo`; false when the client should upload it instead.
-    pub async fn mount(&self, user: Option<&str>, from: &str, ns: &str, repo: &RepoName, digest: &Digest) -> bool {
-        let Some((from_ns, from_repo)) = from.split_once('/') else { return false };
-        let Ok(from_repo) = from_repo.parse::<RepoName>() else { return false };
-        if self.auth.authorize(user, &self.scope(from_ns, &from_repo), Access::Read).is_err() {
+    pub async fn mount(
+        &self,
+        user: Option<&str>,
+        from: &str,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> bool {
+        let Some((from_ns, from_repo)) = from.split_once('/') else {
+            return false;
+        };
+        let Ok(from_repo) = from_repo.parse::<RepoName>() else {
+            return false;
+        };
+        if self
+            .auth
+            .authorize(user, &self.scope(from_ns, &from_repo), Access::Read)
+            .is_err()
+        {
             return false;
         }
-        if self.cache.blob_size(from_ns, &from_repo, digest).await.is_err() {
+        if self
+            .cache
+            .blob_size(from_ns, &from_repo, digest)
+            .await
+            .is_err()
+        {
             return false;
         }
-        uploads::link_mounted(&self.cache, ns, repo, digest).await.unwrap_or(false)
+        uploads::link_mounted(&self.cache, ns, repo, digest)
+            .await
+            .unwrap_or(false)
     }
 
     /// Writes to a proxied repository are limited to what hosting signatures needs (attachments
     /// of its images, under an attachment tag or by digest) unless a rule with `override = true`
     /// lets the user replace what the upstream serves: that rule's scope, when it is used.
-    fn proxied_write(&self, caller: &Caller, ns: &str, repo: &RepoName, reference: &Reference, attachment: bool) -> Result<Option<String>> {
+    fn proxied_write(
+        &self,
+        caller: &Caller,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+        attachment: bool,
+    ) -> Result<Option<String>> {
         if self.cache.namespace(ns)?.1.is_none() {
             return Ok(None);
         }
         let by_attachment_name = match reference {
             Reference::Digest(_) => true,
-            Reference::Tag(t) => crate::manifest::is_attachment_tag(t.as_str()) && [".sig", ".att", ".sbom"].iter().any(|s| t.as_str().ends_with(s)),
+            Reference::Tag(t) => {
+                crate::manifest::is_attachment_tag(t.as_str())
+                    && [".sig", ".att", ".sbom"]
+                        .iter()
+                        .any(|s| t.as_str().ends_with(s))
+            }
         };
         if attachment && by_attachment_name {
             return Ok(None);
@@ -164,11 +264,23 @@ impl Registry {
 
     /// Asks the policies in scope about a manifest; a rejection is `DENIED`. What claims to be
     /// an attachment is decided as one only if its layers' bytes agree.
-    async fn admit(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, mut m: Decided<'_>) -> Result<()> {
+    async fn admit(
+        &self,
+        caller: &Caller,
+        push: bool,
+        ns: &str,
+        repo: &RepoName,
+        mut m: Decided<'_>,
+    ) -> Result<()> {
         if !self.policies.applies_to(&self.scope(ns, repo)) {
             return Ok(());
         }
-        if m.attaches_to.is_some() && !self.cache.payloads_are_inert(ns, repo, m.digest, m.bytes).await {
+        if m.attaches_to.is_some()
+            && !self
+                .cache
+                .payloads_are_inert(ns, repo, m.digest, m.bytes)
+                .await
+        {
             m.attaches_to = None;
         }
         let subject = self.subject(caller, push, ns, repo, &m);
@@ -176,7 +288,14 @@ impl Registry {
     }
 
     /// What policies and the audit log are told about a manifest and who asked for it.
-    fn subject(&self, caller: &Caller, push: bool, ns: &str, repo: &RepoName, m: &Decided<'_>) -> Subject {
+    fn subject(
+        &self,
+        caller: &Caller,
+        push: bool,
+        ns: &str,
+        repo: &RepoName,
+        m: &Decided<'_>,
+    ) -> Subject {
         Subject {
             push,
             namespace: self.cache.canonical_namespace(ns).unwrap_or(ns).to_string(),
@@ -196,7 +315,10 @@ impl Registry {
 /// The IP address of a client's `ip:port`: what policies see of it (a port says nothing about
 /// the client, and would make every connection a new decision).
 fn client_ip(address: &str) -> String {
-    address.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| address.to_string())
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| address.to_string())
 }
 
 /// The tag of a reference, if it is one.

@@ -20,9 +20,9 @@ use crate::config::Config;
 use crate::http::Api;
 use crate::policy::Policies;
 use crate::push::uploads::Uploads;
-use crate::verify::Verifier;
 use crate::store::fs::FsStore;
 use crate::store::Store;
+use crate::verify::Verifier;
 
 /// The proxy's services over one store: the cache and the attachment resolver.
 pub struct Services {
@@ -34,10 +34,17 @@ pub struct Services {
 
 /// Opens the store and builds the services; `shared` leaves a running proxy's spool alone.
 pub async fn services(config: &Config, shared: bool) -> anyhow::Result<Services> {
-    let open = if shared { FsStore::open_shared } else { FsStore::open };
-    let store: Arc<dyn Store> = Arc::new(
-        open(&config.storage.path).map_err(|e| anyhow::anyhow!("cannot open storage at {}: {e}", config.storage.path.display()))?,
-    );
+    let open = if shared {
+        FsStore::open_shared
+    } else {
+        FsStore::open
+    };
+    let store: Arc<dyn Store> = Arc::new(open(&config.storage.path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open storage at {}: {e}",
+            config.storage.path.display()
+        )
+    })?);
     let cache = Cache::new(config, store).await?;
     let attachments = Attachments::new(config, Arc::clone(&cache));
     Ok(Services { cache, attachments })
@@ -46,14 +53,34 @@ pub async fn services(config: &Config, shared: bool) -> anyhow::Result<Services>
 /// Builds the API from a configuration: opens the store and indexes it.
 pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
     let Services { cache, attachments } = services(config, false).await?;
-    let uploads = Uploads::open(config.storage.path.join("uploads"), Arc::clone(&cache), config.storage.upload_ttl.0)?;
+    let uploads = Uploads::open(
+        config.storage.path.join("uploads"),
+        Arc::clone(&cache),
+        config.storage.upload_ttl.0,
+    )?;
     let auth = Arc::new(Auth::new(&config.auth));
-    let verifier = Verifier::new(Arc::clone(&cache), Arc::clone(&attachments), config.policy_host.attachment_wait.0);
+    let verifier = Verifier::new(
+        Arc::clone(&cache),
+        Arc::clone(&attachments),
+        config.policy_host.attachment_wait.0,
+    );
     let policies = {
-        let (config, cache, attachments) = (config.clone(), Arc::clone(&cache), Arc::clone(&attachments));
-        tokio::task::spawn_blocking(move || Policies::new(&config, cache, attachments, verifier)).await??
+        let (config, cache, attachments) =
+            (config.clone(), Arc::clone(&cache), Arc::clone(&attachments));
+        tokio::task::spawn_blocking(move || Policies::new(&config, cache, attachments, verifier))
+            .await??
     };
-    Ok(Arc::new(Api::new(cache, attachments, uploads, auth, policies, config.storage.allow_delete).with_body_timeout(config.server.body_timeout.0)))
+    Ok(Arc::new(
+        Api::new(
+            cache,
+            attachments,
+            uploads,
+            auth,
+            policies,
+            config.storage.allow_delete,
+        )
+        .with_body_timeout(config.server.body_timeout.0),
+    ))
 }
 
 /// The client's address, attached to each request.
@@ -89,7 +116,9 @@ impl Limits {
             header: server.header_timeout.0,
             idle: server.idle_timeout.0,
             stall: server.body_timeout.0,
-            max_connections: server.max_connections.unwrap_or_else(|| default_max_connections(fd_limit())),
+            max_connections: server
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(fd_limit())),
         }
     }
 }
@@ -103,14 +132,20 @@ fn default_max_connections(fd_limit: u64) -> usize {
 /// The soft limit on open file descriptors, raised to the hard limit first (as Go's runtime
 /// does): a proxy holds a descriptor per connection.
 pub fn fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a struct of the right layout
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 lim = raised;
             }
@@ -220,7 +255,11 @@ impl Activity {
                     limits.stall - still
                 }
             } else {
-                let limit = if self.requests.load(Ordering::SeqCst) == 0 { limits.header } else { limits.idle };
+                let limit = if self.requests.load(Ordering::SeqCst) == 0 {
+                    limits.header
+                } else {
+                    limits.idle
+                };
                 let quiet = self.since(&self.last);
                 if quiet >= limit {
                     return Ending::Idle;
@@ -233,10 +272,23 @@ impl Activity {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to `limits.grace`.
-pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>, limits: Limits, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    api: Arc<Api>,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEP_ALIVE).keep_alive_timeout(H2_KEEP_ALIVE);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
     let builder = Arc::new(builder);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -246,7 +298,10 @@ pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>,
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                tracing::warn!(max_connections = limits.max_connections, "max_connections reached; new connections wait until one closes");
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "max_connections reached; new connections wait until one closes"
+                );
                 tokio::select! {
                     slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
                     () = &mut shutdown => break,
@@ -275,11 +330,17 @@ pub async fn run(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>,
     let started = Instant::now();
     let _ = stop.send(true);
     let everyone = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(limits.grace, slots.acquire_many(everyone)).await.is_err() {
+    if tokio::time::timeout(limits.grace, slots.acquire_many(everyone))
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing remaining connections");
     }
     // what was served is cached before the process ends (within what is left of the grace)
-    if tokio::time::timeout(limits.grace.saturating_sub(started.elapsed()), api.settle()).await.is_err() {
+    if tokio::time::timeout(limits.grace.saturating_sub(started.elapsed()), api.settle())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; blob downloads still under way are dropped");
     }
 }
@@ -294,7 +355,10 @@ struct AcceptErrors {
 impl AcceptErrors {
     fn note(&mut self, e: &std::io::Error) {
         self.since += 1;
-        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             tracing::warn!(error = %e, failures = self.since, "accept failed; going on");
             self.logged = Some(Instant::now());
             self.since = 0;
@@ -314,7 +378,12 @@ struct Connection {
 impl Connection {
     /// Serves the connection; it holds `slot` until it closes. Whatever the protocol, a client
     /// must send its first byte (or finish the TLS handshake) within the header timeout.
-    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>, slot: tokio::sync::OwnedSemaphorePermit) {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        tls: Option<TlsAcceptor>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let peer = self.peer;
         let header = self.limits.header;
         match tls {
@@ -343,9 +412,18 @@ impl Connection {
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let (api, in_flight) = (Arc::clone(&api), tracked.begin());
             req.extensions_mut().insert(ClientAddr(peer));
-            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await.map(|b| b.watched(Responding::new(in_flight)))) }
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    api.handle(req)
+                        .await
+                        .map(|b| b.watched(Responding::new(in_flight))),
+                )
+            }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
         tokio::pin!(conn);
         let mut closing = *self.stopping.borrow();
         if closing {

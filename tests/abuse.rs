@@ -22,7 +22,14 @@ fn closed_within(s: &mut impl Read, within: Duration) -> Option<Duration> {
         match s.read(&mut buf) {
             Ok(0) => return Some(started.elapsed()),
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(_) => return Some(started.elapsed()),
         }
     }
@@ -31,7 +38,8 @@ fn closed_within(s: &mut impl Read, within: Duration) -> Option<Duration> {
 
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     s
 }
 
@@ -40,23 +48,40 @@ fn silent_and_idle_connections_are_closed_whatever_the_protocol() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
     let timeouts = "header_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
-    let config = format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url());
+    let config = format!(
+        "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+        reg.url()
+    );
     let plain = Proxy::start_with_server(&t.path().join("plain"), timeouts, &config);
     let pki = tls::make_pki(&t.path().join("pki"));
-    let tls_server = format!("{timeouts}tls_cert = \"{}\"\ntls_key = \"{}\"\n", pki.cert.display(), pki.key.display());
+    let tls_server = format!(
+        "{timeouts}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        pki.cert.display(),
+        pki.key.display()
+    );
     let secure = Proxy::start_with_server(&t.path().join("tls"), &tls_server, &config);
     let header = Duration::from_secs(1);
 
     // HTTP/1 or anything else: not a byte
     let mut s = connect(&plain.addr);
-    assert!(closed_within(&mut s, header + MARGIN).is_some(), "a connection that sends nothing is closed");
+    assert!(
+        closed_within(&mut s, header + MARGIN).is_some(),
+        "a connection that sends nothing is closed"
+    );
     // TLS: no handshake
     let mut s = connect(&secure.addr);
-    assert!(closed_within(&mut s, header + MARGIN).is_some(), "a TLS connection that never shakes hands is closed");
+    assert!(
+        closed_within(&mut s, header + MARGIN).is_some(),
+        "a TLS connection that never shakes hands is closed"
+    );
     // HTTP/2 with prior knowledge: the preface and settings, then no request
     let mut s = connect(&plain.addr);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
-    assert!(closed_within(&mut s, header + MARGIN).is_some(), "an HTTP/2 connection that never asks is closed");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    assert!(
+        closed_within(&mut s, header + MARGIN).is_some(),
+        "an HTTP/2 connection that never asks is closed"
+    );
     // HTTP/1 keep-alive: a request answered, then nothing
     let mut s = connect(&plain.addr);
     write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -64,12 +89,17 @@ fn silent_and_idle_connections_are_closed_whatever_the_protocol() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 200");
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     // (over HTTP/1 the wait for a next request's headers also falls under the header timeout)
-    assert!(closed_within(&mut s, Duration::from_secs(2) + MARGIN).is_some(), "an idle keep-alive connection is closed");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(2) + MARGIN).is_some(),
+        "an idle keep-alive connection is closed"
+    );
     // an HTTP/2 connection that made a request and then idles is closed after the idle timeout
     let mut s = connect(&plain.addr);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
     // HEADERS, stream 1, END_STREAM|END_HEADERS: GET /v2/ over http, literal fields without indexing
     let mut block = vec![0x82, 0x86, 0x04, 0x04];
     block.extend_from_slice(b"/v2/");
@@ -77,13 +107,34 @@ fn silent_and_idle_connections_are_closed_whatever_the_protocol() {
     let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
     frame.extend_from_slice(&block);
     s.write_all(&frame).unwrap();
-    let idle = closed_within(&mut s, Duration::from_secs(2) + Duration::from_secs(1) + MARGIN).expect("an idle HTTP/2 connection is closed");
-    assert!(idle > Duration::from_millis(1500), "not before the idle timeout: {idle:?}");
+    let idle = closed_within(
+        &mut s,
+        Duration::from_secs(2) + Duration::from_secs(1) + MARGIN,
+    )
+    .expect("an idle HTTP/2 connection is closed");
+    assert!(
+        idle > Duration::from_millis(1500),
+        "not before the idle timeout: {idle:?}"
+    );
 
     // a download that takes longer than the idle timeout is not cut
-    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "long", layers: &[4 << 20], tag: "v1" });
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "long",
+            layers: &[4 << 20],
+            tag: "v1",
+        },
+    );
     reg.push(&img, "long/app:v1");
-    let mut r = http().get(format!("{}/v2/up/long/app/blobs/{}", plain.url(), img.layers[0])).send().unwrap();
+    let mut r = http()
+        .get(format!(
+            "{}/v2/up/long/app/blobs/{}",
+            plain.url(),
+            img.layers[0]
+        ))
+        .send()
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 256 << 10];
     let started = Instant::now();
@@ -97,8 +148,20 @@ fn silent_and_idle_connections_are_closed_whatever_the_protocol() {
             std::thread::sleep(Duration::from_millis(150));
         }
     }
-    assert_eq!(sha256(&got), img.layers[0], "a slow reader gets the whole blob");
-    assert_eq!(http().get(format!("{}/v2/", plain.url())).send().unwrap().status(), 200, "serving goes on");
+    assert_eq!(
+        sha256(&got),
+        img.layers[0],
+        "a slow reader gets the whole blob"
+    );
+    assert_eq!(
+        http()
+            .get(format!("{}/v2/", plain.url()))
+            .send()
+            .unwrap()
+            .status(),
+        200,
+        "serving goes on"
+    );
 }
 
 #[test]
@@ -108,7 +171,10 @@ fn beyond_max_connections_new_connections_wait_and_the_log_says_so() {
     let proxy = Proxy::start_with_server(
         &t.path().join("proxy"),
         "max_connections = 4\n",
-        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
     );
     let ask = |s: &mut TcpStream| {
         write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -121,11 +187,21 @@ fn beyond_max_connections_new_connections_wait_and_the_log_says_so() {
         assert_eq!(&ask(s).unwrap(), b"HTTP/1.1 200");
     }
     let mut fifth = connect(&proxy.addr);
-    fifth.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
-    assert!(ask(&mut fifth).is_err(), "a fifth connection is not served while four are open");
-    assert!(proxy.log().contains("max_connections reached"), "the log says why");
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(
+        ask(&mut fifth).is_err(),
+        "a fifth connection is not served while four are open"
+    );
+    assert!(
+        proxy.log().contains("max_connections reached"),
+        "the log says why"
+    );
     drop(held.pop());
-    fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut head = [0u8; 12];
     fifth.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200", "served once a connection closed");
@@ -139,20 +215,36 @@ fn the_accept_loop_survives_running_out_of_file_descriptors() {
         &["prlimit", "--nofile=64:64"],
         &t.path().join("proxy"),
         "max_connections = 1000\n",
-        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
     );
     let mut flood: Vec<TcpStream> = Vec::new();
     for _ in 0..120 {
-        let Ok(mut s) = TcpStream::connect(&proxy.addr) else { break };
+        let Ok(mut s) = TcpStream::connect(&proxy.addr) else {
+            break;
+        };
         let _ = write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
         flood.push(s);
     }
-    wait_for("accept to run out of descriptors", Duration::from_secs(10), || proxy.log().contains("accept failed"));
+    wait_for(
+        "accept to run out of descriptors",
+        Duration::from_secs(10),
+        || proxy.log().contains("accept failed"),
+    );
     drop(flood);
     wait_for("the proxy to serve again", Duration::from_secs(10), || {
-        http().get(format!("{}/v2/", proxy.url())).send().is_ok_and(|r| r.status() == 200)
+        http()
+            .get(format!("{}/v2/", proxy.url()))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
     });
-    assert!(proxy.log().contains("Too many open files"), "{}", proxy.log());
+    assert!(
+        proxy.log().contains("Too many open files"),
+        "{}",
+        proxy.log()
+    );
 }
 
 #[test]
@@ -162,7 +254,10 @@ fn upstream_credentials_never_leave_the_upstreams_origin() {
     let (upstream, elsewhere) = (Liar::start(), Liar::start());
     upstream.require_basic();
     upstream.tags("team/app", vec!["v1".into(), "v2".into()]);
-    upstream.tags_link(&format!("{}/v2/team/app/tags/list?last=v2", elsewhere.url()));
+    upstream.tags_link(&format!(
+        "{}/v2/team/app/tags/list?last=v2",
+        elsewhere.url()
+    ));
     elsewhere.require_basic();
     elsewhere.tags("team/app", vec!["planted".into()]);
     std::fs::write(t.path().join("pw"), "upstream-secret\n").unwrap();
@@ -174,12 +269,28 @@ fn upstream_credentials_never_leave_the_upstreams_origin() {
             t.path().join("pw").display()
         ),
     );
-    let r = http().get(format!("{}/v2/up/team/app/tags/list", proxy.url())).send().unwrap();
+    let r = http()
+        .get(format!("{}/v2/up/team/app/tags/list", proxy.url()))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let list: serde_json::Value = r.json().unwrap();
-    assert_eq!(list["tags"], serde_json::json!(["v1", "v2"]), "nothing from the other host is merged");
-    assert!(upstream.authorizations("/tags/list").iter().any(|a| a.as_deref().is_some_and(|a| a.starts_with("Basic "))), "the upstream got its credentials");
-    assert!(elsewhere.authorizations("/v2/").is_empty(), "the other host was never asked, let alone given the credentials");
+    assert_eq!(
+        list["tags"],
+        serde_json::json!(["v1", "v2"]),
+        "nothing from the other host is merged"
+    );
+    assert!(
+        upstream
+            .authorizations("/tags/list")
+            .iter()
+            .any(|a| a.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+        "the upstream got its credentials"
+    );
+    assert!(
+        elsewhere.authorizations("/v2/").is_empty(),
+        "the other host was never asked, let alone given the credentials"
+    );
     assert!(proxy.log().contains("on another host; not followed"));
 }
 
@@ -191,11 +302,23 @@ fn a_token_that_claims_to_live_for_ever_is_used_for_a_day_at_most() {
     liar.require_token();
     liar.token_expires_in("18446744073709551615");
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
-    liar.manifest("team/app", "v1", "application/vnd.oci.image.manifest.v1+json", manifest);
+    liar.manifest(
+        "team/app",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest,
+    );
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "liar", &liar.url(), "");
     for _ in 0..3 {
-        let r = http().get(format!("{}/v2/liar/team/app/manifests/v1", proxy.url())).send().unwrap();
-        assert_eq!(r.status(), 200, "served (the overflowing lifetime saturates)");
+        let r = http()
+            .get(format!("{}/v2/liar/team/app/manifests/v1", proxy.url()))
+            .send()
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "served (the overflowing lifetime saturates)"
+        );
     }
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
@@ -214,19 +337,46 @@ fn responses_are_never_sniffed_and_a_manifest_is_only_ever_served_as_a_manifest(
         &dir,
         &format!("[storage]\npath = \"data\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"liar\"\nurl = \"{}\"\n", liar.url()),
     );
-    let r = http().get(format!("{}/v2/liar/team/page/manifests/v1", proxy.url())).send().unwrap();
+    let r = http()
+        .get(format!("{}/v2/liar/team/page/manifests/v1", proxy.url()))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.manifest.v1+json", "never text/html");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.manifest.v1+json",
+        "never text/html"
+    );
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     // pushed: refused
     let config = b"{}";
-    let up = http().post(format!("{}/v2/internal/page/blobs/uploads/?digest={}", proxy.url(), sha256(config))).basic_auth("ci", Some("ci-pass")).body(config.to_vec()).send().unwrap();
+    let up = http()
+        .post(format!(
+            "{}/v2/internal/page/blobs/uploads/?digest={}",
+            proxy.url(),
+            sha256(config)
+        ))
+        .basic_auth("ci", Some("ci-pass"))
+        .body(config.to_vec())
+        .send()
+        .unwrap();
     assert_eq!(up.status(), 201);
-    let r = http().put(format!("{}/v2/internal/page/manifests/v1", proxy.url())).basic_auth("ci", Some("ci-pass")).header("content-type", "text/html").body(html.to_vec()).send().unwrap();
+    let r = http()
+        .put(format!("{}/v2/internal/page/manifests/v1", proxy.url()))
+        .basic_auth("ci", Some("ci-pass"))
+        .header("content-type", "text/html")
+        .body(html.to_vec())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(&r.text().unwrap()), "MANIFEST_INVALID");
     // every response, errors and the base endpoint included
-    for path in ["/v2/", "/v2/liar/team/page/manifests/v404", "/v2/nowhere/x/tags/list", "/healthz"] {
+    for path in [
+        "/v2/",
+        "/v2/liar/team/page/manifests/v404",
+        "/v2/nowhere/x/tags/list",
+        "/healthz",
+    ] {
         let r = http().get(format!("{}{path}", proxy.url())).send().unwrap();
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
     }
@@ -235,18 +385,32 @@ fn responses_are_never_sniffed_and_a_manifest_is_only_ever_served_as_a_manifest(
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }
 
 #[test]
 fn distinct_askers_and_chatty_modules_do_not_grow_the_proxy() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "askers", layers: &[100], tag: "v1" });
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "askers",
+            layers: &[100],
+            tag: "v1",
+        },
+    );
     for repo in ["app/x", "chatty/x", "wordy/x"] {
         reg.push(&img, &format!("{repo}:v1"));
     }
-    let (allow, chatty) = (policy_module("policies", "allow-all"), policy_module("tests/policies", "chatty"));
+    let (allow, chatty) = (
+        policy_module("policies", "allow-all"),
+        policy_module("tests/policies", "chatty"),
+    );
     let proxy = Proxy::for_upstream(
         &t.path().join("proxy"),
         "up",
@@ -266,10 +430,21 @@ fn distinct_askers_and_chatty_modules_do_not_grow_the_proxy() {
     let client = http();
     for i in 0..3000 {
         let agent = format!("{i:08}{}", "a".repeat(60_000));
-        assert_eq!(client.get(url("app/x")).header("user-agent", agent).send().unwrap().status(), 200);
+        assert_eq!(
+            client
+                .get(url("app/x"))
+                .header("user-agent", agent)
+                .send()
+                .unwrap()
+                .status(),
+            200
+        );
     }
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
-    assert!(grown < 48 << 10, "3000 distinct askers grew the proxy by {grown} KiB");
+    assert!(
+        grown < 48 << 10,
+        "3000 distinct askers grew the proxy by {grown} KiB"
+    );
 
     // a module that logs 4 KiB lines until its time is up, and one with a 1 MiB reason
     let before = rss_kib(proxy.pid());
@@ -279,14 +454,28 @@ fn distinct_askers_and_chatty_modules_do_not_grow_the_proxy() {
         assert!(r.text().unwrap().contains("exceeded its timeout"));
     }
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
-    assert!(grown < 48 << 10, "logging modules grew the proxy by {grown} KiB");
-    let lines = proxy.log().lines().filter(|l| l.contains("portcullis::policy") && l.contains("xxxx")).count();
-    assert!(lines <= 3 * 100, "at most 100 lines an evaluation reach the log: {lines}");
+    assert!(
+        grown < 48 << 10,
+        "logging modules grew the proxy by {grown} KiB"
+    );
+    let lines = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("portcullis::policy") && l.contains("xxxx"))
+        .count();
+    assert!(
+        lines <= 3 * 100,
+        "at most 100 lines an evaluation reach the log: {lines}"
+    );
     assert!(proxy.log().contains("the rest are dropped"));
     let r = http().get(url("wordy/x")).send().unwrap();
     assert_eq!(r.status(), 403);
     let body = r.text().unwrap();
-    assert!(body.len() < 2048 && body.contains("..."), "a module's reason is cut: {} bytes", body.len());
+    assert!(
+        body.len() < 2048 && body.contains("..."),
+        "a module's reason is cut: {} bytes",
+        body.len()
+    );
 }
 
 #[test]
@@ -295,7 +484,14 @@ fn upstream_fan_out_is_capped_and_huge_payloads_are_never_read_into_memory() {
     let reg = Registry::start(&t.path().join("upstream"));
     let keys = t.path().join("keys");
     cosign_keys(&keys);
-    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "fan-out", layers: &[1000], tag: "v1" });
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "fan-out",
+            layers: &[1000],
+            tag: "v1",
+        },
+    );
     reg.push(&img, "demo/app:v1");
     let config = push_blob(&reg, "demo/app", b"{}");
     // a .sig listing one 64 MiB blob eight times (declaring it small), then a hundred tiny layers
@@ -305,10 +501,18 @@ fn upstream_fan_out_is_capped_and_huge_payloads_are_never_read_into_memory() {
         serde_json::json!({"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": digest, "size": size,
             "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}})
     };
-    let layers: Vec<serde_json::Value> = std::iter::repeat_n(layer(&huge, 1000), 8).chain(std::iter::repeat_n(layer(&tiny, 15), 100)).collect();
+    let layers: Vec<serde_json::Value> = std::iter::repeat_n(layer(&huge, 1000), 8)
+        .chain(std::iter::repeat_n(layer(&tiny, 15), 100))
+        .collect();
     let sig = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2}, "layers": layers}).to_string();
-    push_manifest(&reg, "demo/app", &format!("{}.sig", img.digest.replace(':', "-")), "application/vnd.oci.image.manifest.v1+json", sig.as_bytes());
+    push_manifest(
+        &reg,
+        "demo/app",
+        &format!("{}.sig", img.digest.replace(':', "-")),
+        "application/vnd.oci.image.manifest.v1+json",
+        sig.as_bytes(),
+    );
     // and a referrers index (the tag schema) listing a hundred artifacts
     let artifacts: Vec<serde_json::Value> = (0..100)
         .map(|i| {
@@ -323,7 +527,13 @@ fn upstream_fan_out_is_capped_and_huge_payloads_are_never_read_into_memory() {
         })
         .collect();
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": artifacts}).to_string();
-    push_manifest(&reg, "demo/app", &img.digest.replace(':', "-"), "application/vnd.oci.image.index.v1+json", index.as_bytes());
+    push_manifest(
+        &reg,
+        "demo/app",
+        &img.digest.replace(':', "-"),
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
+    );
 
     let module = policy_module("policies", "require-signature");
     let proxy = Proxy::for_upstream(
@@ -349,14 +559,31 @@ fn upstream_fan_out_is_capped_and_huge_payloads_are_never_read_into_memory() {
     for r in refusals {
         let (status, body) = r.join().unwrap();
         assert_eq!(status, 403, "{body}");
-        assert!(body.contains("over the 4 MiB limit"), "the reason names the cap: {body}");
-        assert!(body.contains("at most 64 layers"), "and the layer count's: {body}");
+        assert!(
+            body.contains("over the 4 MiB limit"),
+            "the reason names the cap: {body}"
+        );
+        assert!(
+            body.contains("at most 64 layers"),
+            "and the layer count's: {body}"
+        );
     }
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
     assert!(grown < 48 << 10, "verifying grew the proxy by {grown} KiB");
-    let r = http().get(format!("{}/v2/up/demo/app/referrers/{}", proxy.url(), img.digest)).send().unwrap();
+    let r = http()
+        .get(format!(
+            "{}/v2/up/demo/app/referrers/{}",
+            proxy.url(),
+            img.digest
+        ))
+        .send()
+        .unwrap();
     let listed: serde_json::Value = r.json().unwrap();
-    assert!(listed["manifests"].as_array().unwrap().len() <= 64 + 1, "attachments per image are capped: {}", listed["manifests"].as_array().unwrap().len());
+    assert!(
+        listed["manifests"].as_array().unwrap().len() <= 64 + 1,
+        "attachments per image are capped: {}",
+        listed["manifests"].as_array().unwrap().len()
+    );
     assert!(proxy.log().contains("the rest are ignored"));
 }
 
@@ -366,7 +593,10 @@ fn a_cached_layer_asked_for_as_a_manifest_is_never_read_into_memory() {
     let reg = Registry::start(&t.path().join("upstream"));
     let layer = push_blob(&reg, "team/app", &image::noise("a big layer", 96 << 20));
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
-    let r = http().get(format!("{}/v2/up/team/app/blobs/{layer}", proxy.url())).send().unwrap();
+    let r = http()
+        .get(format!("{}/v2/up/team/app/blobs/{layer}", proxy.url()))
+        .send()
+        .unwrap();
     assert_eq!(sha256(&r.bytes().unwrap()), layer);
     assert!(proxy.cached(&layer));
     let before = rss_kib(proxy.pid());
@@ -377,8 +607,17 @@ fn a_cached_layer_asked_for_as_a_manifest_is_never_read_into_memory() {
         .map(|(method, name)| {
             let url = format!("{}/v2/up/{name}/manifests/{layer}", proxy.url());
             std::thread::spawn(move || {
-                let r = http().request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &url).send().unwrap();
-                (r.status().as_u16(), format!("{method} {url}: {}", r.text().unwrap_or_default()))
+                let r = http()
+                    .request(
+                        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                        &url,
+                    )
+                    .send()
+                    .unwrap();
+                (
+                    r.status().as_u16(),
+                    format!("{method} {url}: {}", r.text().unwrap_or_default()),
+                )
             })
         })
         .collect();
@@ -386,30 +625,60 @@ fn a_cached_layer_asked_for_as_a_manifest_is_never_read_into_memory() {
         let (status, what) = a.join().unwrap();
         // under its own repository the real upstream itself fails on a layer asked for as a
         // manifest (500), which the proxy relays as 502; elsewhere it does not exist at all
-        let expected: &[u16] = if what.contains("/team/app/") { &[404, 502] } else { &[404] };
+        let expected: &[u16] = if what.contains("/team/app/") {
+            &[404, 502]
+        } else {
+            &[404]
+        };
         assert!(expected.contains(&status), "{status}: {what}");
     }
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
-    assert!(grown < 48 << 10, "asking for a layer as a manifest grew the proxy by {grown} KiB");
+    assert!(
+        grown < 48 << 10,
+        "asking for a layer as a manifest grew the proxy by {grown} KiB"
+    );
 }
 
 #[test]
 fn a_flood_of_tag_list_requests_asks_the_upstream_once_per_tag_ttl() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("upstream"));
-    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "tags", layers: &[100], tag: "v1" });
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "tags",
+            layers: &[100],
+            tag: "v1",
+        },
+    );
     reg.push(&img, "team/app:v1");
-    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "[cache]\ntag_ttl = \"1h\"\n");
+    let proxy = Proxy::for_upstream(
+        &t.path().join("proxy"),
+        "up",
+        &reg.url(),
+        "[cache]\ntag_ttl = \"1h\"\n",
+    );
     let askers: Vec<_> = (0..20)
         .map(|_| {
             let url = format!("{}/v2/up/team/app/tags/list", proxy.url());
-            std::thread::spawn(move || http().get(url).send().unwrap().json::<serde_json::Value>().unwrap())
+            std::thread::spawn(move || {
+                http()
+                    .get(url)
+                    .send()
+                    .unwrap()
+                    .json::<serde_json::Value>()
+                    .unwrap()
+            })
         })
         .collect();
     for a in askers {
         assert_eq!(a.join().unwrap()["tags"], serde_json::json!(["v1"]));
     }
-    assert_eq!(reg.count_settled("GET", "/team/app/tags/list", 1), 1, "one upstream request for twenty clients");
+    assert_eq!(
+        reg.count_settled("GET", "/team/app/tags/list", 1),
+        1,
+        "one upstream request for twenty clients"
+    );
 }
 
 #[test]
@@ -420,15 +689,26 @@ fn clients_that_never_read_their_downloads_are_dropped_after_body_timeout() {
     let proxy = Proxy::start_with_server(
         &t.path().join("proxy"),
         "body_timeout = \"2s\"\nmax_connections = 2\n",
-        &format!("[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
     );
     let url = format!("{}/v2/up/team/app/blobs/{layer}", proxy.url());
-    assert_eq!(sha256(&http().get(&url).send().unwrap().bytes().unwrap()), layer, "cached");
+    assert_eq!(
+        sha256(&http().get(&url).send().unwrap().bytes().unwrap()),
+        layer,
+        "cached"
+    );
     // two connections take every slot, ask for the blob, read its first bytes and stop
     let mut stalled: Vec<TcpStream> = (0..2)
         .map(|_| {
             let mut s = connect(&proxy.addr);
-            write!(s, "GET /v2/up/team/app/blobs/{layer} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            write!(
+                s,
+                "GET /v2/up/team/app/blobs/{layer} HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut head = [0u8; 12];
             s.read_exact(&mut head).unwrap();
@@ -438,9 +718,21 @@ fn clients_that_never_read_their_downloads_are_dropped_after_body_timeout() {
         .collect();
     let started = Instant::now();
     let r = http().get(format!("{}/v2/", proxy.url())).send().unwrap();
-    assert_eq!(r.status(), 200, "served once a stalled connection was dropped");
-    assert!(started.elapsed() < Duration::from_secs(2) + MARGIN, "{:?}", started.elapsed());
-    wait_for("both stalled connections dropped, as the log says", MARGIN, || proxy.log().matches("the client does not read").count() == 2);
+    assert_eq!(
+        r.status(),
+        200,
+        "served once a stalled connection was dropped"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    wait_for(
+        "both stalled connections dropped, as the log says",
+        MARGIN,
+        || proxy.log().matches("the client does not read").count() == 2,
+    );
     // the stalled clients find their connections closed before the whole blob arrived
     for s in &mut stalled {
         let mut got = 12usize;

@@ -6,8 +6,16 @@ use std::path::Path;
 use std::process::Command;
 
 fn portcullis(args: &[&str], dir: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis")).args(args).current_dir(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn root() -> &'static Path {
@@ -19,7 +27,12 @@ fn every_shipped_proxy_config_checks_out() {
     let mut files = vec![root().join("proxy.toml")];
     for entry in std::fs::read_dir(root().join("examples")).unwrap() {
         let p = entry.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("proxy") && p.extension().is_some_and(|e| e == "toml") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("proxy")
+            && p.extension().is_some_and(|e| e == "toml")
+        {
             files.push(p);
         }
     }
@@ -33,13 +46,26 @@ fn every_shipped_proxy_config_checks_out() {
 
 #[test]
 fn client_configs_point_at_the_proxy() {
-    let conf: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/registries.conf")).unwrap()).unwrap();
+    let conf: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("examples/registries.conf")).unwrap())
+            .unwrap();
     let mirror = &conf["registry"][0]["mirror"][0]["location"];
     assert_eq!(mirror.as_str(), Some("127.0.0.1:5000/docker.io"));
-    let conf: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/registries-location.conf")).unwrap()).unwrap();
-    assert_eq!(conf["registry"][0]["location"].as_str(), Some("127.0.0.1:5000/docker.io"));
-    let hosts: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("examples/hosts.toml")).unwrap()).unwrap();
-    assert_eq!(hosts["host"]["http://127.0.0.1:5000"]["capabilities"][0].as_str(), Some("pull"));
+    let conf: toml::Value = toml::from_str(
+        &std::fs::read_to_string(root().join("examples/registries-location.conf")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        conf["registry"][0]["location"].as_str(),
+        Some("127.0.0.1:5000/docker.io")
+    );
+    let hosts: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("examples/hosts.toml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        hosts["host"]["http://127.0.0.1:5000"]["capabilities"][0].as_str(),
+        Some("pull")
+    );
 }
 
 #[test]
@@ -54,18 +80,58 @@ fn embedded_defaults_are_used_without_a_config_file() {
 fn broken_configs_name_the_file_the_key_and_the_problem() {
     let t = tempfile::tempdir().unwrap();
     let cases = [
-        ("[server]\nlisten = \"localhost\"\n", "server.listen", "invalid socket address"),
-        ("[storage]\nmax_size = \"big\"\n", "storage.max_size", "invalid size"),
-        ("[cache]\ntag_ttl = \"forever\"\n", "cache.tag_ttl", "invalid duration"),
+        (
+            "[server]\nlisten = \"localhost\"\n",
+            "server.listen",
+            "invalid socket address",
+        ),
+        (
+            "[storage]\nmax_size = \"big\"\n",
+            "storage.max_size",
+            "invalid size",
+        ),
+        (
+            "[cache]\ntag_ttl = \"forever\"\n",
+            "cache.tag_ttl",
+            "invalid duration",
+        ),
         ("[cache]\nttl = \"5m\"\n", "cache", "unknown field `ttl`"),
-        ("[[upstream]]\nname = \"hub\"\n", "upstream", "missing field `url`"),
-        ("[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"nope.pem\"\n", "upstream[0].ca_file", "cannot read"),
+        (
+            "[[upstream]]\nname = \"hub\"\n",
+            "upstream",
+            "missing field `url`",
+        ),
+        (
+            "[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"nope.pem\"\n",
+            "upstream[0].ca_file",
+            "cannot read",
+        ),
         ("[server\nlisten=1", "-", "parse error"),
-        ("[trust.none]\n", "trust.none", "names no keys, no trusted_root and no ca_certs"),
-        ("[trust.half]\nca_certs = [\"junk.pem\"]\n", "trust.half.rekor_keys", "ca_certs need the transparency log's rekor_keys"),
-        ("[trust.root]\ntrusted_root = \"junk.pem\"\n", "trust.root.trusted_root", "junk.pem: not a trusted_root.json"),
-        ("[trust.pem]\nca_certs = [\"junk.pem\"]\nrekor_keys = [\"junk.pem\"]\n", "trust.pem.ca_certs", "junk.pem: not PEM certificates"),
-        ("[trust.keys]\nkeys = [\"missing.pub\"]\n", "trust.keys.keys", "cannot read"),
+        (
+            "[trust.none]\n",
+            "trust.none",
+            "names no keys, no trusted_root and no ca_certs",
+        ),
+        (
+            "[trust.half]\nca_certs = [\"junk.pem\"]\n",
+            "trust.half.rekor_keys",
+            "ca_certs need the transparency log's rekor_keys",
+        ),
+        (
+            "[trust.root]\ntrusted_root = \"junk.pem\"\n",
+            "trust.root.trusted_root",
+            "junk.pem: not a trusted_root.json",
+        ),
+        (
+            "[trust.pem]\nca_certs = [\"junk.pem\"]\nrekor_keys = [\"junk.pem\"]\n",
+            "trust.pem.ca_certs",
+            "junk.pem: not PEM certificates",
+        ),
+        (
+            "[trust.keys]\nkeys = [\"missing.pub\"]\n",
+            "trust.keys.keys",
+            "cannot read",
+        ),
     ];
     std::fs::write(t.path().join("junk.pem"), "not a certificate").unwrap();
     for (i, (text, key, problem)) in cases.iter().enumerate() {
@@ -73,14 +139,24 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
         std::fs::write(&file, text).unwrap();
         let (ok, _, stderr) = portcullis(&["check", "--config", file.to_str().unwrap()], t.path());
         assert!(!ok, "{text}");
-        assert!(stderr.contains(&format!("bad{i}.toml")), "names the file: {stderr}");
+        assert!(
+            stderr.contains(&format!("bad{i}.toml")),
+            "names the file: {stderr}"
+        );
         assert!(stderr.contains(key), "names the key {key}: {stderr}");
         assert!(stderr.contains(problem), "says {problem}: {stderr}");
     }
     let (ok, _, stderr) = portcullis(&["check", "--config", "/nonexistent/proxy.toml"], t.path());
-    assert!(!ok && stderr.contains("/nonexistent/proxy.toml") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("/nonexistent/proxy.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
     // a CA file that exists but holds no certificate is caught by check, naming the upstream
-    std::fs::write(t.path().join("ca.toml"), "[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"junk.pem\"\n").unwrap();
+    std::fs::write(
+        t.path().join("ca.toml"),
+        "[[upstream]]\nname = \"hub\"\nurl = \"https://x\"\nca_file = \"junk.pem\"\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "ca.toml"], t.path());
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("upstream[0]"), "{stderr}");
@@ -98,12 +174,19 @@ fn version_and_help() {
 
 #[test]
 fn signature_client_configs_name_the_proxy() {
-    let policy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("examples/policy.json")).unwrap()).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("examples/policy.json")).unwrap(),
+    )
+    .unwrap();
     let scope = &policy["transports"]["docker"]["docker.io/myorg"][0];
     assert_eq!(scope["type"], "sigstoreSigned");
     assert_eq!(policy["default"][0]["type"], "reject");
-    let regd = std::fs::read_to_string(root().join("examples/registries.d/portcullis.yaml")).unwrap();
-    assert!(regd.contains("  127.0.0.1:5000:\n    use-sigstore-attachments: true"), "{regd}");
+    let regd =
+        std::fs::read_to_string(root().join("examples/registries.d/portcullis.yaml")).unwrap();
+    assert!(
+        regd.contains("  127.0.0.1:5000:\n    use-sigstore-attachments: true"),
+        "{regd}"
+    );
 }
 
 #[test]
@@ -126,16 +209,35 @@ fn htpasswd_prints_a_bcrypt_line_the_proxy_accepts() {
     // users over plain HTTP are refused unless TLS is terminated in front (and said so)
     std::fs::write(t.path().join("p.toml"), "[auth]\nhtpasswd = \"users\"\n").unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
-    assert!(!ok && stderr.contains("p.toml: auth.htpasswd: users are configured but the proxy serves plain HTTP"), "{stderr}");
+    assert!(
+        !ok && stderr.contains(
+            "p.toml: auth.htpasswd: users are configured but the proxy serves plain HTTP"
+        ),
+        "{stderr}"
+    );
     let (ok, _, stderr) = portcullis(&["serve", "--config", "p.toml"], t.path());
-    assert!(!ok && stderr.contains("server.insecure_auth = true"), "serve refuses to start too: {stderr}");
-    std::fs::write(t.path().join("p.toml"), "[server]\ninsecure_auth = true\n[auth]\nhtpasswd = \"users\"\n").unwrap();
+    assert!(
+        !ok && stderr.contains("server.insecure_auth = true"),
+        "serve refuses to start too: {stderr}"
+    );
+    std::fs::write(
+        t.path().join("p.toml"),
+        "[server]\ninsecure_auth = true\n[auth]\nhtpasswd = \"users\"\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
     assert!(ok, "{stderr}");
     // an entry that is not bcrypt is refused with the line number
-    std::fs::write(t.path().join("users"), "ci:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    std::fs::write(
+        t.path().join("users"),
+        "ci:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "p.toml"], t.path());
-    assert!(!ok && stderr.contains("auth.htpasswd") && stderr.contains("line 1"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("auth.htpasswd") && stderr.contains("line 1"),
+        "{stderr}"
+    );
     // TLS needs both files
     std::fs::write(t.path().join("t.toml"), "[server]\ntls_cert = \"c.pem\"\n").unwrap();
     let (ok, _, stderr) = portcullis(&["check", "--config", "t.toml"], t.path());

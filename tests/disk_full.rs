@@ -21,7 +21,11 @@ impl Drop for Mount {
 
 fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
     std::fs::create_dir_all(dir).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().is_ok_and(|s| s.success());
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
     ok.then(|| Mount(dir.to_path_buf()))
 }
 
@@ -57,54 +61,113 @@ fn a_full_disk_fails_cleanly_and_recovers() {
         &format!("[storage]\npath = \"data\"\nmin_free = \"12MiB\"\n[auth]\nhtpasswd = \"users.htpasswd\"\n[[local]]\nname = \"internal\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\n", reg.url()),
     );
     let image = |name: &str, size: usize| {
-        let img = build_image(&t.path().join(name), &ImageSpec { seed: name, layers: &[size], tag: "v1" });
+        let img = build_image(
+            &t.path().join(name),
+            &ImageSpec {
+                seed: name,
+                layers: &[size],
+                tag: "v1",
+            },
+        );
         reg.push(&img, &format!("full/{name}:v1"));
         img
     };
     let small = image("small", 1 << 20);
     let big = image("big", 24 << 20);
     let blob_url = |name: &str, d: &str| format!("{}/v2/up/full/{name}/blobs/{d}", proxy.url());
-    skopeo_pull(&format!("{}/up/full/small:v1", proxy.addr), &t.path().join("warm")).success();
+    skopeo_pull(
+        &format!("{}/up/full/small:v1", proxy.addr),
+        &t.path().join("warm"),
+    )
+    .success();
 
     // 16 MiB free, above min_free: the fill of a 24 MiB blob hits the full disk
     fill_disk(&data, 16 << 20);
-    let got = http().get(blob_url("big", &big.layers[0])).send().and_then(|r| r.bytes());
-    assert!(got.is_err() || sha256(&got.unwrap()) != big.layers[0], "the client must not get a whole blob");
-    wait_for("the failed fill to clean up", std::time::Duration::from_secs(10), || proxy.spool_files() == 0);
+    let got = http()
+        .get(blob_url("big", &big.layers[0]))
+        .send()
+        .and_then(|r| r.bytes());
+    assert!(
+        got.is_err() || sha256(&got.unwrap()) != big.layers[0],
+        "the client must not get a whole blob"
+    );
+    wait_for(
+        "the failed fill to clean up",
+        std::time::Duration::from_secs(10),
+        || proxy.spool_files() == 0,
+    );
     assert!(!proxy.has_blob(&big.layers[0]), "nothing cached");
     assert_store_consistent(&proxy);
-    assert!(proxy.log().contains("storage is full") || proxy.log().contains("No space left"), "the full disk is logged");
+    assert!(
+        proxy.log().contains("storage is full") || proxy.log().contains("No space left"),
+        "the full disk is logged"
+    );
 
     // 6 MiB free, below min_free: streamed from upstream, not cached
     fill_disk(&data, 6 << 20);
-    let bytes = http().get(blob_url("big", &big.layers[0])).send().unwrap().bytes().unwrap();
-    assert_eq!(sha256(&bytes), big.layers[0], "streamed whole from the upstream");
+    let bytes = http()
+        .get(blob_url("big", &big.layers[0]))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(
+        sha256(&bytes),
+        big.layers[0],
+        "streamed whole from the upstream"
+    );
     assert!(!proxy.has_blob(&big.layers[0]));
     assert!(proxy.log().contains("without caching"));
     // what is cached is still served
-    skopeo_pull(&format!("{}/up/full/small:v1", proxy.addr), &t.path().join("again")).success();
+    skopeo_pull(
+        &format!("{}/up/full/small:v1", proxy.addr),
+        &t.path().join("again"),
+    )
+    .success();
     // a push that does not fit: 507, nothing half-written
     let content = image::noise("push", 10 << 20);
     let digest = sha256(&content);
     let r = http()
-        .post(format!("{}/v2/internal/app/blobs/uploads/?digest={digest}", proxy.url()))
+        .post(format!(
+            "{}/v2/internal/app/blobs/uploads/?digest={digest}",
+            proxy.url()
+        ))
         .basic_auth("ci", Some("ci-pass"))
         .body(content.clone())
         .send()
         .unwrap();
     assert_eq!(r.status(), 507);
     assert_eq!(error_code(&r.text().unwrap()), "UNKNOWN");
-    assert_eq!(http().get(format!("{}/v2/internal/app/blobs/{digest}", proxy.url())).send().unwrap().status(), 404);
+    assert_eq!(
+        http()
+            .get(format!("{}/v2/internal/app/blobs/{digest}", proxy.url()))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
     assert!(!proxy.has_blob(&digest));
     assert_store_consistent(&proxy);
 
     // space comes back: caching and pushes work again
     std::fs::remove_file(data.join("filler")).unwrap();
-    let bytes = http().get(blob_url("big", &big.layers[0])).send().unwrap().bytes().unwrap();
+    let bytes = http()
+        .get(blob_url("big", &big.layers[0]))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
     assert_eq!(sha256(&bytes), big.layers[0]);
-    wait_for("the blob to be cached", std::time::Duration::from_secs(10), || proxy.has_blob(&big.layers[0]));
+    wait_for(
+        "the blob to be cached",
+        std::time::Duration::from_secs(10),
+        || proxy.has_blob(&big.layers[0]),
+    );
     let r = http()
-        .post(format!("{}/v2/internal/app/blobs/uploads/?digest={digest}", proxy.url()))
+        .post(format!(
+            "{}/v2/internal/app/blobs/uploads/?digest={digest}",
+            proxy.url()
+        ))
         .basic_auth("ci", Some("ci-pass"))
         .body(content)
         .send()

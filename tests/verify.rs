@@ -22,12 +22,24 @@ fn setup() -> Setup {
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
     let keys = t.path().join("keys");
     cosign_keys(&keys);
-    Setup { t, reg, proxy, keys }
+    Setup {
+        t,
+        reg,
+        proxy,
+        keys,
+    }
 }
 
 impl Setup {
     fn image(&self, repo: &str, seed: &str) -> OciImage {
-        let img = build_image(&self.t.path().join(seed), &ImageSpec { seed, layers: &[1000], tag: "v1" });
+        let img = build_image(
+            &self.t.path().join(seed),
+            &ImageSpec {
+                seed,
+                layers: &[1000],
+                tag: "v1",
+            },
+        );
         self.reg.push(&img, &format!("{repo}:v1"));
         img
     }
@@ -42,7 +54,11 @@ impl Setup {
             .args(args)
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 }
@@ -55,24 +71,42 @@ fn key(dir: &Path, name: &str) -> String {
 fn cosign_signatures_verify_natively_and_failures_say_why() {
     let s = setup();
     let img = s.image("demo/app", "app");
-    cosign_sign(&s.keys, &format!("{}/demo/app@{}", s.reg.host(), img.digest));
+    cosign_sign(
+        &s.keys,
+        &format!("{}/demo/app@{}", s.reg.host(), img.digest),
+    );
     let cosign_pub = key(&s.keys, "cosign.pub");
 
-    let (ok, out) = s.verify(&format!("{}/up/demo/app:v1", s.proxy.addr), &["--key", &cosign_pub]);
+    let (ok, out) = s.verify(
+        &format!("{}/up/demo/app:v1", s.proxy.addr),
+        &["--key", &cosign_pub],
+    );
     assert!(ok, "{out}");
-    assert!(out.contains("verified: verified by") && out.contains(&img.digest), "{out}");
+    assert!(
+        out.contains("verified: verified by") && out.contains(&img.digest),
+        "{out}"
+    );
 
     let other = s.t.path().join("other");
     cosign_keys(&other);
     let (ok, out) = s.verify("up/demo/app:v1", &["--key", &key(&other, "cosign.pub")]);
     assert!(!ok);
-    assert!(out.contains("does not verify with any trusted key"), "{out}");
+    assert!(
+        out.contains("does not verify with any trusted key"),
+        "{out}"
+    );
 
     // cosign writes no tag in the identity: the containers/image default refuses a tagged pull
-    let (ok, out) = s.verify("up/demo/app:v1", &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"]);
+    let (ok, out) = s.verify(
+        "up/demo/app:v1",
+        &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"],
+    );
     assert!(!ok);
     assert!(out.contains("signature is for"), "{out}");
-    let (ok, out) = s.verify(&format!("up/demo/app@{}", img.digest), &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"]);
+    let (ok, out) = s.verify(
+        &format!("up/demo/app@{}", img.digest),
+        &["--key", &cosign_pub, "--identity", "matchRepoDigestOrExact"],
+    );
     assert!(ok, "by digest the repository suffices: {out}");
 
     let unsigned = s.image("demo/unsigned", "unsigned");
@@ -86,13 +120,32 @@ fn cosign_signatures_verify_natively_and_failures_say_why() {
 fn containers_image_signatures_tampering_and_thresholds() {
     let s = setup();
     let dir = s.t.path().join("p256");
-    let (k1, k2, k3) = (p256_key(&dir, "k1", 1), p256_key(&dir, "k2", 2), p256_key(&dir, "k3", 3));
-    let keys = |names: &[&str]| names.iter().flat_map(|n| ["--key".to_string(), key(&dir, &format!("{n}.pub"))]).collect::<Vec<_>>();
+    let (k1, k2, k3) = (
+        p256_key(&dir, "k1", 1),
+        p256_key(&dir, "k2", 2),
+        p256_key(&dir, "k3", 3),
+    );
+    let keys = |names: &[&str]| {
+        names
+            .iter()
+            .flat_map(|n| ["--key".to_string(), key(&dir, &format!("{n}.pub"))])
+            .collect::<Vec<_>>()
+    };
 
     let good = s.image("ci/good", "good");
-    push_cimage_signature(&s.reg, "ci/good", &good.digest, &format!("{}/ci/good:v1", s.reg.host()), &[&k1, &k2], Spoil::None);
+    push_cimage_signature(
+        &s.reg,
+        "ci/good",
+        &good.digest,
+        &format!("{}/ci/good:v1", s.reg.host()),
+        &[&k1, &k2],
+        Spoil::None,
+    );
     let args = keys(&["k1"]);
-    let (ok, out) = s.verify("up/ci/good:v1", &[&args[0], &args[1], "--identity", "matchRepoDigestOrExact"]);
+    let (ok, out) = s.verify(
+        "up/ci/good:v1",
+        &[&args[0], &args[1], "--identity", "matchRepoDigestOrExact"],
+    );
     assert!(ok, "a containers/image signature carries the tag: {out}");
 
     // 2 of 3: k1 and k2 signed
@@ -108,23 +161,47 @@ fn containers_image_signatures_tampering_and_thresholds() {
     assert!(out.contains("2 of 3 required signers verified"), "{out}");
 
     let tampered = s.image("ci/tampered", "tampered");
-    push_cimage_signature(&s.reg, "ci/tampered", &tampered.digest, &format!("{}/ci/tampered:v1", s.reg.host()), &[&k1], Spoil::TamperedPayload);
+    push_cimage_signature(
+        &s.reg,
+        "ci/tampered",
+        &tampered.digest,
+        &format!("{}/ci/tampered:v1", s.reg.host()),
+        &[&k1],
+        Spoil::TamperedPayload,
+    );
     let (ok, out) = s.verify("up/ci/tampered:v1", &[&args[0], &args[1]]);
     assert!(!ok);
     assert!(out.contains("does not verify"), "{out}");
 
     let elsewhere = s.image("ci/elsewhere", "elsewhere");
-    push_cimage_signature(&s.reg, "ci/elsewhere", &elsewhere.digest, &format!("{}/ci/elsewhere:v1", s.reg.host()), &[&k1], Spoil::OtherDigest);
+    push_cimage_signature(
+        &s.reg,
+        "ci/elsewhere",
+        &elsewhere.digest,
+        &format!("{}/ci/elsewhere:v1", s.reg.host()),
+        &[&k1],
+        Spoil::OtherDigest,
+    );
     let (ok, out) = s.verify("up/ci/elsewhere:v1", &[&args[0], &args[1]]);
     assert!(!ok);
     assert!(out.contains("payload is for"), "{out}");
 
     let identity = s.image("ci/identity", "identity");
-    push_cimage_signature(&s.reg, "ci/identity", &identity.digest, "registry.example/somebody/else:v1", &[&k3], Spoil::None);
+    push_cimage_signature(
+        &s.reg,
+        "ci/identity",
+        &identity.digest,
+        "registry.example/somebody/else:v1",
+        &[&k3],
+        Spoil::None,
+    );
     let k3args = keys(&["k3"]);
     let (ok, out) = s.verify("up/ci/identity:v1", &[&k3args[0], &k3args[1]]);
     assert!(!ok);
-    assert!(out.contains("signature is for registry.example/somebody/else:v1, not "), "{out}");
+    assert!(
+        out.contains("signature is for registry.example/somebody/else:v1, not "),
+        "{out}"
+    );
     let _ = k2;
 }
 
@@ -133,19 +210,44 @@ fn attestations_verify_with_their_predicate_type() {
     let s = setup();
     let img = s.image("demo/att", "att");
     let up = format!("{}/demo/att@{}", s.reg.host(), img.digest);
-    std::fs::write(s.keys.join("predicate.json"), r#"{"builder":{"id":"https://ci.example/builder"},"buildType":"t"}"#).unwrap();
+    std::fs::write(
+        s.keys.join("predicate.json"),
+        r#"{"builder":{"id":"https://ci.example/builder"},"buildType":"t"}"#,
+    )
+    .unwrap();
     cosign_sign(&s.keys, &up);
-    let mut attest = vec!["attest", "--key", "cosign.key", "--tlog-upload=false", "--type", "slsaprovenance", "--predicate", "predicate.json"];
+    let mut attest = vec![
+        "attest",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "--type",
+        "slsaprovenance",
+        "--predicate",
+        "predicate.json",
+    ];
     attest.extend(COSIGN_LOCAL);
     attest.push(&up);
     cosign(&s.keys, &attest).success();
     let cosign_pub = key(&s.keys, "cosign.pub");
-    let (ok, out) = s.verify("up/demo/att:v1", &["--key", &cosign_pub, "--attestation", "slsaprovenance"]);
+    let (ok, out) = s.verify(
+        "up/demo/att:v1",
+        &["--key", &cosign_pub, "--attestation", "slsaprovenance"],
+    );
     assert!(ok, "{out}");
-    assert!(out.contains("https://slsa.dev/provenance/v0.2 attested by"), "{out}");
-    let (ok, out) = s.verify("up/demo/att:v1", &["--key", &cosign_pub, "--attestation", "cyclonedx"]);
+    assert!(
+        out.contains("https://slsa.dev/provenance/v0.2 attested by"),
+        "{out}"
+    );
+    let (ok, out) = s.verify(
+        "up/demo/att:v1",
+        &["--key", &cosign_pub, "--attestation", "cyclonedx"],
+    );
     assert!(!ok);
-    assert!(out.contains("no verified https://cyclonedx.org/bom attestation"), "{out}");
+    assert!(
+        out.contains("no verified https://cyclonedx.org/bom attestation"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -162,15 +264,32 @@ fn named_trust_from_the_configuration() {
             reg.url()
         ),
     );
-    let img = build_image(&t.path().join("img"), &ImageSpec { seed: "trust", layers: &[100], tag: "v1" });
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "trust",
+            layers: &[100],
+            tag: "v1",
+        },
+    );
     reg.push(&img, "rel/app:v1");
     cosign_sign(&keys, &format!("{}/rel/app@{}", reg.host(), img.digest));
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["verify", "up/rel/app:v1", "--trust", "release-keys", "--config"])
+        .args([
+            "verify",
+            "up/rel/app:v1",
+            "--trust",
+            "release-keys",
+            "--config",
+        ])
         .arg(proxy.dir.join("proxy.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["verify", "up/rel/app:v1", "--trust", "nope", "--config"])
         .arg(proxy.dir.join("proxy.toml"))
@@ -194,7 +313,16 @@ fn keyless_setup() -> (Setup, common::keyless::Sigstore, common::keyless::Sigsto
     let reg = Registry::start(&t.path().join("upstream"));
     let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), &extra);
     let keys = t.path().join("keys");
-    (Setup { t, reg, proxy, keys }, ours, theirs)
+    (
+        Setup {
+            t,
+            reg,
+            proxy,
+            keys,
+        },
+        ours,
+        theirs,
+    )
 }
 
 const ISSUER: &str = "https://issuer.sigstore.test";
@@ -206,75 +334,277 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
     let (s, ours, theirs) = keyless_setup();
     let signer = ours.issue(SUBJECT, ISSUER);
     let good = s.image("ci/keyless", "keyless");
-    push_keyless_signature(&s.reg, "ci/keyless", &good.digest, &ours, &signer, Entry::Good);
-    let exact = ["--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER];
+    push_keyless_signature(
+        &s.reg,
+        "ci/keyless",
+        &good.digest,
+        &ours,
+        &signer,
+        Entry::Good,
+    );
+    let exact = [
+        "--certificate-identity",
+        SUBJECT,
+        "--certificate-oidc-issuer",
+        ISSUER,
+    ];
 
     for trust in ["ours-pem", "ours-root"] {
-        let (ok, out) = s.verify("up/ci/keyless:v1", &[&["--trust", trust][..], &exact].concat());
+        let (ok, out) = s.verify(
+            "up/ci/keyless:v1",
+            &[&["--trust", trust][..], &exact].concat(),
+        );
         assert!(ok, "trust {trust}: {out}");
-        assert!(out.contains(&format!("signed by {SUBJECT} ({ISSUER})")), "{out}");
+        assert!(
+            out.contains(&format!("signed by {SUBJECT} ({ISSUER})")),
+            "{out}"
+        );
     }
-    common::keyless::push_keyless_attestation(&s.reg, "ci/keyless", &good.digest, &ours, &signer, "https://slsa.dev/provenance/v1");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--attestation", "slsaprovenance1"]].concat());
-    assert!(ok && out.contains(&format!("https://slsa.dev/provenance/v1 attested by {SUBJECT} ({ISSUER})")), "keyless attestation: {out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--attestation", "spdx"]].concat());
-    assert!(!ok && out.contains("no verified https://spdx.dev/Document attestation"), "{out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &["--certificate-identity-regexp", r"@example\.com$", "--certificate-oidc-issuer-regexp", r"^https://issuer\."]);
+    common::keyless::push_keyless_attestation(
+        &s.reg,
+        "ci/keyless",
+        &good.digest,
+        &ours,
+        &signer,
+        "https://slsa.dev/provenance/v1",
+    );
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[&exact[..], &["--attestation", "slsaprovenance1"]].concat(),
+    );
+    assert!(
+        ok && out.contains(&format!(
+            "https://slsa.dev/provenance/v1 attested by {SUBJECT} ({ISSUER})"
+        )),
+        "keyless attestation: {out}"
+    );
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[&exact[..], &["--attestation", "spdx"]].concat(),
+    );
+    assert!(
+        !ok && out.contains("no verified https://spdx.dev/Document attestation"),
+        "{out}"
+    );
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[
+            "--certificate-identity-regexp",
+            r"@example\.com$",
+            "--certificate-oidc-issuer-regexp",
+            r"^https://issuer\.",
+        ],
+    );
     assert!(ok, "regexps, every configured root: {out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/main"]].concat());
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[
+            &exact[..],
+            &["--certificate-github-workflow-ref", "refs/heads/main"],
+        ]
+        .concat(),
+    );
     assert!(ok, "GitHub ref claim: {out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &[&exact[..], &["--certificate-github-workflow-ref", "refs/heads/dev"]].concat());
-    assert!(!ok && out.contains("github-workflow-ref is refs/heads/main, not refs/heads/dev"), "{out}");
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[
+            &exact[..],
+            &["--certificate-github-workflow-ref", "refs/heads/dev"],
+        ]
+        .concat(),
+    );
+    assert!(
+        !ok && out.contains("github-workflow-ref is refs/heads/main, not refs/heads/dev"),
+        "{out}"
+    );
 
-    let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", "https://accounts.example"]);
-    assert!(!ok && out.contains(&format!("certificate issuer is {ISSUER}, not https://accounts.example")), "wrong issuer: {out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &["--trust", "ours-root", "--certificate-identity", "eve@example.com", "--certificate-oidc-issuer", ISSUER]);
-    assert!(!ok && out.contains("certificate subject is dev@example.com, not eve@example.com"), "wrong subject: {out}");
-    let (ok, out) = s.verify("up/ci/keyless:v1", &[&["--trust", "theirs"][..], &exact].concat());
-    assert!(!ok && out.contains("unknown transparency log"), "another trust root: {out}");
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[
+            "--trust",
+            "ours-root",
+            "--certificate-identity",
+            SUBJECT,
+            "--certificate-oidc-issuer",
+            "https://accounts.example",
+        ],
+    );
+    assert!(
+        !ok && out.contains(&format!(
+            "certificate issuer is {ISSUER}, not https://accounts.example"
+        )),
+        "wrong issuer: {out}"
+    );
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[
+            "--trust",
+            "ours-root",
+            "--certificate-identity",
+            "eve@example.com",
+            "--certificate-oidc-issuer",
+            ISSUER,
+        ],
+    );
+    assert!(
+        !ok && out.contains("certificate subject is dev@example.com, not eve@example.com"),
+        "wrong subject: {out}"
+    );
+    let (ok, out) = s.verify(
+        "up/ci/keyless:v1",
+        &[&["--trust", "theirs"][..], &exact].concat(),
+    );
+    assert!(
+        !ok && out.contains("unknown transparency log"),
+        "another trust root: {out}"
+    );
 
     let expired = s.image("ci/expired", "expired");
-    push_keyless_signature(&s.reg, "ci/expired", &expired.digest, &ours, &signer, Entry::AfterExpiry);
-    let (ok, out) = s.verify("up/ci/expired:v1", &[&["--trust", "ours-root"][..], &exact].concat());
-    assert!(!ok && out.contains("not valid when the log integrated"), "expired certificate: {out}");
+    push_keyless_signature(
+        &s.reg,
+        "ci/expired",
+        &expired.digest,
+        &ours,
+        &signer,
+        Entry::AfterExpiry,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/expired:v1",
+        &[&["--trust", "ours-root"][..], &exact].concat(),
+    );
+    assert!(
+        !ok && out.contains("not valid when the log integrated"),
+        "expired certificate: {out}"
+    );
 
     let early = s.image("ci/early", "early");
-    push_keyless_signature(&s.reg, "ci/early", &early.digest, &ours, &signer, Entry::BeforeValidity);
-    let (ok, out) = s.verify("up/ci/early:v1", &[&["--trust", "ours-root"][..], &exact].concat());
-    assert!(!ok && out.contains("not valid when the log integrated"), "a certificate not yet valid: {out}");
+    push_keyless_signature(
+        &s.reg,
+        "ci/early",
+        &early.digest,
+        &ours,
+        &signer,
+        Entry::BeforeValidity,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/early:v1",
+        &[&["--trust", "ours-root"][..], &exact].concat(),
+    );
+    assert!(
+        !ok && out.contains("not valid when the log integrated"),
+        "a certificate not yet valid: {out}"
+    );
 
     // keyless thresholds count distinct subjects: one signer twice is one, two signers are two
     let second = ours.issue("ops@example.com", ISSUER);
-    let regexps = ["--certificate-identity-regexp", r"@example\.com$", "--certificate-oidc-issuer", ISSUER, "--trust", "ours-root", "--threshold", "2"];
+    let regexps = [
+        "--certificate-identity-regexp",
+        r"@example\.com$",
+        "--certificate-oidc-issuer",
+        ISSUER,
+        "--trust",
+        "ours-root",
+        "--threshold",
+        "2",
+    ];
     let twice = s.image("ci/twice", "twice");
-    common::keyless::push_keyless_signatures(&s.reg, "ci/twice", &twice.digest, &ours, &[&signer, &signer], Entry::Good);
+    common::keyless::push_keyless_signatures(
+        &s.reg,
+        "ci/twice",
+        &twice.digest,
+        &ours,
+        &[&signer, &signer],
+        Entry::Good,
+    );
     let (ok, out) = s.verify("up/ci/twice:v1", &regexps);
-    assert!(!ok && out.contains("1 of 2 required signers verified"), "one subject twice: {out}");
+    assert!(
+        !ok && out.contains("1 of 2 required signers verified"),
+        "one subject twice: {out}"
+    );
     let pair = s.image("ci/pair", "pair");
-    common::keyless::push_keyless_signatures(&s.reg, "ci/pair", &pair.digest, &ours, &[&signer, &second], Entry::Good);
+    common::keyless::push_keyless_signatures(
+        &s.reg,
+        "ci/pair",
+        &pair.digest,
+        &ours,
+        &[&signer, &second],
+        Entry::Good,
+    );
     let (ok, out) = s.verify("up/ci/pair:v1", &regexps);
     assert!(ok, "two subjects: {out}");
 
     let bad_set = s.image("ci/badset", "badset");
-    push_keyless_signature(&s.reg, "ci/badset", &bad_set.digest, &ours, &signer, Entry::BadSet);
-    let (ok, out) = s.verify("up/ci/badset:v1", &[&["--trust", "ours-root"][..], &exact].concat());
+    push_keyless_signature(
+        &s.reg,
+        "ci/badset",
+        &bad_set.digest,
+        &ours,
+        &signer,
+        Entry::BadSet,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/badset:v1",
+        &[&["--trust", "ours-root"][..], &exact].concat(),
+    );
     assert!(!ok && out.contains("SET does not verify"), "bad SET: {out}");
 
     // a certificate from another CA, logged in our log: the chain is what fails
     let stranger = theirs.issue(SUBJECT, ISSUER);
     let foreign = s.image("ci/foreign", "foreign");
-    push_keyless_signature(&s.reg, "ci/foreign", &foreign.digest, &ours, &stranger, Entry::Good);
-    let (ok, out) = s.verify("up/ci/foreign:v1", &[&["--trust", "ours-root"][..], &exact].concat());
-    assert!(!ok && out.contains("does not chain to a trusted certificate authority"), "other CA: {out}");
+    push_keyless_signature(
+        &s.reg,
+        "ci/foreign",
+        &foreign.digest,
+        &ours,
+        &stranger,
+        Entry::Good,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/foreign:v1",
+        &[&["--trust", "ours-root"][..], &exact].concat(),
+    );
+    assert!(
+        !ok && out.contains("does not chain to a trusted certificate authority"),
+        "other CA: {out}"
+    );
 
     // the fixture is what cosign itself accepts: cosign verifies the same signature offline
     std::fs::create_dir_all(s.t.path().join("cosign-home")).unwrap();
-    let env = [("SIGSTORE_ROOT_FILE", ours.ca_file.as_path()), ("SIGSTORE_REKOR_PUBLIC_KEY", ours.rekor_file.as_path())];
+    let env = [
+        ("SIGSTORE_ROOT_FILE", ours.ca_file.as_path()),
+        ("SIGSTORE_REKOR_PUBLIC_KEY", ours.rekor_file.as_path()),
+    ];
     let reference = format!("{}/ci/keyless@{}", s.reg.host(), good.digest);
-    let out = cosign_with(&s.t.path().join("cosign-home"), &env, &["verify", "--insecure-ignore-sct", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER, "--allow-http-registry", &reference]);
+    let out = cosign_with(
+        &s.t.path().join("cosign-home"),
+        &env,
+        &[
+            "verify",
+            "--insecure-ignore-sct",
+            "--certificate-identity",
+            SUBJECT,
+            "--certificate-oidc-issuer",
+            ISSUER,
+            "--allow-http-registry",
+            &reference,
+        ],
+    );
     assert!(out.ok, "cosign accepts the keyless fixture: {}", out.stderr);
     let reference = format!("{}/ci/badset@{}", s.reg.host(), bad_set.digest);
-    let out = cosign_with(&s.t.path().join("cosign-home"), &env, &["verify", "--insecure-ignore-sct", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER, "--allow-http-registry", &reference]);
+    let out = cosign_with(
+        &s.t.path().join("cosign-home"),
+        &env,
+        &[
+            "verify",
+            "--insecure-ignore-sct",
+            "--certificate-identity",
+            SUBJECT,
+            "--certificate-oidc-issuer",
+            ISSUER,
+            "--allow-http-registry",
+            &reference,
+        ],
+    );
     assert!(!out.ok, "cosign refuses the bad SET too");
 }
 
@@ -285,26 +615,83 @@ fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
     use p256::ecdsa::signature::Signer as _;
     let (s, ours, _) = keyless_setup();
     let signer = ours.issue(SUBJECT, ISSUER);
-    let exact = ["--trust", "ours-root", "--certificate-identity", SUBJECT, "--certificate-oidc-issuer", ISSUER];
+    let exact = [
+        "--trust",
+        "ours-root",
+        "--certificate-identity",
+        SUBJECT,
+        "--certificate-oidc-issuer",
+        ISSUER,
+    ];
 
     // keyless: a cosign signature statement and a SLSA attestation, both DSSE bundles
     let img = s.image("ci/bundled", "bundled");
-    let signed = ours.dsse_bundle(&signer, statement(&img.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(), Entry::Good);
-    let attested = ours.dsse_bundle(&signer, statement(&img.digest, "https://slsa.dev/provenance/v1").as_bytes(), Entry::Good);
-    push_bundle_referrers(&s.reg, "ci/bundled", &img.digest, img.manifest.len(), &[
-        BundleSpec { json: &signed, content: "dsse-envelope", predicate: "https://sigstore.dev/cosign/sign/v1" },
-        BundleSpec { json: &attested, content: "dsse-envelope", predicate: "https://slsa.dev/provenance/v1" },
-    ]);
-    let (ok, out) = s.verify("up/ci/bundled:v1", &[&exact[..], &["--attestation", "slsaprovenance1"]].concat());
+    let signed = ours.dsse_bundle(
+        &signer,
+        statement(&img.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(),
+        Entry::Good,
+    );
+    let attested = ours.dsse_bundle(
+        &signer,
+        statement(&img.digest, "https://slsa.dev/provenance/v1").as_bytes(),
+        Entry::Good,
+    );
+    push_bundle_referrers(
+        &s.reg,
+        "ci/bundled",
+        &img.digest,
+        img.manifest.len(),
+        &[
+            BundleSpec {
+                json: &signed,
+                content: "dsse-envelope",
+                predicate: "https://sigstore.dev/cosign/sign/v1",
+            },
+            BundleSpec {
+                json: &attested,
+                content: "dsse-envelope",
+                predicate: "https://slsa.dev/provenance/v1",
+            },
+        ],
+    );
+    let (ok, out) = s.verify(
+        "up/ci/bundled:v1",
+        &[&exact[..], &["--attestation", "slsaprovenance1"]].concat(),
+    );
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("https://slsa.dev/provenance/v1 attested by {SUBJECT}")), "{out}");
-    let (ok, out) = s.verify("up/ci/bundled:v1", &[&exact[..], &["--attestation", "spdx"]].concat());
-    assert!(!ok && out.contains("no verified https://spdx.dev/Document attestation"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "https://slsa.dev/provenance/v1 attested by {SUBJECT}"
+        )),
+        "{out}"
+    );
+    let (ok, out) = s.verify(
+        "up/ci/bundled:v1",
+        &[&exact[..], &["--attestation", "spdx"]].concat(),
+    );
+    assert!(
+        !ok && out.contains("no verified https://spdx.dev/Document attestation"),
+        "{out}"
+    );
 
     // keyless with a spoiled log promise
     let bad = s.image("ci/bundled-bad", "bundled-bad");
-    let spoiled = ours.dsse_bundle(&signer, statement(&bad.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(), Entry::BadSet);
-    push_bundle_referrers(&s.reg, "ci/bundled-bad", &bad.digest, bad.manifest.len(), &[BundleSpec { json: &spoiled, content: "dsse-envelope", predicate: "https://sigstore.dev/cosign/sign/v1" }]);
+    let spoiled = ours.dsse_bundle(
+        &signer,
+        statement(&bad.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(),
+        Entry::BadSet,
+    );
+    push_bundle_referrers(
+        &s.reg,
+        "ci/bundled-bad",
+        &bad.digest,
+        bad.manifest.len(),
+        &[BundleSpec {
+            json: &spoiled,
+            content: "dsse-envelope",
+            predicate: "https://sigstore.dev/cosign/sign/v1",
+        }],
+    );
     let (ok, out) = s.verify("up/ci/bundled-bad:v1", &exact);
     assert!(!ok && out.contains("SET does not verify"), "{out}");
 
@@ -322,11 +709,24 @@ fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
         "messageSignature": {"messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(manifest_sha)}, "signature": b64.encode(sig.to_der().as_bytes())},
     })
     .to_string();
-    push_bundle_referrers(&s.reg, "ci/keyed", &keyed.digest, keyed.manifest.len(), &[BundleSpec { json: &bundle, content: "message-signature", predicate: "" }]);
+    push_bundle_referrers(
+        &s.reg,
+        "ci/keyed",
+        &keyed.digest,
+        keyed.manifest.len(),
+        &[BundleSpec {
+            json: &bundle,
+            content: "message-signature",
+            predicate: "",
+        }],
+    );
     let (ok, out) = s.verify("up/ci/keyed:v1", &["--key", &key_path(&dir, "k1.pub")]);
     assert!(ok, "{out}");
     let (ok, out) = s.verify("up/ci/keyed:v1", &["--key", &key_path(&dir, "k2.pub")]);
-    assert!(!ok && out.contains("does not verify with any trusted key"), "{out}");
+    assert!(
+        !ok && out.contains("does not verify with any trusted key"),
+        "{out}"
+    );
 }
 
 fn key_path(dir: &Path, name: &str) -> String {

@@ -29,15 +29,25 @@ type Wanted = Option<RangeSpec>;
 
 impl Cache {
     /// The size of a blob of `<ns>/<repo>`: stored, else an upstream HEAD.
-    pub async fn blob_size(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<(u64, CacheStatus)> {
+    pub async fn blob_size(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(u64, CacheStatus)> {
         let (name, upstream) = self.namespace(ns)?;
         if let Some(size) = self.store.blob_size(digest).await? {
-            if self.blob_belongs(&name, upstream.as_ref(), repo, digest).await? {
+            if self
+                .blob_belongs(&name, upstream.as_ref(), repo, digest)
+                .await?
+            {
                 return Ok((size, CacheStatus::Hit));
             }
             return Err(blob_unknown(digest));
         }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
+        let Some(upstream) = upstream else {
+            return Err(blob_unknown(digest));
+        };
         match upstream.head_blob(repo, digest).await? {
             Some(size) => {
                 self.link(&name, repo, Kind::Blob, digest);
@@ -48,14 +58,22 @@ impl Cache {
     }
 
     /// Streams a blob (or a range of it): stored, else from the one upstream fill.
-    pub async fn blob(&self, ns: &str, repo: &RepoName, digest: &Digest, range: Wanted) -> Result<(ServedBlob, Option<ByteRange>)> {
+    pub async fn blob(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Wanted,
+    ) -> Result<(ServedBlob, Option<ByteRange>)> {
         let (name, upstream) = self.namespace(ns)?;
         // the stored copy is served only where it belongs: linked, or (held for another
         // repository) confirmed by this one's upstream; otherwise this repository's own fill
         // decides, whatever another repository's fill stores meanwhile
         let mut belongs = self.links.contains(&name, repo, Kind::Blob, digest).await?;
         if !belongs && self.store.blob_size(digest).await?.is_some() {
-            let Some(up) = &upstream else { return Err(blob_unknown(digest)) };
+            let Some(up) = &upstream else {
+                return Err(blob_unknown(digest));
+            };
             if !self.confirm(up, repo, Kind::Blob, digest).await? {
                 return Err(blob_unknown(digest));
             }
@@ -66,7 +84,9 @@ impl Cache {
                 return Ok(found);
             }
         }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
+        let Some(upstream) = upstream else {
+            return Err(blob_unknown(digest));
+        };
         if self.low_on_space() && !self.filling(&upstream, digest) {
             return self.pass_through(&upstream, repo, digest, range).await;
         }
@@ -84,10 +104,26 @@ impl Cache {
                 })
                 .await;
             match settled {
-                Ok(Some(size)) => return Ok((ServedBlob { size, body: fill.reader(), status: CacheStatus::Miss }, None)),
-                Ok(None) => return self.local_blob(digest, range).await?.ok_or_else(|| blob_unknown(digest)),
+                Ok(Some(size)) => {
+                    return Ok((
+                        ServedBlob {
+                            size,
+                            body: fill.reader(),
+                            status: CacheStatus::Miss,
+                        },
+                        None,
+                    ))
+                }
+                Ok(None) => {
+                    return self
+                        .local_blob(digest, range)
+                        .await?
+                        .ok_or_else(|| blob_unknown(digest))
+                }
                 Err(e) if ours || attempt > 0 => return Err(e),
-                Err(e) => tracing::debug!(%digest, error = %e.message, "another repository's fill failed; fetching our own"),
+                Err(e) => {
+                    tracing::debug!(%digest, error = %e.message, "another repository's fill failed; fetching our own")
+                }
             }
         }
         Err(blob_unknown(digest))
@@ -97,16 +133,28 @@ impl Cache {
     pub async fn ensure_blob(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
         let (name, upstream) = self.namespace(ns)?;
         if self.store.blob_size(digest).await?.is_some() {
-            return match self.blob_belongs(&name, upstream.as_ref(), repo, digest).await? {
+            return match self
+                .blob_belongs(&name, upstream.as_ref(), repo, digest)
+                .await?
+            {
                 true => Ok(()),
                 false => Err(blob_unknown(digest)),
             };
         }
-        let Some(upstream) = upstream else { return Err(blob_unknown(digest)) };
+        let Some(upstream) = upstream else {
+            return Err(blob_unknown(digest));
+        };
         for attempt in 0..2 {
             let (fill, ours) = self.fill_for(&upstream, repo, digest).await?;
-            match fill.settle(digest, |state| matches!(state, FillState::Complete { .. }).then_some(Ok(()))).await {
-                Err(e) if !ours && attempt == 0 => tracing::debug!(%digest, error = %e.message, "another repository's fill failed; fetching our own"),
+            match fill
+                .settle(digest, |state| {
+                    matches!(state, FillState::Complete { .. }).then_some(Ok(()))
+                })
+                .await
+            {
+                Err(e) if !ours && attempt == 0 => {
+                    tracing::debug!(%digest, error = %e.message, "another repository's fill failed; fetching our own")
+                }
                 done => return done,
             }
         }
@@ -115,7 +163,13 @@ impl Cache {
 
     /// Whether a blob held here may be served under `<ns>/<repo>`: linked there, else (for a
     /// proxied repository) confirmed by the upstream.
-    async fn blob_belongs(&self, ns: &str, upstream: Option<&Arc<Upstream>>, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    async fn blob_belongs(
+        &self,
+        ns: &str,
+        upstream: Option<&Arc<Upstream>>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
         if self.links.contains(ns, repo, Kind::Blob, digest).await? {
             return Ok(true);
         }
@@ -127,41 +181,86 @@ impl Cache {
 
     /// Whether free disk space is below `storage.min_free`.
     fn low_on_space(&self) -> bool {
-        self.store.free_space().is_some_and(|free| free < self.min_free)
+        self.store
+            .free_space()
+            .is_some_and(|free| free < self.min_free)
     }
 
     fn filling(&self, upstream: &Upstream, digest: &Digest) -> bool {
-        self.fills.lock().expect("fills lock").contains_key(&(upstream.name.clone(), digest.clone()))
+        self.fills
+            .lock()
+            .expect("fills lock")
+            .contains_key(&(upstream.name.clone(), digest.clone()))
     }
 
     /// Streams a blob from the upstream without caching it (the disk is nearly full).
-    async fn pass_through(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest, range: Wanted) -> Result<(ServedBlob, Option<ByteRange>)> {
+    async fn pass_through(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Wanted,
+    ) -> Result<(ServedBlob, Option<ByteRange>)> {
         if range.is_some() {
-            return Err(RegistryError::new(Code::Internal, http::StatusCode::INSUFFICIENT_STORAGE, "the proxy's storage is full; ranges of uncached blobs cannot be served"));
+            return Err(RegistryError::new(
+                Code::Internal,
+                http::StatusCode::INSUFFICIENT_STORAGE,
+                "the proxy's storage is full; ranges of uncached blobs cannot be served",
+            ));
         }
         tracing::warn!(%digest, "storage below min_free; streaming from upstream without caching");
-        let blob = upstream.get_blob(repo, digest).await?.ok_or_else(|| blob_unknown(digest))?;
+        let blob = upstream
+            .get_blob(repo, digest)
+            .await?
+            .ok_or_else(|| blob_unknown(digest))?;
         let size = blob.size;
         let body = fill::verified_stream(blob, digest.clone(), self.idle_timeout);
-        Ok((ServedBlob { size, body, status: CacheStatus::Miss }, None))
+        Ok((
+            ServedBlob {
+                size,
+                body,
+                status: CacheStatus::Miss,
+            },
+            None,
+        ))
     }
 
-    async fn local_blob(&self, digest: &Digest, range: Wanted) -> Result<Option<(ServedBlob, Option<ByteRange>)>> {
-        let Some(size) = self.store.blob_size(digest).await? else { return Ok(None) };
+    async fn local_blob(
+        &self,
+        digest: &Digest,
+        range: Wanted,
+    ) -> Result<Option<(ServedBlob, Option<ByteRange>)>> {
+        let Some(size) = self.store.blob_size(digest).await? else {
+            return Ok(None);
+        };
         let range = match range {
             None => None,
             Some(r) => Some(resolve_range(r, size)?),
         };
         let (offset, len) = range.map_or((0, None), |r| (r.start, Some(r.end - r.start + 1)));
-        let Some(body) = self.store.read_blob(digest, offset, len).await? else { return Ok(None) };
+        let Some(body) = self.store.read_blob(digest, offset, len).await? else {
+            return Ok(None);
+        };
         self.note_access(digest);
-        Ok(Some((ServedBlob { size: Some(size), body, status: CacheStatus::Hit }, range)))
+        Ok(Some((
+            ServedBlob {
+                size: Some(size),
+                body,
+                status: CacheStatus::Hit,
+            },
+            range,
+        )))
     }
 
     /// The fill of a blob of one upstream: joined (true when it fetches from `repo` itself;
     /// another repository's only once the upstream confirmed `repo` holds the blob too), else
     /// started for `repo`.
-    async fn fill_for(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) -> Result<(Arc<Fill>, bool)> {
+    async fn fill_for(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Arc<Fill>, bool)> {
         let key = (upstream.name.clone(), digest.clone());
         let joined = {
             let mut fills = self.fills.lock().expect("fills lock");
@@ -170,9 +269,20 @@ impl Cache {
                 Some(r) => Arc::clone(&r.fill),
                 None => {
                     let fill = Arc::new(Fill::default());
-                    fills.insert(key.clone(), Running { repo: repo.clone(), fill: Arc::clone(&fill) });
+                    fills.insert(
+                        key.clone(),
+                        Running {
+                            repo: repo.clone(),
+                            fill: Arc::clone(&fill),
+                        },
+                    );
                     drop(fills);
-                    let (this, up, repo, f) = (self.self_arc(), Arc::clone(upstream), repo.clone(), Arc::clone(&fill));
+                    let (this, up, repo, f) = (
+                        self.self_arc(),
+                        Arc::clone(upstream),
+                        repo.clone(),
+                        Arc::clone(&fill),
+                    );
                     self.spawn_background(async move {
                         use futures_util::FutureExt;
                         let run = std::panic::AssertUnwindSafe(this.run_fill(&up, &repo, &key, &f));
@@ -200,23 +310,38 @@ impl Cache {
         }
     }
 
-    async fn run_fill(&self, upstream: &Arc<Upstream>, repo: &RepoName, key: &FillKey, fill: &Fill) {
+    async fn run_fill(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        key: &FillKey,
+        fill: &Fill,
+    ) {
         let digest = &key.1;
         // stored by a fill that finished between the caller's look-up and this one, perhaps
         // for another repository: this one must hold it too
         if let Ok(Some(size)) = self.store.blob_size(digest).await {
             self.fills.lock().expect("fills lock").remove(key);
-            match self.blob_belongs(&upstream.name, Some(upstream), repo, digest).await {
+            match self
+                .blob_belongs(&upstream.name, Some(upstream), repo, digest)
+                .await
+            {
                 Ok(true) => fill.complete(size),
                 Ok(false) => fill.not_found(),
                 Err(e) => fill.fail(e),
             }
             return;
         }
-        let spool = self.store.spool_dir().join(format!("blob-{}", uuid::Uuid::new_v4()));
+        let spool = self
+            .store
+            .spool_dir()
+            .join(format!("blob-{}", uuid::Uuid::new_v4()));
         let outcome = match upstream.get_blob(repo, digest).await {
             Ok(None) => Ok(None),
-            Ok(Some(blob)) => fill.download(blob, digest, spool.clone(), self.idle_timeout).await.map(Some),
+            Ok(Some(blob)) => fill
+                .download(blob, digest, spool.clone(), self.idle_timeout)
+                .await
+                .map(Some),
             Err(e) => Err(e),
         };
         let outcome = match outcome {

@@ -123,7 +123,11 @@ impl Recent {
 
 impl Default for Fill {
     fn default() -> Self {
-        Fill { state: watch::channel(FillState::Starting).0, spool: OnceLock::new(), recent: Mutex::default() }
+        Fill {
+            state: watch::channel(FillState::Starting).0,
+            spool: OnceLock::new(),
+            recent: Mutex::default(),
+        }
     }
 }
 
@@ -165,7 +169,13 @@ impl Fill {
     /// Downloads `blob` into `spool`, verifying `digest`; on success the caller ingests it.
     ///
     /// Returns the size. On any error the spool file is removed and the state is Failed.
-    pub async fn download(&self, blob: FetchedBlob, digest: &Digest, spool: PathBuf, idle: Duration) -> Result<u64> {
+    pub async fn download(
+        &self,
+        blob: FetchedBlob,
+        digest: &Digest,
+        spool: PathBuf,
+        idle: Duration,
+    ) -> Result<u64> {
         let result = self.download_inner(blob, digest, &spool, idle).await;
         if let Err(e) = &result {
             let _ = tokio::fs::remove_file(&spool).await;
@@ -174,7 +184,13 @@ impl Fill {
         result
     }
 
-    async fn download_inner(&self, blob: FetchedBlob, digest: &Digest, spool: &Path, idle: Duration) -> Result<u64> {
+    async fn download_inner(
+        &self,
+        blob: FetchedBlob,
+        digest: &Digest,
+        spool: &Path,
+        idle: Duration,
+    ) -> Result<u64> {
         let path = spool.to_path_buf();
         let (writer, reader) = blocking(move || {
             let w = File::create(&path)?;
@@ -184,12 +200,18 @@ impl Fill {
         .await?;
         let _ = self.spool.set(Arc::new(reader));
         let size = blob.size;
-        self.state.send_replace(FillState::Streaming { received: 0, written: 0, size });
+        self.state.send_replace(FillState::Streaming {
+            received: 0,
+            written: 0,
+            size,
+        });
 
         let alg = digest.algorithm();
         let (tx, rx) = mpsc::unbounded_channel();
-        let (received, (writer, hasher, written)) =
-            tokio::try_join!(self.receive(blob, tx, idle), self.write(writer, Hasher::new(alg), rx))?;
+        let (received, (writer, hasher, written)) = tokio::try_join!(
+            self.receive(blob, tx, idle),
+            self.write(writer, Hasher::new(alg), rx)
+        )?;
         debug_assert_eq!(received, written);
         if size.is_some_and(|s| written != s) {
             return Err(RegistryError::upstream("upstream blob body was truncated"));
@@ -204,14 +226,20 @@ impl Fill {
             ));
         }
         // clients get their last bytes now; durability is the store's business, not theirs
-        self.state.send_replace(FillState::Verified { size: written });
+        self.state
+            .send_replace(FillState::Verified { size: written });
         blocking(move || writer.sync_all()).await?;
         Ok(written)
     }
 
     /// Receives the upstream body into memory, handing each chunk to the writer; waits for the
     /// disk when more than `MAX_BACKLOG` bytes are not yet written. Returns the bytes received.
-    async fn receive(&self, mut blob: FetchedBlob, tx: mpsc::UnboundedSender<Bytes>, idle: Duration) -> Result<u64> {
+    async fn receive(
+        &self,
+        mut blob: FetchedBlob,
+        tx: mpsc::UnboundedSender<Bytes>,
+        idle: Duration,
+    ) -> Result<u64> {
         let mut progress = self.subscribe();
         let mut received = 0u64;
         loop {
@@ -222,16 +250,24 @@ impl Fill {
             }
             let next = tokio::time::timeout(idle, blob.body.next())
                 .await
-                .map_err(|_| RegistryError::upstream_timeout("upstream stalled while sending a blob"))?;
+                .map_err(|_| {
+                    RegistryError::upstream_timeout("upstream stalled while sending a blob")
+                })?;
             let chunk = match next {
                 Some(Ok(chunk)) if chunk.is_empty() => continue,
                 Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return Err(RegistryError::upstream(format!("upstream blob body failed: {e}"))),
+                Some(Err(e)) => {
+                    return Err(RegistryError::upstream(format!(
+                        "upstream blob body failed: {e}"
+                    )))
+                }
                 None => return Ok(received),
             };
             received += chunk.len() as u64;
             if blob.size.is_some_and(|s| received > s) {
-                return Err(RegistryError::upstream("upstream sent more bytes than it announced"));
+                return Err(RegistryError::upstream(
+                    "upstream sent more bytes than it announced",
+                ));
             }
             self.recent.lock().expect("recent lock").push(chunk.clone());
             if tx.send(chunk).is_err() {
@@ -254,8 +290,18 @@ impl Fill {
     }
 
     /// Writes and hashes the chunks in order, in batches, off the async threads.
-    async fn write(&self, file: File, hasher: Hasher, mut rx: mpsc::UnboundedReceiver<Bytes>) -> Result<(File, Hasher, u64)> {
-        let mut spool = Spool { file, hasher, written: 0, flushed: 0 };
+    async fn write(
+        &self,
+        file: File,
+        hasher: Hasher,
+        mut rx: mpsc::UnboundedReceiver<Bytes>,
+    ) -> Result<(File, Hasher, u64)> {
+        let mut spool = Spool {
+            file,
+            hasher,
+            written: 0,
+            flushed: 0,
+        };
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             let mut n = batch[0].len();
@@ -282,7 +328,11 @@ impl Fill {
 
     /// Waits until `decide` answers for the current state; the fill's end always gets an answer
     /// (NotFound and Failed become errors unless `decide` handles them).
-    pub async fn settle<T>(&self, digest: &Digest, mut decide: impl FnMut(&FillState) -> Option<Result<T>>) -> Result<T> {
+    pub async fn settle<T>(
+        &self,
+        digest: &Digest,
+        mut decide: impl FnMut(&FillState) -> Option<Result<T>>,
+    ) -> Result<T> {
         let mut rx = self.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
@@ -290,7 +340,12 @@ impl Fill {
                 return answer;
             }
             match state {
-                FillState::NotFound => return Err(RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}"))),
+                FillState::NotFound => {
+                    return Err(RegistryError::of(
+                        Code::BlobUnknown,
+                        format!("blob unknown: {digest}"),
+                    ))
+                }
                 FillState::Failed(e) => return Err(e),
                 _ => {}
             }
@@ -333,8 +388,15 @@ impl Fill {
                     FillState::Starting => (0, false),
                     FillState::Streaming { received, .. } => (received.saturating_sub(1), false),
                     FillState::Verified { size } | FillState::Complete { size } => (size, true),
-                    FillState::NotFound => return Some((Err(io::Error::other("blob vanished upstream")), (fill, rx, pos))),
-                    FillState::Failed(e) => return Some((Err(io::Error::other(e.message)), (fill, rx, u64::MAX))),
+                    FillState::NotFound => {
+                        return Some((
+                            Err(io::Error::other("blob vanished upstream")),
+                            (fill, rx, pos),
+                        ))
+                    }
+                    FillState::Failed(e) => {
+                        return Some((Err(io::Error::other(e.message)), (fill, rx, u64::MAX)))
+                    }
                 };
                 if pos == u64::MAX {
                     return None;
@@ -352,7 +414,10 @@ impl Fill {
                     return None;
                 }
                 if rx.changed().await.is_err() {
-                    return Some((Err(io::Error::other("blob fill ended unexpectedly")), (fill, rx, u64::MAX)));
+                    return Some((
+                        Err(io::Error::other("blob fill ended unexpectedly")),
+                        (fill, rx, u64::MAX),
+                    ));
                 }
             }
         })
@@ -407,7 +472,14 @@ impl Spool {
 fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor; a failure only skips the hint
-    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE) };
+    let _ = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -421,8 +493,12 @@ async fn write_batch(mut spool: Spool, batch: Vec<Bytes>) -> io::Result<Spool> {
     .await
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Streams an upstream blob straight to the client (nothing cached), checking its size and
@@ -444,25 +520,50 @@ pub fn verified_stream(blob: FetchedBlob, digest: Digest, idle: Duration) -> Byt
         st.held = None;
         Some((Err(e), st))
     };
-    let st = St { body: blob.body, hasher: Some(Hasher::new(digest.algorithm())), held: None, seen: 0, size: blob.size, digest };
+    let st = St {
+        body: blob.body,
+        hasher: Some(Hasher::new(digest.algorithm())),
+        held: None,
+        seen: 0,
+        size: blob.size,
+        digest,
+    };
     futures_util::stream::unfold(st, move |mut st| async move {
         loop {
             st.hasher.as_ref()?;
             let chunk = match tokio::time::timeout(idle, st.body.next()).await {
-                Err(_) => return fail(st, io::Error::new(io::ErrorKind::TimedOut, "upstream stalled while sending a blob")),
+                Err(_) => {
+                    return fail(
+                        st,
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "upstream stalled while sending a blob",
+                        ),
+                    )
+                }
                 Ok(Some(Err(e))) => return fail(st, e),
                 Ok(Some(Ok(chunk))) => chunk,
                 Ok(None) => {
-                    let got = st.hasher.take().expect("checked above").finish(st.digest.algorithm());
+                    let got = st
+                        .hasher
+                        .take()
+                        .expect("checked above")
+                        .finish(st.digest.algorithm());
                     if st.size.is_some_and(|n| n != st.seen) || got != st.digest {
-                        return fail(st, io::Error::other("upstream blob does not match its digest"));
+                        return fail(
+                            st,
+                            io::Error::other("upstream blob does not match its digest"),
+                        );
                     }
                     return st.held.take().map(|last| (Ok(last), st));
                 }
             };
             st.seen += chunk.len() as u64;
             if st.size.is_some_and(|n| st.seen > n) {
-                return fail(st, io::Error::other("upstream sent more bytes than it announced"));
+                return fail(
+                    st,
+                    io::Error::other("upstream sent more bytes than it announced"),
+                );
             }
             st.hasher.as_mut().expect("checked above").update(&chunk);
             if chunk.is_empty() {
@@ -481,7 +582,10 @@ mod tests {
     use super::*;
 
     fn blob_of(chunks: Vec<io::Result<Bytes>>, size: Option<u64>) -> FetchedBlob {
-        FetchedBlob { size, body: futures_util::stream::iter(chunks).boxed() }
+        FetchedBlob {
+            size,
+            body: futures_util::stream::iter(chunks).boxed(),
+        }
     }
 
     async fn collect(mut s: ByteStream) -> io::Result<Vec<u8>> {
@@ -499,10 +603,19 @@ mod tests {
         let digest = Digest::sha256_of(&data);
         let fill = Arc::new(Fill::default());
         let reader = fill.reader();
-        let blob = blob_of(vec![Ok(Bytes::from(data[..300_000].to_vec())), Ok(Bytes::from(data[300_000..].to_vec()))], Some(600_000));
+        let blob = blob_of(
+            vec![
+                Ok(Bytes::from(data[..300_000].to_vec())),
+                Ok(Bytes::from(data[300_000..].to_vec())),
+            ],
+            Some(600_000),
+        );
         let f2 = fill.clone();
         let dl = tokio::spawn(async move {
-            let n = f2.download(blob, &digest, dir.path().join("s"), Duration::from_secs(5)).await.unwrap();
+            let n = f2
+                .download(blob, &digest, dir.path().join("s"), Duration::from_secs(5))
+                .await
+                .unwrap();
             f2.complete(n);
             dir
         });
@@ -517,15 +630,27 @@ mod tests {
         let digest = Digest::sha256_of(&data);
         let fill = Arc::new(Fill::default());
         let early = fill.reader();
-        let chunks = data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let n = fill.download(blob_of(chunks, None), &digest, dir.path().join("s"), Duration::from_secs(5));
+        let chunks = data
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let n = fill.download(
+            blob_of(chunks, None),
+            &digest,
+            dir.path().join("s"),
+            Duration::from_secs(5),
+        );
         let (n, got) = tokio::join!(n, collect(early));
         assert_eq!(n.unwrap(), data.len() as u64);
         assert_eq!(got.unwrap(), data, "a reader keeping up");
         // a reader that joins after the download left memory reads the file
         assert_eq!(collect(fill.reader()).await.unwrap(), data, "a late reader");
         fill.complete(data.len() as u64);
-        assert_eq!(collect(fill.reader()).await.unwrap(), data, "a reader after completion");
+        assert_eq!(
+            collect(fill.reader()).await.unwrap(),
+            data,
+            "a reader after completion"
+        );
     }
 
     #[test]
@@ -537,8 +662,15 @@ mod tests {
         r.trim(300_000);
         assert_eq!(r.start, 0, "fewer than WINDOW written bytes: all kept");
         r.trim(800_000);
-        assert_eq!(800_000 - r.start, 300_000, "whole chunks are dropped while WINDOW stays");
-        assert!(r.slice(100_000, 800_000).is_none(), "dropped bytes are not in memory");
+        assert_eq!(
+            800_000 - r.start,
+            300_000,
+            "whole chunks are dropped while WINDOW stays"
+        );
+        assert!(
+            r.slice(100_000, 800_000).is_none(),
+            "dropped bytes are not in memory"
+        );
         let s = r.slice(550_000, 560_000).unwrap();
         assert_eq!(s.len(), 10_000);
         assert!(s.iter().all(|&b| b == 5));
@@ -554,7 +686,12 @@ mod tests {
         let reader = fill.reader();
         let spool = dir.path().join("s");
         let err = fill
-            .download(blob_of(vec![Ok(Bytes::from_static(b"impostor"))], Some(8)), &digest, spool.clone(), Duration::from_secs(5))
+            .download(
+                blob_of(vec![Ok(Bytes::from_static(b"impostor"))], Some(8)),
+                &digest,
+                spool.clone(),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code, Code::DigestInvalid);
@@ -567,17 +704,37 @@ mod tests {
     async fn a_verified_stream_holds_its_last_chunk_until_the_digest_matched() {
         let good = b"0123456789".to_vec();
         let digest = Digest::sha256_of(&good);
-        let chunks = |b: &[u8]| vec![Ok(Bytes::copy_from_slice(&b[..6])), Ok(Bytes::copy_from_slice(&b[6..]))];
-        let mut s = verified_stream(blob_of(chunks(&good), Some(10)), digest.clone(), Duration::from_secs(5));
+        let chunks = |b: &[u8]| {
+            vec![
+                Ok(Bytes::copy_from_slice(&b[..6])),
+                Ok(Bytes::copy_from_slice(&b[6..])),
+            ]
+        };
+        let mut s = verified_stream(
+            blob_of(chunks(&good), Some(10)),
+            digest.clone(),
+            Duration::from_secs(5),
+        );
         assert_eq!(s.next().await.unwrap().unwrap(), &good[..6]);
         assert_eq!(s.next().await.unwrap().unwrap(), &good[6..]);
         assert!(s.next().await.is_none());
 
         let mut wrong = good.clone();
         wrong[9] ^= 1;
-        let mut s = verified_stream(blob_of(chunks(&wrong), Some(10)), digest, Duration::from_secs(5));
-        assert_eq!(s.next().await.unwrap().unwrap(), &wrong[..6], "all but the last chunk flow");
-        assert!(s.next().await.unwrap().is_err(), "the last chunk of a wrong blob never leaves");
+        let mut s = verified_stream(
+            blob_of(chunks(&wrong), Some(10)),
+            digest,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            s.next().await.unwrap().unwrap(),
+            &wrong[..6],
+            "all but the last chunk flow"
+        );
+        assert!(
+            s.next().await.unwrap().is_err(),
+            "the last chunk of a wrong blob never leaves"
+        );
         assert!(s.next().await.is_none());
     }
 
@@ -587,14 +744,30 @@ mod tests {
         let digest = Digest::sha256_of(b"0123456789");
         let fill = Fill::default();
         let e = fill
-            .download(blob_of(vec![Ok(Bytes::from_static(b"01234"))], Some(10)), &digest, dir.path().join("a"), Duration::from_secs(5))
+            .download(
+                blob_of(vec![Ok(Bytes::from_static(b"01234"))], Some(10)),
+                &digest,
+                dir.path().join("a"),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap_err();
         assert!(e.message.contains("truncated"), "{e}");
 
         let fill = Fill::default();
-        let stalled = FetchedBlob { size: Some(10), body: futures_util::stream::pending().boxed() };
-        let e = fill.download(stalled, &digest, dir.path().join("b"), Duration::from_millis(50)).await.unwrap_err();
+        let stalled = FetchedBlob {
+            size: Some(10),
+            body: futures_util::stream::pending().boxed(),
+        };
+        let e = fill
+            .download(
+                stalled,
+                &digest,
+                dir.path().join("b"),
+                Duration::from_millis(50),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(e.status, http::StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

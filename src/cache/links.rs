@@ -45,7 +45,16 @@ pub struct Links {
 /// The memory key of a link: a hash, so an entry costs the same whatever the names' length.
 fn memory_key(ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> [u8; 16] {
     let mut h = sha2::Sha256::new();
-    for part in [ns, "\0", repo.as_str(), "\0", kind.dir(), "\0", digest.algorithm().as_str(), digest.hex()] {
+    for part in [
+        ns,
+        "\0",
+        repo.as_str(),
+        "\0",
+        kind.dir(),
+        "\0",
+        digest.algorithm().as_str(),
+        digest.hex(),
+    ] {
         h.update(part.as_bytes());
     }
     let full = h.finalize();
@@ -61,18 +70,32 @@ fn record(root: &str, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) ->
 impl Links {
     /// Links over a store, with up to `capacity` answers kept in memory.
     pub fn new(store: Arc<dyn Store>, capacity: u64) -> Links {
-        Links { store, known: moka::sync::Cache::new(capacity) }
+        Links {
+            store,
+            known: moka::sync::Cache::new(capacity),
+        }
     }
 
     /// Whether `digest` belongs to `<ns>/<repo>` as a `kind`.
-    pub async fn contains(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<bool> {
+    pub async fn contains(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<bool> {
         let key = memory_key(ns, repo, kind, digest);
         if let Some(known) = self.known.get(&key) {
             return Ok(known);
         }
         let mut found = false;
         for root in ["links", "pushed"] {
-            if self.store.get_meta(&record(root, ns, repo, kind, digest)).await?.is_some() {
+            if self
+                .store
+                .get_meta(&record(root, ns, repo, kind, digest))
+                .await?
+                .is_some()
+            {
                 found = true;
                 break;
             }
@@ -97,7 +120,13 @@ impl Links {
     }
 
     /// Writes the record of a link learnt from the upstream (not synced; unless it exists).
-    pub async fn record(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> std::io::Result<()> {
+    pub async fn record(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> std::io::Result<()> {
         let key = record("links", ns, repo, kind, digest);
         if self.store.get_meta(&key).await?.is_none() {
             self.store.put_cache_meta(&key, b"").await?;
@@ -106,9 +135,17 @@ impl Links {
     }
 
     /// Forgets a link (a pushed manifest was deleted): memory and the upstream-learnt record.
-    pub async fn forget(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> std::io::Result<()> {
+    pub async fn forget(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> std::io::Result<()> {
         self.known.invalidate(&memory_key(ns, repo, kind, digest));
-        self.store.delete_meta(&record("links", ns, repo, kind, digest)).await
+        self.store
+            .delete_meta(&record("links", ns, repo, kind, digest))
+            .await
     }
 }
 
@@ -125,17 +162,44 @@ mod tests {
         let d = Digest::sha256_of(b"layer");
         assert!(!links.contains("up", &a, Kind::Blob, &d).await.unwrap());
         assert!(links.remember("up", &a, Kind::Blob, &d), "new in memory");
-        assert!(!links.remember("up", &a, Kind::Blob, &d), "known the second time");
+        assert!(
+            !links.remember("up", &a, Kind::Blob, &d),
+            "known the second time"
+        );
         links.record("up", &a, Kind::Blob, &d).await.unwrap();
         assert!(links.contains("up", &a, Kind::Blob, &d).await.unwrap());
-        assert!(!links.contains("up", &b, Kind::Blob, &d).await.unwrap(), "another repository");
-        assert!(!links.contains("other", &a, Kind::Blob, &d).await.unwrap(), "another namespace");
-        assert!(!links.contains("up", &a, Kind::Manifest, &d).await.unwrap(), "a blob is no manifest");
+        assert!(
+            !links.contains("up", &b, Kind::Blob, &d).await.unwrap(),
+            "another repository"
+        );
+        assert!(
+            !links.contains("other", &a, Kind::Blob, &d).await.unwrap(),
+            "another namespace"
+        );
+        assert!(
+            !links.contains("up", &a, Kind::Manifest, &d).await.unwrap(),
+            "a blob is no manifest"
+        );
 
         let fresh = Links::new(Arc::clone(&store), 1000);
-        assert!(fresh.contains("up", &a, Kind::Blob, &d).await.unwrap(), "read back from its record");
-        store.put_meta(&format!("pushed/internal/{b}/_manifests/{}", d.tag_prefix()), b"").await.unwrap();
-        assert!(fresh.contains("internal", &b, Kind::Manifest, &d).await.unwrap(), "a push record links");
+        assert!(
+            fresh.contains("up", &a, Kind::Blob, &d).await.unwrap(),
+            "read back from its record"
+        );
+        store
+            .put_meta(
+                &format!("pushed/internal/{b}/_manifests/{}", d.tag_prefix()),
+                b"",
+            )
+            .await
+            .unwrap();
+        assert!(
+            fresh
+                .contains("internal", &b, Kind::Manifest, &d)
+                .await
+                .unwrap(),
+            "a push record links"
+        );
         fresh.forget("up", &a, Kind::Blob, &d).await.unwrap();
         assert!(!fresh.contains("up", &a, Kind::Blob, &d).await.unwrap());
     }

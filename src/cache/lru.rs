@@ -34,16 +34,37 @@ impl LruIndex {
         let mut inner = Inner::default();
         for b in blobs {
             inner.total += b.size;
-            inner.entries.insert(b.digest, Entry { size: b.size, last_access: b.last_access, last_touch: b.last_access });
+            inner.entries.insert(
+                b.digest,
+                Entry {
+                    size: b.size,
+                    last_access: b.last_access,
+                    last_touch: b.last_access,
+                },
+            );
         }
-        LruIndex { max_size, inner: Mutex::new(inner) }
+        LruIndex {
+            max_size,
+            inner: Mutex::new(inner),
+        }
     }
 
     /// Records a newly stored blob.
     pub fn insert(&self, digest: Digest, size: u64) {
         let now = SystemTime::now();
         let mut inner = self.inner.lock().expect("lru lock");
-        if inner.entries.insert(digest, Entry { size, last_access: now, last_touch: now }).is_none() {
+        if inner
+            .entries
+            .insert(
+                digest,
+                Entry {
+                    size,
+                    last_access: now,
+                    last_touch: now,
+                },
+            )
+            .is_none()
+        {
             inner.total += size;
         }
     }
@@ -52,7 +73,9 @@ impl LruIndex {
     pub fn accessed(&self, digest: &Digest) -> bool {
         let now = SystemTime::now();
         let mut inner = self.inner.lock().expect("lru lock");
-        let Some(e) = inner.entries.get_mut(digest) else { return false };
+        let Some(e) = inner.entries.get_mut(digest) else {
+            return false;
+        };
         e.last_access = now;
         if now.duration_since(e.last_touch).unwrap_or_default() >= TOUCH_INTERVAL {
             e.last_touch = now;
@@ -128,8 +151,16 @@ mod tests {
         let lru = LruIndex::new(
             10,
             vec![
-                BlobInfo { digest: d(1), size: 8, last_access: new },
-                BlobInfo { digest: d(2), size: 8, last_access: old },
+                BlobInfo {
+                    digest: d(1),
+                    size: 8,
+                    last_access: new,
+                },
+                BlobInfo {
+                    digest: d(2),
+                    size: 8,
+                    last_access: old,
+                },
             ],
         );
         assert_eq!(lru.victims(), vec![d(2)]);

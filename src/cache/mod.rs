@@ -23,8 +23,8 @@ use crate::config::Config;
 use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{self, is_attachment_tag, Manifest};
 use crate::names::{Digest, Reference, RepoName, Tag};
-use crate::store::{ByteStream, Store};
 use crate::push::records::Records;
+use crate::store::{ByteStream, Store};
 use crate::upstream::{FetchedManifest, Upstream};
 use links::{Kind, Links};
 use lru::LruIndex;
@@ -155,16 +155,30 @@ impl Cache {
         let mut upstreams = HashMap::new();
         let mut aliases = HashMap::new();
         for u in &config.upstreams {
-            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?.rechecking(config.cache.tag_ttl.0)));
+            upstreams.insert(
+                u.name.clone(),
+                Arc::new(Upstream::new(u)?.rechecking(config.cache.tag_ttl.0)),
+            );
             for a in &u.aliases {
                 aliases.insert(a.clone(), u.name.clone());
             }
         }
-        let idle_timeout = config.upstreams.iter().map(|u| u.timeout.0).max().unwrap_or(Duration::from_secs(30));
+        let idle_timeout = config
+            .upstreams
+            .iter()
+            .map(|u| u.timeout.0)
+            .max()
+            .unwrap_or(Duration::from_secs(30));
         let records = Records::new(Arc::clone(&store));
         let store_for_links = Arc::clone(&store);
-        let pinned: std::collections::HashSet<Digest> = records.pinned().await?.into_iter().collect();
-        let cached = store.list_blobs().await?.into_iter().filter(|b| !pinned.contains(&b.digest)).collect();
+        let pinned: std::collections::HashSet<Digest> =
+            records.pinned().await?.into_iter().collect();
+        let cached = store
+            .list_blobs()
+            .await?
+            .into_iter()
+            .filter(|b| !pinned.contains(&b.digest))
+            .collect();
         let pins = Pins::new(pinned);
         let lru = LruIndex::new(config.storage.max_size.0, cached);
         let memory = config.cache.memory.0;
@@ -216,7 +230,11 @@ impl Cache {
         let this = self.self_arc();
         tokio::spawn(async move {
             // a panic in the work must not leave the count up (shutdown would wait for ever)
-            if std::panic::AssertUnwindSafe(work).catch_unwind().await.is_err() {
+            if std::panic::AssertUnwindSafe(work)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
                 tracing::error!("work after an answer panicked");
             }
             if this.background.running.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -231,7 +249,12 @@ impl Cache {
             let idle = self.background.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.background.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            if self
+                .background
+                .running
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
                 return;
             }
             idle.await;
@@ -245,11 +268,17 @@ impl Cache {
 
     /// Maps a namespace (upstream name, or containerd's `ns` host) to its upstream.
     pub fn upstream(&self, namespace: &str) -> Result<Arc<Upstream>> {
-        let name = self.aliases.get(namespace).map(String::as_str).unwrap_or(namespace);
-        self.upstreams
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RegistryError::of(Code::NameUnknown, format!("no upstream or namespace named {namespace:?}")))
+        let name = self
+            .aliases
+            .get(namespace)
+            .map(String::as_str)
+            .unwrap_or(namespace);
+        self.upstreams.get(name).cloned().ok_or_else(|| {
+            RegistryError::of(
+                Code::NameUnknown,
+                format!("no upstream or namespace named {namespace:?}"),
+            )
+        })
     }
 
     /// The canonical name of a namespace (resolving aliases), if it is configured.
@@ -257,7 +286,11 @@ impl Cache {
         if self.locals.contains(namespace) {
             return Some(namespace);
         }
-        let name = self.aliases.get(namespace).map(String::as_str).unwrap_or(namespace);
+        let name = self
+            .aliases
+            .get(namespace)
+            .map(String::as_str)
+            .unwrap_or(namespace);
         self.upstreams.get_key_value(name).map(|(k, _)| k.as_str())
     }
 
@@ -300,16 +333,32 @@ impl Cache {
             None => {
                 let parsed = Manifest::parse(&bytes)?;
                 let attachment = parsed.is_attachment();
-                let f = ManifestFacts { media_type: parsed.media_type().into(), subject: parsed.subject.map(|s| s.digest), attachment };
+                let f = ManifestFacts {
+                    media_type: parsed.media_type().into(),
+                    subject: parsed.subject.map(|s| s.digest),
+                    attachment,
+                };
                 self.facts.insert(digest.clone(), f.clone());
                 f
             }
         };
-        Ok(ServedManifest { bytes, media_type: facts.media_type.to_string(), digest, subject: facts.subject, attachment: facts.attachment, status })
+        Ok(ServedManifest {
+            bytes,
+            media_type: facts.media_type.to_string(),
+            digest,
+            subject: facts.subject,
+            attachment: facts.attachment,
+            status,
+        })
     }
 
     /// Serves a manifest by tag or digest.
-    pub async fn manifest(&self, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ServedManifest> {
+    pub async fn manifest(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ServedManifest> {
         let (name, upstream) = self.namespace(ns)?;
         match (reference, upstream) {
             (Reference::Digest(d), Some(up)) => {
@@ -326,32 +375,60 @@ impl Cache {
             (Reference::Tag(tag), upstream) => {
                 let pushed = self.records.tag(&name, repo, tag).await?;
                 match (pushed, upstream) {
-                    (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => self.merged_attachment(&up, repo, tag, d).await,
+                    (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => {
+                        self.merged_attachment(&up, repo, tag, d).await
+                    }
                     (Some(d), _) => {
-                        let bytes = self.held_manifest(&d).await?.ok_or_else(|| manifest_unknown(repo, &d))?;
+                        let bytes = self
+                            .held_manifest(&d)
+                            .await?
+                            .ok_or_else(|| manifest_unknown(repo, &d))?;
                         self.served(bytes, d, CacheStatus::Hit)
                     }
                     (None, Some(up)) => self.upstream_tag(&up, repo, tag).await,
-                    (None, None) => Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}"))),
+                    (None, None) => Err(RegistryError::of(
+                        Code::ManifestUnknown,
+                        format!("manifest unknown: {repo}:{tag}"),
+                    )),
                 }
             }
         }
     }
 
     /// A tag of a proxied repository: its cached resolution, revalidated upstream after the TTL.
-    async fn upstream_tag(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag) -> Result<ServedManifest> {
+    async fn upstream_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<ServedManifest> {
         let key = (upstream.name.clone(), repo.clone(), tag.clone());
         let (record, tag_status) = self.resolve_tag(upstream, key).await?;
-        let (bytes, status) = self.manifest_by_digest(upstream, repo, &record.digest, true).await?;
-        let status = if status == CacheStatus::Hit { tag_status } else { status };
+        let (bytes, status) = self
+            .manifest_by_digest(upstream, repo, &record.digest, true)
+            .await?;
+        let status = if status == CacheStatus::Hit {
+            tag_status
+        } else {
+            status
+        };
         self.served(bytes, record.digest, status)
     }
 
     /// A pushed attachment tag of a proxied repository: the pushed manifest, with the layers only
     /// the upstream's version has appended (so no upstream signature is lost, and what a client
     /// pushed back after appending to this view wins).
-    async fn merged_attachment(&self, upstream: &Arc<Upstream>, repo: &RepoName, tag: &Tag, local: Digest) -> Result<ServedManifest> {
-        let local_bytes = self.held_manifest(&local).await?.ok_or_else(|| manifest_unknown(repo, &local))?;
+    async fn merged_attachment(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+        local: Digest,
+    ) -> Result<ServedManifest> {
+        let local_bytes = self
+            .held_manifest(&local)
+            .await?
+            .ok_or_else(|| manifest_unknown(repo, &local))?;
         let theirs = match self.upstream_tag(upstream, repo, tag).await {
             Ok(m) if m.attachment => m,
             Ok(_) => {
@@ -363,7 +440,8 @@ impl Cache {
                 return self.served(local_bytes, local, CacheStatus::Hit);
             }
         };
-        let mut ours: serde_json::Value = serde_json::from_slice(&local_bytes).map_err(RegistryError::internal)?;
+        let mut ours: serde_json::Value =
+            serde_json::from_slice(&local_bytes).map_err(RegistryError::internal)?;
         let their_layers = serde_json::from_slice::<serde_json::Value>(&theirs.bytes)
             .ok()
             .and_then(|v| v.get("layers").and_then(|l| l.as_array().cloned()))
@@ -371,11 +449,17 @@ impl Cache {
         let Some(layers) = ours.get_mut("layers").and_then(|l| l.as_array_mut()) else {
             return self.served(local_bytes, local, CacheStatus::Hit);
         };
-        let known: std::collections::HashSet<String> =
-            layers.iter().filter_map(|l| l.get("digest").and_then(|d| d.as_str()).map(str::to_string)).collect();
+        let known: std::collections::HashSet<String> = layers
+            .iter()
+            .filter_map(|l| l.get("digest").and_then(|d| d.as_str()).map(str::to_string))
+            .collect();
         let extra: Vec<serde_json::Value> = their_layers
             .into_iter()
-            .filter(|l| l.get("digest").and_then(|d| d.as_str()).is_some_and(|d| !known.contains(d)))
+            .filter(|l| {
+                l.get("digest")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| !known.contains(d))
+            })
             .collect();
         if extra.is_empty() {
             return self.served(local_bytes, local, CacheStatus::Hit);
@@ -389,12 +473,20 @@ impl Cache {
     }
 
     /// Serves a manifest in a media type the client accepts (an index falls back to linux/amd64).
-    pub async fn manifest_for(&self, ns: &str, repo: &RepoName, reference: &Reference, accept: &[String]) -> Result<ServedManifest> {
+    pub async fn manifest_for(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ServedManifest> {
         let m = self.manifest(ns, repo, reference).await?;
         if manifest::accepts(accept, &m.media_type) {
             return Ok(m);
         }
-        let child = manifest::is_index(&m.media_type).then(|| Manifest::parse(&m.bytes).ok()).flatten();
+        let child = manifest::is_index(&m.media_type)
+            .then(|| Manifest::parse(&m.bytes).ok())
+            .flatten();
         if let Some(d) = child.as_ref().and_then(platform_fallback) {
             let c = self.manifest(ns, repo, &Reference::Digest(d)).await?;
             if manifest::accepts(accept, &c.media_type) {
@@ -403,7 +495,10 @@ impl Cache {
         }
         Err(RegistryError::of(
             Code::ManifestUnknown,
-            format!("manifest is {} and the request's Accept header does not allow it", m.media_type),
+            format!(
+                "manifest is {} and the request's Accept header does not allow it",
+                m.media_type
+            ),
         ))
     }
 
@@ -411,9 +506,19 @@ impl Cache {
     /// there (`known_here`: the repository's own tag resolves to it, and is linked when the tag
     /// is learnt; else linked, else confirmed by the upstream), else one upstream fetch shared
     /// by that repository's requests.
-    async fn manifest_by_digest(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest, known_here: bool) -> Result<(Bytes, CacheStatus)> {
+    async fn manifest_by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        known_here: bool,
+    ) -> Result<(Bytes, CacheStatus)> {
         let ns = upstream.name.as_str();
-        let linked = known_here || self.links.contains(ns, repo, Kind::Manifest, digest).await?;
+        let linked = known_here
+            || self
+                .links
+                .contains(ns, repo, Kind::Manifest, digest)
+                .await?;
         if let Some(b) = self.held_manifest(digest).await? {
             if !linked && !self.confirm(upstream, repo, Kind::Manifest, digest).await? {
                 return Err(manifest_unknown(repo, digest));
@@ -423,25 +528,35 @@ impl Cache {
         let (up, repo2, d) = (Arc::clone(upstream), repo.clone(), digest.clone());
         let this = self.self_arc();
         self.manifest_flights
-            .run((up.name.clone(), repo.clone(), digest.clone()), async move {
-                // a run that finished between the caller's look-up and this one kept it already
-                if this.links.contains(&up.name, &repo2, Kind::Manifest, &d).await? {
-                    if let Some(b) = this.held_manifest(&d).await? {
-                        return Ok((b, CacheStatus::Hit));
+            .run(
+                (up.name.clone(), repo.clone(), digest.clone()),
+                async move {
+                    // a run that finished between the caller's look-up and this one kept it already
+                    if this
+                        .links
+                        .contains(&up.name, &repo2, Kind::Manifest, &d)
+                        .await?
+                    {
+                        if let Some(b) = this.held_manifest(&d).await? {
+                            return Ok((b, CacheStatus::Hit));
+                        }
                     }
-                }
-                let fetched = up.get_manifest(&repo2, &d.to_string()).await?.ok_or_else(|| manifest_unknown(&repo2, &d))?;
-                if !digest_matches(&fetched, &d) {
-                    return Err(RegistryError::new(
-                        Code::DigestInvalid,
-                        http::StatusCode::BAD_GATEWAY,
-                        format!("upstream manifest does not match digest {d}"),
-                    ));
-                }
-                this.keep_manifest(&d, &fetched.bytes).await;
-                this.link(&up.name, &repo2, Kind::Manifest, &d);
-                Ok((fetched.bytes, CacheStatus::Miss))
-            })
+                    let fetched = up
+                        .get_manifest(&repo2, &d.to_string())
+                        .await?
+                        .ok_or_else(|| manifest_unknown(&repo2, &d))?;
+                    if !digest_matches(&fetched, &d) {
+                        return Err(RegistryError::new(
+                            Code::DigestInvalid,
+                            http::StatusCode::BAD_GATEWAY,
+                            format!("upstream manifest does not match digest {d}"),
+                        ));
+                    }
+                    this.keep_manifest(&d, &fetched.bytes).await;
+                    this.link(&up.name, &repo2, Kind::Manifest, &d);
+                    Ok((fetched.bytes, CacheStatus::Miss))
+                },
+            )
             .await
     }
 
@@ -460,7 +575,9 @@ impl Cache {
             }
             None => return Ok(None),
         }
-        let Some(b) = self.store.read_small(digest).await? else { return Ok(None) };
+        let Some(b) = self.store.read_small(digest).await? else {
+            return Ok(None);
+        };
         self.note_access(digest);
         self.remember_manifest(digest, &b).await;
         Ok(Some(b))
@@ -472,7 +589,12 @@ impl Cache {
         if !self.links.remember(ns, repo, kind, digest) {
             return;
         }
-        let (this, ns, repo, d) = (self.self_arc(), ns.to_string(), repo.clone(), digest.clone());
+        let (this, ns, repo, d) = (
+            self.self_arc(),
+            ns.to_string(),
+            repo.clone(),
+            digest.clone(),
+        );
         self.spawn_background(async move {
             if let Err(e) = this.links.record(&ns, &repo, kind, &d).await {
                 tracing::debug!(%repo, digest = %d, error = %e, "could not record a link");
@@ -482,9 +604,18 @@ impl Cache {
 
     /// Asks the upstream whether `repo` holds content this proxy holds (for another repository,
     /// perhaps); links it when it does.
-    async fn confirm(&self, upstream: &Upstream, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<bool> {
+    async fn confirm(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<bool> {
         let found = match kind {
-            Kind::Manifest => upstream.head_manifest(repo, &digest.to_string()).await?.is_some(),
+            Kind::Manifest => upstream
+                .head_manifest(repo, &digest.to_string())
+                .await?
+                .is_some(),
             Kind::Blob => upstream.head_blob(repo, digest).await?.is_some(),
         };
         if found {
@@ -498,11 +629,19 @@ impl Cache {
     /// Whether every layer of a manifest that claims to be an attachment is a payload by its
     /// bytes, not an archive or executable dressed as one: each layer is fetched from the
     /// repository if need be and its first bytes looked at. Remembered per manifest once known.
-    pub async fn payloads_are_inert(&self, ns: &str, repo: &RepoName, digest: &Digest, bytes: &Bytes) -> bool {
+    pub async fn payloads_are_inert(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        bytes: &Bytes,
+    ) -> bool {
         if let Some(known) = self.inert.get(digest) {
             return known;
         }
-        let Ok(parsed) = Manifest::parse(bytes) else { return false };
+        let Ok(parsed) = Manifest::parse(bytes) else {
+            return false;
+        };
         for layer in &parsed.layers {
             if self.ensure_blob(ns, repo, &layer.digest).await.is_err() {
                 return false; // not known now; asked again next time
@@ -529,7 +668,13 @@ impl Cache {
     }
 
     /// Links pushed (or mounted) content to a repository, durably: the push record first.
-    pub async fn link_pushed(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<()> {
+    pub async fn link_pushed(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<()> {
         match kind {
             Kind::Manifest => self.records.link_manifest(ns, repo, digest).await?,
             Kind::Blob => self.records.link_blob(ns, repo, digest).await?,
@@ -544,18 +689,31 @@ impl Cache {
     }
 
     /// Forgets a link (what it linked was deleted from the repository).
-    pub async fn unlink(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<()> {
+    pub async fn unlink(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<()> {
         Ok(self.links.forget(ns, repo, kind, digest).await?)
     }
 
     /// Whether content is linked to a repository.
-    pub async fn holds_pushed(&self, ns: &str, repo: &RepoName, kind: Kind, digest: &Digest) -> Result<bool> {
+    pub async fn holds_pushed(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<bool> {
         self.links.contains(ns, repo, kind, digest).await
     }
 
     /// Counts a newly stored cached blob towards the size cap (pushed content is never evicted).
     fn index_cached(&self, digest: &Digest, size: u64) {
-        self.pins.unless_pinned(digest, || self.lru.insert(digest.clone(), size));
+        self.pins
+            .unless_pinned(digest, || self.lru.insert(digest.clone(), size));
         self.evict_if_needed();
     }
 
@@ -574,16 +732,25 @@ impl Cache {
         self.spawn_background(async move {
             match this.store.put_small(&d, &b, false).await {
                 Ok(()) => this.index_cached(&d, b.len() as u64),
-                Err(e) => tracing::warn!(digest = %d, error = %e, "could not cache a manifest on disk"),
+                Err(e) => {
+                    tracing::warn!(digest = %d, error = %e, "could not cache a manifest on disk")
+                }
             }
         });
     }
 
     /// Resolves a tag to a digest: fresh record, else revalidate (shared), else stale.
-    async fn resolve_tag(&self, upstream: &Arc<Upstream>, key: TagKey) -> Result<(TagRecord, CacheStatus)> {
+    async fn resolve_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        key: TagKey,
+    ) -> Result<(TagRecord, CacheStatus)> {
         if self.missing.contains_key(&key) {
             let (_, repo, tag) = &key;
-            return Err(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")));
+            return Err(RegistryError::of(
+                Code::ManifestUnknown,
+                format!("manifest unknown: {repo}:{tag}"),
+            ));
         }
         if let Some(fresh) = self.tags.get(&key).await.filter(|r| self.is_fresh(r)) {
             return Ok((fresh, CacheStatus::Hit));
@@ -591,14 +758,17 @@ impl Cache {
         let (up, this, k) = (Arc::clone(upstream), self.self_arc(), key.clone());
         // boxed: the upstream path is rare and would otherwise deepen every request's future
         self.tag_flights
-            .run(key, Box::pin(async move {
-                // from disk after a restart; or a run that finished just before this one
-                let known = this.load_tag(&k).await?;
-                match known {
-                    Some(r) if this.is_fresh(&r) => Ok((r, CacheStatus::Hit)),
-                    known => this.revalidate_tag(&up, &k, known).await,
-                }
-            }))
+            .run(
+                key,
+                Box::pin(async move {
+                    // from disk after a restart; or a run that finished just before this one
+                    let known = this.load_tag(&k).await?;
+                    match known {
+                        Some(r) if this.is_fresh(&r) => Ok((r, CacheStatus::Hit)),
+                        known => this.revalidate_tag(&up, &k, known).await,
+                    }
+                }),
+            )
             .await
     }
 
@@ -607,7 +777,12 @@ impl Cache {
         now_secs().saturating_sub(record.checked_at) < self.tag_ttl.as_secs().max(1)
     }
 
-    async fn revalidate_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
+    async fn revalidate_tag(
+        &self,
+        upstream: &Upstream,
+        key: &TagKey,
+        known: Option<TagRecord>,
+    ) -> Result<(TagRecord, CacheStatus)> {
         let (_, repo, tag) = key;
         if known.is_none() {
             // nothing to compare a HEAD with: one GET answers
@@ -626,7 +801,10 @@ impl Cache {
         };
         if let (Some(k), Some(d)) = (&known, &head.digest) {
             if &k.digest == d {
-                let record = TagRecord { digest: d.clone(), checked_at: now_secs() };
+                let record = TagRecord {
+                    digest: d.clone(),
+                    checked_at: now_secs(),
+                };
                 self.save_tag(key, &record).await?;
                 return Ok((record, CacheStatus::Revalidated));
             }
@@ -635,7 +813,12 @@ impl Cache {
     }
 
     /// The tag's manifest fetched upstream and recorded; `known` is served if the upstream fails.
-    async fn fetch_tag(&self, upstream: &Upstream, key: &TagKey, known: Option<TagRecord>) -> Result<(TagRecord, CacheStatus)> {
+    async fn fetch_tag(
+        &self,
+        upstream: &Upstream,
+        key: &TagKey,
+        known: Option<TagRecord>,
+    ) -> Result<(TagRecord, CacheStatus)> {
         let (_, repo, tag) = key;
         let fetched = match upstream.get_manifest(repo, tag.as_str()).await {
             Ok(Some(f)) => f,
@@ -646,7 +829,10 @@ impl Cache {
             Err(e) => return Err(e),
         };
         self.keep_manifest(&fetched.digest, &fetched.bytes).await;
-        let record = TagRecord { digest: fetched.digest.clone(), checked_at: now_secs() };
+        let record = TagRecord {
+            digest: fetched.digest.clone(),
+            checked_at: now_secs(),
+        };
         self.save_tag(key, &record).await?;
         self.link(&upstream.name, repo, Kind::Manifest, &record.digest);
         Ok((record, CacheStatus::Miss))
@@ -660,7 +846,10 @@ impl Cache {
         if is_attachment_tag(tag.as_str()) {
             self.missing.insert(key.clone(), ()).await;
         }
-        Ok(RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}:{tag}")))
+        Ok(RegistryError::of(
+            Code::ManifestUnknown,
+            format!("manifest unknown: {repo}:{tag}"),
+        ))
     }
 
     fn tag_meta_key((ns, repo, tag): &TagKey) -> String {
@@ -671,7 +860,9 @@ impl Cache {
         if let Some(r) = self.tags.get(key).await {
             return Ok(Some(r));
         }
-        let Some(raw) = self.store.get_meta(&Self::tag_meta_key(key)).await? else { return Ok(None) };
+        let Some(raw) = self.store.get_meta(&Self::tag_meta_key(key)).await? else {
+            return Ok(None);
+        };
         let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else {
             tracing::warn!(key = %Self::tag_meta_key(key), "ignoring unreadable tag record");
             return Ok(None);
@@ -704,9 +895,20 @@ impl Cache {
 
     /// The upstream's OCI referrers of a digest (`None` where it has no referrers API);
     /// kept on disk and served from there when the upstream fails.
-    pub async fn upstream_referrers(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Option<Vec<manifest::Descriptor>>> {
-        let Some(upstream) = self.namespace(ns)?.1 else { return Ok(Some(Vec::new())) };
-        let key = format!("referrers/{}/{repo}/_referrers/{}", upstream.name, digest.tag_prefix());
+    pub async fn upstream_referrers(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Vec<manifest::Descriptor>>> {
+        let Some(upstream) = self.namespace(ns)?.1 else {
+            return Ok(Some(Vec::new()));
+        };
+        let key = format!(
+            "referrers/{}/{repo}/_referrers/{}",
+            upstream.name,
+            digest.tag_prefix()
+        );
         let raw = match upstream.get_referrers(repo, digest).await {
             Ok(Some(bytes)) => {
                 self.store.put_cache_meta(&key, &bytes).await?;
@@ -717,13 +919,20 @@ impl Cache {
             Err(e) => return Err(e),
         };
         let Some(raw) = raw else { return Ok(None) };
-        let index = Manifest::parse(&raw).map_err(|e| RegistryError::upstream(format!("upstream referrers list is invalid: {}", e.message)))?;
+        let index = Manifest::parse(&raw).map_err(|e| {
+            RegistryError::upstream(format!("upstream referrers list is invalid: {}", e.message))
+        })?;
         Ok(Some(index.manifests))
     }
 
     /// The upstream's atomic signatures of a digest (`{"signatures":[...]}`), mirrored to disk;
     /// an empty list where the upstream offers none.
-    pub async fn atomic_signatures(&self, ns: &str, repo: &RepoName, digest: &Digest) -> Result<Bytes> {
+    pub async fn atomic_signatures(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Bytes> {
         let (name, upstream) = self.namespace(ns)?;
         let mut list = match upstream {
             Some(up) => self.upstream_signatures(&up, repo, digest).await?,
@@ -738,10 +947,22 @@ impl Cache {
         Ok(Bytes::from(body.to_string()))
     }
 
-    async fn upstream_signatures(&self, upstream: &Upstream, repo: &RepoName, digest: &Digest) -> Result<Vec<serde_json::Value>> {
-        let key = format!("signatures/{}/{repo}/_signatures/{}", upstream.name, digest.tag_prefix());
+    async fn upstream_signatures(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<serde_json::Value>> {
+        let key = format!(
+            "signatures/{}/{repo}/_signatures/{}",
+            upstream.name,
+            digest.tag_prefix()
+        );
         let fetched = match upstream.get_signatures(repo, digest).await {
-            Ok(Some(bytes)) if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["signatures"].is_array()) => {
+            Ok(Some(bytes))
+                if serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|v| v["signatures"].is_array()) =>
+            {
                 self.store.put_cache_meta(&key, &bytes).await?;
                 Some(bytes)
             }
@@ -760,16 +981,28 @@ impl Cache {
     pub async fn tags(&self, ns: &str, repo: &RepoName) -> Result<Vec<String>> {
         let (name, upstream) = self.namespace(ns)?;
         let pushed = self.records.tags(&name, repo).await?;
-        let unknown = || RegistryError::of(Code::NameUnknown, format!("repository {ns}/{repo} not known"));
+        let unknown = || {
+            RegistryError::of(
+                Code::NameUnknown,
+                format!("repository {ns}/{repo} not known"),
+            )
+        };
         let Some(upstream) = upstream else {
-            return if pushed.is_empty() { Err(unknown()) } else { Ok(pushed) };
+            return if pushed.is_empty() {
+                Err(unknown())
+            } else {
+                Ok(pushed)
+            };
         };
         let mut tags = match self.upstream_tags(&upstream, repo).await {
             Ok(Some(t)) => t,
             Ok(None) if pushed.is_empty() => return Err(unknown()),
             Ok(None) => Vec::new(),
             Err(e) if e.is_upstream_failure() => {
-                let local = self.store.list_meta(&format!("tags/{}/{repo}/_tags", upstream.name)).await?;
+                let local = self
+                    .store
+                    .list_meta(&format!("tags/{}/{repo}/_tags", upstream.name))
+                    .await?;
                 if local.is_empty() && pushed.is_empty() {
                     return Err(e);
                 }
@@ -785,7 +1018,11 @@ impl Cache {
 
     /// An upstream repository's tag list, fetched once per `tag_ttl` (concurrent askers share
     /// one fetch).
-    async fn upstream_tags(&self, upstream: &Arc<Upstream>, repo: &RepoName) -> Result<Option<Vec<String>>> {
+    async fn upstream_tags(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+    ) -> Result<Option<Vec<String>>> {
         let key = (upstream.name.clone(), repo.clone());
         let (up, r) = (Arc::clone(upstream), repo.clone());
         let list = self
@@ -815,7 +1052,9 @@ impl Cache {
         }
         let this = self.self_arc();
         tokio::spawn(async move {
-            let Ok(_guard) = this.evicting.try_lock() else { return };
+            let Ok(_guard) = this.evicting.try_lock() else {
+                return;
+            };
             for digest in this.lru.victims() {
                 if !this.pins.claim(&digest) {
                     continue;
@@ -851,7 +1090,10 @@ fn digest_matches(fetched: &FetchedManifest, wanted: &Digest) -> bool {
 }
 
 fn manifest_unknown(repo: &RepoName, digest: &Digest) -> RegistryError {
-    RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {repo}@{digest}"))
+    RegistryError::of(
+        Code::ManifestUnknown,
+        format!("manifest unknown: {repo}@{digest}"),
+    )
 }
 
 fn blob_unknown(digest: &Digest) -> RegistryError {
@@ -859,7 +1101,10 @@ fn blob_unknown(digest: &Digest) -> RegistryError {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A byte range as a client asks for it (RFC 9110).
@@ -880,15 +1125,26 @@ pub enum RangeSpec {
 pub fn resolve_range(spec: RangeSpec, size: u64) -> Result<ByteRange> {
     let (start, end) = match spec {
         RangeSpec::From { start, end } => (start, end),
-        RangeSpec::Last(0) => return Err(RegistryError::of(Code::RangeInvalid, "an empty suffix range selects nothing")),
+        RangeSpec::Last(0) => {
+            return Err(RegistryError::of(
+                Code::RangeInvalid,
+                "an empty suffix range selects nothing",
+            ))
+        }
         RangeSpec::Last(n) => (size.saturating_sub(n), None),
     };
     if start >= size {
-        return Err(RegistryError::of(Code::RangeInvalid, format!("range starts at {start}, blob has {size} bytes")));
+        return Err(RegistryError::of(
+            Code::RangeInvalid,
+            format!("range starts at {start}, blob has {size} bytes"),
+        ));
     }
     let end = end.unwrap_or(size - 1).min(size - 1);
     if end < start {
-        return Err(RegistryError::of(Code::RangeInvalid, "range end before start"));
+        return Err(RegistryError::of(
+            Code::RangeInvalid,
+            "range end before start",
+        ));
     }
     Ok(ByteRange { start, end })
 }
@@ -898,7 +1154,11 @@ pub fn platform_fallback(index: &Manifest) -> Option<Digest> {
     index
         .manifests
         .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
         .map(|m| m.digest.clone())
 }
 
@@ -909,13 +1169,32 @@ mod tests {
     #[test]
     fn ranges() {
         let from = |start, end| RangeSpec::From { start, end };
-        assert_eq!(resolve_range(from(0, Some(9)), 100).unwrap(), ByteRange { start: 0, end: 9 });
-        assert_eq!(resolve_range(from(90, None), 100).unwrap(), ByteRange { start: 90, end: 99 });
-        assert_eq!(resolve_range(from(90, Some(500)), 100).unwrap(), ByteRange { start: 90, end: 99 });
+        assert_eq!(
+            resolve_range(from(0, Some(9)), 100).unwrap(),
+            ByteRange { start: 0, end: 9 }
+        );
+        assert_eq!(
+            resolve_range(from(90, None), 100).unwrap(),
+            ByteRange { start: 90, end: 99 }
+        );
+        assert_eq!(
+            resolve_range(from(90, Some(500)), 100).unwrap(),
+            ByteRange { start: 90, end: 99 }
+        );
         assert_eq!(resolve_range(from(100, None), 100).unwrap_err().status, 416);
         assert!(resolve_range(from(5, Some(4)), 100).is_err());
-        assert_eq!(resolve_range(RangeSpec::Last(10), 100).unwrap(), ByteRange { start: 90, end: 99 });
-        assert_eq!(resolve_range(RangeSpec::Last(500), 100).unwrap(), ByteRange { start: 0, end: 99 }, "more than there is: all of it");
-        assert_eq!(resolve_range(RangeSpec::Last(0), 100).unwrap_err().code, Code::RangeInvalid);
+        assert_eq!(
+            resolve_range(RangeSpec::Last(10), 100).unwrap(),
+            ByteRange { start: 90, end: 99 }
+        );
+        assert_eq!(
+            resolve_range(RangeSpec::Last(500), 100).unwrap(),
+            ByteRange { start: 0, end: 99 },
+            "more than there is: all of it"
+        );
+        assert_eq!(
+            resolve_range(RangeSpec::Last(0), 100).unwrap_err().code,
+            Code::RangeInvalid
+        );
     }
 }

@@ -51,7 +51,13 @@ impl Lease<'_> {
 impl Pins {
     /// Pins loaded from the store's records.
     pub fn new(pinned: impl IntoIterator<Item = Digest>) -> Pins {
-        Pins { state: Mutex::new(State { pinned: pinned.into_iter().collect(), ..State::default() }), evicted: tokio::sync::Notify::new() }
+        Pins {
+            state: Mutex::new(State {
+                pinned: pinned.into_iter().collect(),
+                ..State::default()
+            }),
+            evicted: tokio::sync::Notify::new(),
+        }
     }
 
     /// Keeps a blob from eviction until the lease is dropped; waits while an eviction of it is
@@ -65,7 +71,10 @@ impl Pins {
                 let mut s = self.state.lock().expect("pins lock");
                 if !s.evicting.contains(digest) {
                     *s.leases.entry(digest.clone()).or_default() += 1;
-                    return Lease { pins: self, digest: digest.clone() };
+                    return Lease {
+                        pins: self,
+                        digest: digest.clone(),
+                    };
                 }
             }
             evicted.await;
@@ -100,7 +109,11 @@ impl Pins {
 
     /// Ends an eviction claimed with [`Pins::claim`].
     pub fn evicted(&self, digest: &Digest) {
-        self.state.lock().expect("pins lock").evicting.remove(digest);
+        self.state
+            .lock()
+            .expect("pins lock")
+            .evicting
+            .remove(digest);
         self.evicted.notify_waiters();
     }
 }
@@ -131,9 +144,15 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "a lease waits while its blob is being evicted");
+        assert!(
+            !waiting.is_finished(),
+            "a lease waits while its blob is being evicted"
+        );
         pins.evicted(&b);
-        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(pins.claim(&b), "free again once the lease is gone");
     }
 }

@@ -22,7 +22,9 @@ pub struct SingleFlight<K, T: Clone> {
 
 impl<K, T: Clone> Default for SingleFlight<K, T> {
     fn default() -> Self {
-        SingleFlight { inflight: Arc::default() }
+        SingleFlight {
+            inflight: Arc::default(),
+        }
     }
 }
 
@@ -55,14 +57,23 @@ where
             if let Some(existing) = map.get(&key) {
                 existing.clone()
             } else {
-                let forget = Forget { inflight: Arc::clone(&self.inflight), key: Some(key.clone()) };
+                let forget = Forget {
+                    inflight: Arc::clone(&self.inflight),
+                    key: Some(key.clone()),
+                };
                 let task = tokio::spawn(async move {
                     let _forget = forget;
                     work.await
                 });
-                let fut = async move { task.await.unwrap_or_else(|e| Err(RegistryError::internal(format!("a shared fetch failed: {e}")))) }
-                    .boxed()
-                    .shared();
+                let fut = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(RegistryError::internal(format!(
+                            "a shared fetch failed: {e}"
+                        )))
+                    })
+                }
+                .boxed()
+                .shared();
                 map.insert(key, fut.clone());
                 fut
             }
@@ -127,10 +138,17 @@ mod tests {
             })
             .collect();
         for c in callers {
-            let e = c.await.expect("the callers themselves do not panic").unwrap_err();
+            let e = c
+                .await
+                .expect("the callers themselves do not panic")
+                .unwrap_err();
             assert_eq!(e.status, 500);
         }
         assert!(sf.is_empty(), "the key is not stuck");
-        assert_eq!(sf.run("k", async { Ok(1) }).await.unwrap(), 1, "the next caller retries");
+        assert_eq!(
+            sf.run("k", async { Ok(1) }).await.unwrap(),
+            1,
+            "the next caller retries"
+        );
     }
 }

@@ -51,7 +51,13 @@ pub trait Watch: Send {
 
 impl Body {
     fn new(inner: Inner) -> Body {
-        Body { inner, sent: 0, failed: false, log: None, watch: None }
+        Body {
+            inner,
+            sent: 0,
+            failed: false,
+            log: None,
+            watch: None,
+        }
     }
 
     /// No body (HEAD, 204).
@@ -86,7 +92,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         let next = match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
@@ -168,7 +177,11 @@ pub struct Drained<B: http_body::Body + Send + Unpin + 'static> {
 impl<B: http_body::Body + Send + Unpin + 'static> Drained<B> {
     /// Wraps a request body; draining gives up when it pauses for `idle`.
     pub fn new(inner: B, idle: std::time::Duration) -> Drained<B> {
-        Drained { inner: Some(inner), ended: false, idle }
+        Drained {
+            inner: Some(inner),
+            ended: false,
+            idle,
+        }
     }
 }
 
@@ -176,9 +189,14 @@ impl<B: http_body::Body + Send + Unpin + 'static> http_body::Body for Drained<B>
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         let polled = Pin::new(inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             this.ended = true;
@@ -191,13 +209,18 @@ impl<B: http_body::Body + Send + Unpin + 'static> http_body::Body for Drained<B>
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
     }
 }
 
 impl<B: http_body::Body + Send + Unpin + 'static> Drop for Drained<B> {
     fn drop(&mut self) {
-        let Some(mut body) = self.inner.take() else { return };
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
         if self.ended || body.is_end_stream() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }

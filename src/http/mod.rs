@@ -42,7 +42,10 @@ struct Reply {
 
 impl From<Response<Body>> for Reply {
     fn from(response: Response<Body>) -> Self {
-        Reply { response, cache: None }
+        Reply {
+            response,
+            cache: None,
+        }
     }
 }
 
@@ -56,8 +59,21 @@ impl Api {
         policies: Arc<Policies>,
         allow_delete: bool,
     ) -> Api {
-        let registry = Registry::new(Arc::clone(&cache), Arc::clone(&attachments), Arc::clone(&auth), policies, allow_delete);
-        Api { cache, attachments, uploads, auth, registry, body_timeout: std::time::Duration::from_secs(60) }
+        let registry = Registry::new(
+            Arc::clone(&cache),
+            Arc::clone(&attachments),
+            Arc::clone(&auth),
+            policies,
+            allow_delete,
+        );
+        Api {
+            cache,
+            attachments,
+            uploads,
+            auth,
+            registry,
+            body_timeout: std::time::Duration::from_secs(60),
+        }
     }
 
     /// Sets how long a request body may pause between bytes before the request fails.
@@ -77,25 +93,38 @@ impl Api {
     }
 
     /// Authenticates the request and checks it may do what its route does.
-    async fn authorize<B>(&self, req: &Request<B>, route: &Route, client: &str) -> Result<Option<String>> {
-        let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    async fn authorize<B>(
+        &self,
+        req: &Request<B>,
+        route: &Route,
+        client: &str,
+    ) -> Result<Option<String>> {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let user = self.auth.authenticate(header, client).await?;
         let write = !matches!(*req.method(), Method::GET | Method::HEAD);
         let name = match route {
             Route::Health | Route::Ready => return Ok(user),
             Route::Base if user.is_none() && self.auth.has_users() => {
-                return Err(RegistryError::of(Code::Unauthorized, "sign in to push; pulls may stay anonymous"));
+                return Err(RegistryError::of(
+                    Code::Unauthorized,
+                    "sign in to push; pulls may stay anonymous",
+                ));
             }
             Route::Base => return Ok(user),
             Route::Manifest { name, .. } | Route::Blob { name, .. } | Route::Tags { name } => name,
             Route::Referrers { name, .. } | Route::Signatures { name, .. } => name,
             Route::Upload { name, .. } => {
-                self.auth.authorize(user.as_deref(), &self.scope(name), Access::Write)?;
+                self.auth
+                    .authorize(user.as_deref(), &self.scope(name), Access::Write)?;
                 return Ok(user);
             }
         };
         let access = if write { Access::Write } else { Access::Read };
-        self.auth.authorize(user.as_deref(), &self.scope(name), access)?;
+        self.auth
+            .authorize(user.as_deref(), &self.scope(name), access)?;
         Ok(user)
     }
 
@@ -120,11 +149,25 @@ impl Api {
             Ok(r) => r,
             Err(e) => error_response(&e, &method).into(),
         };
-        let Reply { mut response, cache } = reply;
-        response.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
-        response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        let Reply {
+            mut response,
+            cache,
+        } = reply;
+        response
+            .headers_mut()
+            .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        response.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         let status = response.status();
-        let log = RequestLog { method, path, status, cache: cache.map(CacheStatus::as_str), started };
+        let log = RequestLog {
+            method,
+            path,
+            status,
+            cache: cache.map(CacheStatus::as_str),
+            started,
+        };
         response.map(|b| b.logged(log))
     }
 
@@ -135,85 +178,156 @@ impl Api {
     {
         let ns = query_param(req.uri().query(), "ns");
         let read = matches!(*req.method(), Method::GET | Method::HEAD);
-        let route = route::parse(req.uri().path(), ns.as_deref()).map_err(|e| impossible_manifest(e, read, req.uri().path()))?;
-        let client = req.extensions().get::<crate::server::ClientAddr>().map(|c| c.0.to_string()).unwrap_or_default();
+        let route = route::parse(req.uri().path(), ns.as_deref())
+            .map_err(|e| impossible_manifest(e, read, req.uri().path()))?;
+        let client = req
+            .extensions()
+            .get::<crate::server::ClientAddr>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
         let user = self.authorize(&req, &route, &client).await?;
         let caller = Caller {
             client,
             user: user.clone(),
-            user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         };
         let method = req.method().clone();
         let method = &method;
         let read = method == Method::GET || method == Method::HEAD;
         match route {
-            Route::Upload { name, id } => self.upload(req, &name, id.as_deref(), user.as_deref()).await,
-            Route::Manifest { name, reference } if method == Method::PUT => self.put_manifest(req, &name, &reference, &caller).await,
+            Route::Upload { name, id } => {
+                self.upload(req, &name, id.as_deref(), user.as_deref())
+                    .await
+            }
+            Route::Manifest { name, reference } if method == Method::PUT => {
+                self.put_manifest(req, &name, &reference, &caller).await
+            }
             Route::Blob { name, digest } if method == Method::DELETE => {
-                self.registry.delete_blob(&name.namespace, &name.repo, &digest).await?;
+                self.registry
+                    .delete_blob(&name.namespace, &name.repo, &digest)
+                    .await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
             }
             Route::Manifest { name, reference } if method == Method::DELETE => {
-                self.registry.delete_manifest(&name.namespace, &name.repo, &reference).await?;
+                self.registry
+                    .delete_manifest(&name.namespace, &name.repo, &reference)
+                    .await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
             }
             Route::Base if read => {
                 let mut r = json(StatusCode::OK, Bytes::from_static(b"{}"), method);
-                r.headers_mut().insert("x-registry-supports-signatures", HeaderValue::from_static("1"));
+                r.headers_mut().insert(
+                    "x-registry-supports-signatures",
+                    HeaderValue::from_static("1"),
+                );
                 Ok(r.into())
             }
-            Route::Health if read => Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into()),
+            Route::Health if read => {
+                Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into())
+            }
             Route::Ready if read => self.ready(method).await,
             Route::Manifest { name, reference } if read => {
                 let accept = header_values(req.headers(), header::ACCEPT);
-                let m = self.registry.pull_manifest(&caller, &name.namespace, &name.repo, &reference, &accept).await?;
+                let m = self
+                    .registry
+                    .pull_manifest(&caller, &name.namespace, &name.repo, &reference, &accept)
+                    .await?;
                 let r = Response::builder()
                     .status(StatusCode::OK)
                     .header(header::CONTENT_TYPE, &m.media_type)
                     .header("docker-content-digest", m.digest.to_string())
                     .header(header::ETAG, format!("\"{}\"", m.digest))
                     .header(header::CONTENT_LENGTH, m.bytes.len());
-                let body = if method == Method::HEAD { Body::empty() } else { Body::full(m.bytes) };
-                Ok(Reply { response: r.body(body).map_err(RegistryError::internal)?, cache: Some(m.status) })
+                let body = if method == Method::HEAD {
+                    Body::empty()
+                } else {
+                    Body::full(m.bytes)
+                };
+                Ok(Reply {
+                    response: r.body(body).map_err(RegistryError::internal)?,
+                    cache: Some(m.status),
+                })
             }
             Route::Blob { name, digest } if read => self.blob(&req, &name, &digest).await,
             Route::Tags { name } if read => self.tags(&req, &name).await,
             Route::Referrers { name, digest } if read => self.referrers(&req, &name, &digest).await,
             Route::Signatures { name, digest } if method == Method::PUT => {
                 let body = read_body(req.into_body(), 1 << 20, self.body_timeout).await?;
-                uploads::put_signature(&self.cache, &name.namespace, &name.repo, &digest, body).await?;
+                uploads::put_signature(&self.cache, &name.namespace, &name.repo, &digest, body)
+                    .await?;
                 Ok(empty(StatusCode::CREATED).into())
             }
             Route::Signatures { name, digest } if read => {
-                let list = self.cache.atomic_signatures(&name.namespace, &name.repo, &digest).await?;
+                let list = self
+                    .cache
+                    .atomic_signatures(&name.namespace, &name.repo, &digest)
+                    .await?;
                 Ok(json(StatusCode::OK, list, method).into())
             }
-            _ => Err(RegistryError::of(Code::Unsupported, format!("method {method} not allowed here"))),
+            _ => Err(RegistryError::of(
+                Code::Unsupported,
+                format!("method {method} not allowed here"),
+            )),
         }
     }
 
     async fn ready(&self, method: &Method) -> Result<Reply> {
         match self.cache.store().ready().await {
-            Ok(()) => Ok(json(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#), method).into()),
+            Ok(()) => Ok(json(
+                StatusCode::OK,
+                Bytes::from_static(br#"{"ready":true}"#),
+                method,
+            )
+            .into()),
             Err(e) => {
                 tracing::warn!(error = %e, "store not writable");
-                Ok(json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"ready":false}"#), method).into())
+                Ok(json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(br#"{"ready":false}"#),
+                    method,
+                )
+                .into())
             }
         }
     }
 
-    async fn blob<B>(&self, req: &Request<B>, name: &Name, digest: &crate::names::Digest) -> Result<Reply> {
+    async fn blob<B>(
+        &self,
+        req: &Request<B>,
+        name: &Name,
+        digest: &crate::names::Digest,
+    ) -> Result<Reply> {
         let base = Response::builder()
             .header("docker-content-digest", digest.to_string())
             .header(header::ACCEPT_RANGES, "bytes")
             .header(header::CONTENT_TYPE, "application/octet-stream");
         if req.method() == Method::HEAD {
-            let (size, status) = self.cache.blob_size(&name.namespace, &name.repo, digest).await?;
-            let r = base.status(StatusCode::OK).header(header::CONTENT_LENGTH, size).body(Body::empty());
-            return Ok(Reply { response: r.map_err(RegistryError::internal)?, cache: Some(status) });
+            let (size, status) = self
+                .cache
+                .blob_size(&name.namespace, &name.repo, digest)
+                .await?;
+            let r = base
+                .status(StatusCode::OK)
+                .header(header::CONTENT_LENGTH, size)
+                .body(Body::empty());
+            return Ok(Reply {
+                response: r.map_err(RegistryError::internal)?,
+                cache: Some(status),
+            });
         }
-        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(parse_range);
-        let (blob, served_range) = self.cache.blob(&name.namespace, &name.repo, digest, range).await?;
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_range);
+        let (blob, served_range) = self
+            .cache
+            .blob(&name.namespace, &name.repo, digest, range)
+            .await?;
         let mut r = base;
         match (served_range, blob.size) {
             (Some(ByteRange { start, end }), Some(size)) => {
@@ -229,11 +343,22 @@ impl Api {
                 }
             }
         }
-        let response = r.body(Body::stream(blob.body)).map_err(RegistryError::internal)?;
-        Ok(Reply { response, cache: Some(blob.status) })
+        let response = r
+            .body(Body::stream(blob.body))
+            .map_err(RegistryError::internal)?;
+        Ok(Reply {
+            response,
+            cache: Some(blob.status),
+        })
     }
 
-    async fn upload<B>(&self, req: Request<B>, name: &Name, id: Option<&str>, user: Option<&str>) -> Result<Reply>
+    async fn upload<B>(
+        &self,
+        req: Request<B>,
+        name: &Name,
+        id: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<Reply>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + Send,
@@ -241,13 +366,22 @@ impl Api {
         let (ns, repo) = (&name.namespace, &name.repo);
         self.cache.namespace(ns)?;
         let query = req.uri().query().map(str::to_string);
-        let digest = query_param(query.as_deref(), "digest").map(|d| d.parse::<crate::names::Digest>()).transpose()?;
+        let digest = query_param(query.as_deref(), "digest")
+            .map(|d| d.parse::<crate::names::Digest>())
+            .transpose()?;
         let method = req.method().clone();
-        let content_range = req.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_range = req
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = body_stream(req.into_body(), self.body_timeout);
         match (method, id) {
             (Method::POST, None) => {
-                if let (Some(mount), Some(from)) = (query_param(query.as_deref(), "mount"), query_param(query.as_deref(), "from")) {
+                if let (Some(mount), Some(from)) = (
+                    query_param(query.as_deref(), "mount"),
+                    query_param(query.as_deref(), "from"),
+                ) {
                     let mount: crate::names::Digest = mount.parse()?;
                     if self.registry.mount(user, &from, ns, repo, &mount).await {
                         return Ok(blob_created(name, &mount).into());
@@ -263,12 +397,20 @@ impl Api {
                 }
             }
             (Method::PATCH, Some(id)) => {
-                let start = content_range.as_deref().map(parse_content_range).transpose()?;
+                let start = content_range
+                    .as_deref()
+                    .map(parse_content_range)
+                    .transpose()?;
                 let size = self.uploads.append(id, ns, repo, start, body).await?;
                 Ok(upload_status(StatusCode::ACCEPTED, name, id, size).into())
             }
             (Method::PUT, Some(id)) => {
-                let d = digest.ok_or_else(|| RegistryError::of(Code::DigestInvalid, "the digest query parameter is required"))?;
+                let d = digest.ok_or_else(|| {
+                    RegistryError::of(
+                        Code::DigestInvalid,
+                        "the digest query parameter is required",
+                    )
+                })?;
                 self.uploads.finish(id, ns, repo, &d, body).await?;
                 Ok(blob_created(name, &d).into())
             }
@@ -280,21 +422,52 @@ impl Api {
                 self.uploads.cancel(id, ns, repo).await?;
                 Ok(empty(StatusCode::NO_CONTENT).into())
             }
-            (m, _) => Err(RegistryError::of(Code::Unsupported, format!("method {m} not allowed here"))),
+            (m, _) => Err(RegistryError::of(
+                Code::Unsupported,
+                format!("method {m} not allowed here"),
+            )),
         }
     }
 
-    async fn put_manifest<B>(&self, req: Request<B>, name: &Name, reference: &crate::names::Reference, caller: &Caller) -> Result<Reply>
+    async fn put_manifest<B>(
+        &self,
+        req: Request<B>,
+        name: &Name,
+        reference: &crate::names::Reference,
+        caller: &Caller,
+    ) -> Result<Reply>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display + Send,
     {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = read_body(req.into_body(), crate::manifest::MAX_MANIFEST_SIZE, self.body_timeout).await?;
-        let pushed = self.registry.push_manifest(caller, &name.namespace, &name.repo, reference, content_type.as_deref(), body).await?;
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_body(
+            req.into_body(),
+            crate::manifest::MAX_MANIFEST_SIZE,
+            self.body_timeout,
+        )
+        .await?;
+        let pushed = self
+            .registry
+            .push_manifest(
+                caller,
+                &name.namespace,
+                &name.repo,
+                reference,
+                content_type.as_deref(),
+                body,
+            )
+            .await?;
         let mut r = empty(StatusCode::CREATED);
         let h = r.headers_mut();
-        h.insert(header::LOCATION, hv(&format!("/v2/{}/manifests/{}", name.full, pushed.digest))?);
+        h.insert(
+            header::LOCATION,
+            hv(&format!("/v2/{}/manifests/{}", name.full, pushed.digest))?,
+        );
         h.insert("docker-content-digest", hv(&pushed.digest.to_string())?);
         if let Some(s) = pushed.subject {
             h.insert("oci-subject", hv(&s.to_string())?);
@@ -302,19 +475,33 @@ impl Api {
         Ok(r.into())
     }
 
-    async fn referrers<B>(&self, req: &Request<B>, name: &Name, digest: &crate::names::Digest) -> Result<Reply> {
+    async fn referrers<B>(
+        &self,
+        req: &Request<B>,
+        name: &Name,
+        digest: &crate::names::Digest,
+    ) -> Result<Reply> {
         // media types hold no spaces: a '+' sent unencoded (decoded as a space) is a '+'
         let filter = query_param(req.uri().query(), "artifactType").map(|t| t.replace(' ', "+"));
-        let list = self.attachments.referrers(&name.namespace, &name.repo, digest, filter.as_deref()).await?;
+        let list = self
+            .attachments
+            .referrers(&name.namespace, &name.repo, digest, filter.as_deref())
+            .await?;
         let body = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": crate::manifest::OCI_INDEX,
             "manifests": list,
         });
         let mut r = json(StatusCode::OK, Bytes::from(body.to_string()), req.method());
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::manifest::OCI_INDEX));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::manifest::OCI_INDEX),
+        );
         if filter.is_some() {
-            r.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+            r.headers_mut().insert(
+                "oci-filters-applied",
+                HeaderValue::from_static("artifactType"),
+            );
         }
         Ok(r.into())
     }
@@ -323,7 +510,9 @@ impl Api {
         let query = req.uri().query();
         let n = match query_param(query, "n") {
             None => None,
-            Some(v) => Some(v.parse::<usize>().map_err(|_| RegistryError::of(Code::SizeInvalid, format!("invalid page size n={v:?}")))?),
+            Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                RegistryError::of(Code::SizeInvalid, format!("invalid page size n={v:?}"))
+            })?),
         };
         let last = query_param(query, "last");
         let all = self.cache.tags(&name.namespace, &name.repo).await?;
@@ -336,14 +525,21 @@ impl Api {
                 link.push_str(&format!("&ns={ns}"));
             }
             link.push_str(">; rel=\"next\"");
-            response.headers_mut().insert(header::LINK, HeaderValue::from_str(&link).map_err(RegistryError::internal)?);
+            response.headers_mut().insert(
+                header::LINK,
+                HeaderValue::from_str(&link).map_err(RegistryError::internal)?,
+            );
         }
         Ok(response.into())
     }
 }
 
 /// One page of a sorted tag list: the tags after `last`, at most `n`; and whether more follow.
-pub fn paginate<'a>(all: &'a [String], n: Option<usize>, last: Option<&str>) -> (&'a [String], bool) {
+pub fn paginate<'a>(
+    all: &'a [String],
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (&'a [String], bool) {
     let start = match last {
         Some(l) => all.partition_point(|t| t.as_str() <= l),
         None => 0,
@@ -360,14 +556,24 @@ fn hv(s: &str) -> Result<HeaderValue> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    Response::builder().status(status).header(header::CONTENT_LENGTH, 0).body(Body::empty()).expect("static response parts")
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(Body::empty())
+        .expect("static response parts")
 }
 
 fn blob_created(name: &Name, digest: &crate::names::Digest) -> Response<Body> {
     let mut r = empty(StatusCode::CREATED);
     let location = format!("/v2/{}/blobs/{digest}", name.full);
-    r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("valid names"));
-    r.headers_mut().insert("docker-content-digest", HeaderValue::from_str(&digest.to_string()).expect("valid digest"));
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("valid names"),
+    );
+    r.headers_mut().insert(
+        "docker-content-digest",
+        HeaderValue::from_str(&digest.to_string()).expect("valid digest"),
+    );
     r
 }
 
@@ -375,19 +581,37 @@ fn upload_status(status: StatusCode, name: &Name, id: &str, size: u64) -> Respon
     let mut r = empty(status);
     let h = r.headers_mut();
     let location = format!("/v2/{}/blobs/uploads/{id}", name.full);
-    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("valid names"));
-    h.insert(header::RANGE, HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("digits"));
-    h.insert("docker-upload-uuid", HeaderValue::from_str(id).expect("uuid"));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("valid names"),
+    );
+    h.insert(
+        header::RANGE,
+        HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("digits"),
+    );
+    h.insert(
+        "docker-upload-uuid",
+        HeaderValue::from_str(id).expect("uuid"),
+    );
     r
 }
 
 /// Parses `Content-Range: <start>-<end>` (OCI) or `bytes <start>-<end>/<total>`; the start.
 fn parse_content_range(v: &str) -> Result<u64> {
     let spec = v.trim().trim_start_matches("bytes").trim();
-    let (start, end) = spec.split('/').next().unwrap_or("").split_once('-').unwrap_or(("", ""));
+    let (start, end) = spec
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .split_once('-')
+        .unwrap_or(("", ""));
     match (start.trim().parse::<u64>(), end.trim().parse::<u64>()) {
         (Ok(s), Ok(e)) if e >= s => Ok(s),
-        _ => Err(RegistryError::new(Code::BlobUploadInvalid, StatusCode::RANGE_NOT_SATISFIABLE, format!("invalid Content-Range {v:?}"))),
+        _ => Err(RegistryError::new(
+            Code::BlobUploadInvalid,
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("invalid Content-Range {v:?}"),
+        )),
     }
 }
 
@@ -404,16 +628,25 @@ where
             Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
         }
     });
-    futures_util::stream::unfold((Box::pin(frames), false), move |(mut frames, done)| async move {
-        if done {
-            return None;
-        }
-        match tokio::time::timeout(idle, frames.next()).await {
-            Ok(Some(item)) => Some((item, (frames, false))),
-            Ok(None) => None,
-            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body stalled")), (frames, true))),
-        }
-    })
+    futures_util::stream::unfold(
+        (Box::pin(frames), false),
+        move |(mut frames, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(item)) => Some((item, (frames, false))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the request body stalled",
+                    )),
+                    (frames, true),
+                )),
+            }
+        },
+    )
     .boxed()
 }
 
@@ -427,9 +660,15 @@ where
     let mut s = body_stream(body, idle);
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::of(Code::ManifestInvalid, format!("request body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            RegistryError::of(Code::ManifestInvalid, format!("request body failed: {e}"))
+        })?;
         if buf.len() + chunk.len() > limit {
-            return Err(RegistryError::new(Code::ManifestInvalid, StatusCode::PAYLOAD_TOO_LARGE, "manifest exceeds 4 MiB"));
+            return Err(RegistryError::new(
+                Code::ManifestInvalid,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "manifest exceeds 4 MiB",
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -438,7 +677,11 @@ where
 
 fn json(status: StatusCode, body: Bytes, method: &Method) -> Response<Body> {
     let len = body.len();
-    let body = if method == Method::HEAD { Body::empty() } else { Body::full(body) };
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::full(body)
+    };
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -452,7 +695,10 @@ fn json(status: StatusCode, body: Bytes, method: &Method) -> Response<Body> {
 /// a tag stays 400 `MANIFEST_INVALID`).
 fn impossible_manifest(e: RegistryError, read: bool, path: &str) -> RegistryError {
     if read && e.code == Code::ManifestInvalid && path.rsplit('/').nth(1) == Some("manifests") {
-        return RegistryError::of(Code::ManifestUnknown, format!("manifest unknown: {}", e.message));
+        return RegistryError::of(
+            Code::ManifestUnknown,
+            format!("manifest unknown: {}", e.message),
+        );
     }
     e
 }
@@ -464,21 +710,31 @@ pub fn error_response(e: &RegistryError, method: &Method) -> Response<Body> {
     }
     let mut r = json(e.status, Bytes::from(e.body()), method);
     if e.status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis\""));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"portcullis\""),
+        );
     }
     if let Some(seconds) = e.retry_after {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     r
 }
 
 fn header_values(h: &HeaderMap, name: header::HeaderName) -> Vec<String> {
-    h.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A query parameter's decoded value.
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Parses a single `bytes=<start>-[<end>]` or `bytes=-<n>` range; anything else (several
@@ -506,8 +762,20 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-99"), Some(RangeSpec::From { start: 0, end: Some(99) }));
-        assert_eq!(parse_range("bytes=100-"), Some(RangeSpec::From { start: 100, end: None }));
+        assert_eq!(
+            parse_range("bytes=0-99"),
+            Some(RangeSpec::From {
+                start: 0,
+                end: Some(99)
+            })
+        );
+        assert_eq!(
+            parse_range("bytes=100-"),
+            Some(RangeSpec::From {
+                start: 100,
+                end: None
+            })
+        );
         assert_eq!(parse_range("bytes=-5"), Some(RangeSpec::Last(5)));
         assert_eq!(parse_range("bytes=-x"), None);
         assert_eq!(parse_range("bytes=0-1,5-6"), None);

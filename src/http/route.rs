@@ -55,12 +55,17 @@ pub fn parse(path: &str, ns: Option<&str>) -> Result<Route> {
         _ => {}
     }
     if path.contains('%') || path.contains('\0') || path.contains('\\') {
-        return Err(name_invalid("encoded or control characters are not allowed in registry paths"));
+        return Err(name_invalid(
+            "encoded or control characters are not allowed in registry paths",
+        ));
     }
     if let Some(rest) = path.strip_prefix("/extensions/v2/") {
         let (name, tail) = split_tail(rest, 2).ok_or_else(not_found)?;
         return match tail.as_slice() {
-            ["signatures", d] => Ok(Route::Signatures { name: parse_name(name, ns)?, digest: d.parse()? }),
+            ["signatures", d] => Ok(Route::Signatures {
+                name: parse_name(name, ns)?,
+                digest: d.parse()?,
+            }),
             _ => Err(not_found()),
         };
     }
@@ -69,18 +74,35 @@ pub fn parse(path: &str, ns: Option<&str>) -> Result<Route> {
     if let Some((name, tail)) = split_tail(rest, 3) {
         if let ["blobs", "uploads", id] = tail.as_slice() {
             let id = (!id.is_empty()).then(|| id.to_string());
-            return Ok(Route::Upload { name: parse_name(name, ns)?, id });
+            return Ok(Route::Upload {
+                name: parse_name(name, ns)?,
+                id,
+            });
         }
     }
     if let Some(name) = rest.strip_suffix("/blobs/uploads") {
-        return Ok(Route::Upload { name: parse_name(name, ns)?, id: None });
+        return Ok(Route::Upload {
+            name: parse_name(name, ns)?,
+            id: None,
+        });
     }
     let (name, tail) = split_tail(rest, 2).ok_or_else(not_found)?;
     match tail.as_slice() {
-        ["manifests", r] => Ok(Route::Manifest { name: parse_name(name, ns)?, reference: r.parse()? }),
-        ["blobs", d] => Ok(Route::Blob { name: parse_name(name, ns)?, digest: d.parse()? }),
-        ["tags", "list"] => Ok(Route::Tags { name: parse_name(name, ns)? }),
-        ["referrers", d] => Ok(Route::Referrers { name: parse_name(name, ns)?, digest: d.parse()? }),
+        ["manifests", r] => Ok(Route::Manifest {
+            name: parse_name(name, ns)?,
+            reference: r.parse()?,
+        }),
+        ["blobs", d] => Ok(Route::Blob {
+            name: parse_name(name, ns)?,
+            digest: d.parse()?,
+        }),
+        ["tags", "list"] => Ok(Route::Tags {
+            name: parse_name(name, ns)?,
+        }),
+        ["referrers", d] => Ok(Route::Referrers {
+            name: parse_name(name, ns)?,
+            digest: d.parse()?,
+        }),
         _ => Err(not_found()),
     }
 }
@@ -104,13 +126,20 @@ fn parse_name(name: &str, ns: Option<&str>) -> Result<Name> {
     let (namespace, repo) = match ns {
         Some(host) => (host, name),
         None => name.split_once('/').ok_or_else(|| {
-            RegistryError::of(Code::NameUnknown, format!("{name:?} names no repository: use /v2/<upstream>/<repository>"))
+            RegistryError::of(
+                Code::NameUnknown,
+                format!("{name:?} names no repository: use /v2/<upstream>/<repository>"),
+            )
         })?,
     };
     if namespace.is_empty() || namespace.contains(['/', '%']) || namespace.len() > MAX_NAME_LEN {
         return Err(name_invalid("invalid namespace"));
     }
-    Ok(Name { namespace: namespace.to_string(), repo: repo.parse()?, full: name.to_string() })
+    Ok(Name {
+        namespace: namespace.to_string(),
+        repo: repo.parse()?,
+        full: name.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -121,7 +150,11 @@ mod tests {
 
     fn name(ns: &str, repo: &str) -> Name {
         let full = format!("{ns}/{repo}");
-        Name { namespace: ns.into(), repo: repo.parse().unwrap(), full }
+        Name {
+            namespace: ns.into(),
+            repo: repo.parse().unwrap(),
+            full,
+        }
     }
 
     #[test]
@@ -130,26 +163,58 @@ mod tests {
         assert_eq!(parse("/v2", None).unwrap(), Route::Base);
         assert_eq!(
             parse("/v2/docker.io/library/alpine/manifests/3.19", None).unwrap(),
-            Route::Manifest { name: name("docker.io", "library/alpine"), reference: "3.19".parse().unwrap() }
+            Route::Manifest {
+                name: name("docker.io", "library/alpine"),
+                reference: "3.19".parse().unwrap()
+            }
         );
         assert_eq!(
             parse(&format!("/v2/up/a/b/c/blobs/{D}"), None).unwrap(),
-            Route::Blob { name: name("up", "a/b/c"), digest: D.parse().unwrap() }
+            Route::Blob {
+                name: name("up", "a/b/c"),
+                digest: D.parse().unwrap()
+            }
         );
-        assert_eq!(parse("/v2/up/r/tags/list", None).unwrap(), Route::Tags { name: name("up", "r") });
-        assert_eq!(parse("/v2/up/r/blobs/uploads/", None).unwrap(), Route::Upload { name: name("up", "r"), id: None });
-        assert_eq!(parse("/v2/up/r/blobs/uploads", None).unwrap(), Route::Upload { name: name("up", "r"), id: None });
+        assert_eq!(
+            parse("/v2/up/r/tags/list", None).unwrap(),
+            Route::Tags {
+                name: name("up", "r")
+            }
+        );
+        assert_eq!(
+            parse("/v2/up/r/blobs/uploads/", None).unwrap(),
+            Route::Upload {
+                name: name("up", "r"),
+                id: None
+            }
+        );
+        assert_eq!(
+            parse("/v2/up/r/blobs/uploads", None).unwrap(),
+            Route::Upload {
+                name: name("up", "r"),
+                id: None
+            }
+        );
         assert_eq!(
             parse("/v2/up/r/blobs/uploads/abc-123", None).unwrap(),
-            Route::Upload { name: name("up", "r"), id: Some("abc-123".into()) }
+            Route::Upload {
+                name: name("up", "r"),
+                id: Some("abc-123".into())
+            }
         );
         assert_eq!(
             parse(&format!("/v2/up/r/referrers/{D}"), None).unwrap(),
-            Route::Referrers { name: name("up", "r"), digest: D.parse().unwrap() }
+            Route::Referrers {
+                name: name("up", "r"),
+                digest: D.parse().unwrap()
+            }
         );
         assert_eq!(
             parse(&format!("/extensions/v2/up/r/signatures/{D}"), None).unwrap(),
-            Route::Signatures { name: name("up", "r"), digest: D.parse().unwrap() }
+            Route::Signatures {
+                name: name("up", "r"),
+                digest: D.parse().unwrap()
+            }
         );
     }
 
@@ -158,19 +223,33 @@ mod tests {
         // a repository called "manifests" or "blobs" still parses from the right
         assert_eq!(
             parse("/v2/up/manifests/manifests/v1", None).unwrap(),
-            Route::Manifest { name: name("up", "manifests"), reference: "v1".parse().unwrap() }
+            Route::Manifest {
+                name: name("up", "manifests"),
+                reference: "v1".parse().unwrap()
+            }
         );
         assert_eq!(
             parse("/v2/up/blobs/tags/list", None).unwrap(),
-            Route::Tags { name: name("up", "blobs") }
+            Route::Tags {
+                name: name("up", "blobs")
+            }
         );
     }
 
     #[test]
     fn containerd_ns() {
         let r = parse("/v2/library/alpine/manifests/latest", Some("docker.io")).unwrap();
-        let Route::Manifest { name, .. } = r else { panic!() };
-        assert_eq!((name.namespace.as_str(), name.repo.as_str(), name.full.as_str()), ("docker.io", "library/alpine", "library/alpine"));
+        let Route::Manifest { name, .. } = r else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                name.namespace.as_str(),
+                name.repo.as_str(),
+                name.full.as_str()
+            ),
+            ("docker.io", "library/alpine", "library/alpine")
+        );
     }
 
     #[test]
@@ -197,6 +276,9 @@ mod tests {
         let long = format!("/v2/up/{}/manifests/x", "a".repeat(300));
         assert_eq!(parse(&long, None).unwrap_err().code, Code::NameInvalid);
         let long_tag = format!("/v2/up/a/manifests/{}", "t".repeat(129));
-        assert_eq!(parse(&long_tag, None).unwrap_err().code, Code::ManifestInvalid);
+        assert_eq!(
+            parse(&long_tag, None).unwrap_err().code,
+            Code::ManifestInvalid
+        );
     }
 }

@@ -45,18 +45,22 @@ impl Audit {
     pub fn open(target: &str) -> anyhow::Result<Audit> {
         let mut out = open_target(target)?;
         let (tx, rx) = std::sync::mpsc::channel::<Message>();
-        std::thread::Builder::new().name("policy-audit".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let written = std::iter::once(first).chain(rx.try_iter()).try_for_each(|m| match m {
-                    Message::Line(line) => writeln!(out, "{line}"),
-                    Message::Switch(next) => std::mem::replace(&mut out, next).flush(),
-                });
-                if let Err(e) = written.and_then(|_| out.flush()) {
-                    tracing::error!(error = %e, "cannot write the audit log");
+        std::thread::Builder::new()
+            .name("policy-audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let written = std::iter::once(first)
+                        .chain(rx.try_iter())
+                        .try_for_each(|m| match m {
+                            Message::Line(line) => writeln!(out, "{line}"),
+                            Message::Switch(next) => std::mem::replace(&mut out, next).flush(),
+                        });
+                    if let Err(e) = written.and_then(|_| out.flush()) {
+                        tracing::error!(error = %e, "cannot write the audit log");
+                    }
+                    std::thread::sleep(BATCH_PAUSE);
                 }
-                std::thread::sleep(BATCH_PAUSE);
-            }
-        })?;
+            })?;
         Ok(Audit { messages: tx })
     }
 
@@ -64,7 +68,9 @@ impl Audit {
     /// now on; on an error the current target stays.
     pub fn reopen(&self, target: &str) -> anyhow::Result<()> {
         let out = open_target(target)?;
-        self.messages.send(Message::Switch(out)).map_err(|_| anyhow::anyhow!("the audit writer stopped"))
+        self.messages
+            .send(Message::Switch(out))
+            .map_err(|_| anyhow::anyhow!("the audit writer stopped"))
     }
 
     /// Writes one event that is not a policy's decision (`decision` says what it was, e.g. an
@@ -75,7 +81,15 @@ impl Audit {
 
     /// Writes one decision: how long it took, and the CPU time its module used (`None` for a
     /// cached decision).
-    pub fn record(&self, s: &Subject, policy: &str, mode: PolicyMode, outcome: &Outcome, took: Duration, cpu: Option<Duration>) {
+    pub fn record(
+        &self,
+        s: &Subject,
+        policy: &str,
+        mode: PolicyMode,
+        outcome: &Outcome,
+        took: Duration,
+        cpu: Option<Duration>,
+    ) {
         let (decision, reason) = match outcome {
             Outcome::Admit => ("admit", ""),
             Outcome::Reject(r) => ("reject", r.as_str()),
@@ -88,9 +102,21 @@ impl Audit {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write(&self, s: &Subject, policy: &str, mode: &str, decision: &str, reason: &str, took: Duration, cpu: Option<Duration>) {
+    fn write(
+        &self,
+        s: &Subject,
+        policy: &str,
+        mode: &str,
+        decision: &str,
+        reason: &str,
+        took: Duration,
+        cpu: Option<Duration>,
+    ) {
         let line = Line {
-            time: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             client: &s.client,
             user: s.user.as_deref(),
             operation: if s.push { "push" } else { "pull" },
@@ -106,7 +132,9 @@ impl Audit {
             cpu_us: cpu.map(|c| c.as_micros() as u64),
             cache_hit: cpu.is_none() && policy != "-",
         };
-        let Ok(line) = serde_json::to_string(&line) else { return };
+        let Ok(line) = serde_json::to_string(&line) else {
+            return;
+        };
         if self.messages.send(Message::Line(line)).is_err() {
             tracing::error!("the audit writer stopped");
         }

@@ -18,7 +18,11 @@ pub struct Budget {
 impl Budget {
     /// Starts a budget of `cpu` on the calling thread (the one that will run the module).
     pub fn start(cpu: Duration) -> Budget {
-        Budget { cpu_start: thread_cpu_time(), cpu, wall_end: Instant::now() + cpu + WAIT_LIMIT }
+        Budget {
+            cpu_start: thread_cpu_time(),
+            cpu,
+            wall_end: Instant::now() + cpu + WAIT_LIMIT,
+        }
     }
 
     /// The CPU time used so far (on the calling thread, which must be the one that started it).
@@ -39,7 +43,10 @@ impl Budget {
 /// The CPU time the calling thread has used.
 #[cfg(unix)]
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec it is given
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
         return Duration::ZERO;
@@ -62,11 +69,17 @@ mod tests {
     fn waiting_does_not_spend_the_budget_but_running_does() {
         let budget = Budget::start(Duration::from_millis(20));
         std::thread::sleep(Duration::from_millis(60));
-        assert!(budget.remaining().is_some(), "sleeping three times the budget left it unspent");
+        assert!(
+            budget.remaining().is_some(),
+            "sleeping three times the budget left it unspent"
+        );
         let started = Instant::now();
         while budget.remaining().is_some() {
             std::hint::black_box(started.elapsed());
-            assert!(started.elapsed() < Duration::from_secs(10), "a spinning thread spends its budget");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a spinning thread spends its budget"
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Conversions between the proxy's types and the WIT types.
 
 use super::portcullis::policy::types::{
-    Attachment, AttachmentKind, Client, Descriptor, ManifestInfo, Operation, Platform, Request, Requirements,
+    Attachment, AttachmentKind, Client, Descriptor, ManifestInfo, Operation, Platform, Request,
+    Requirements,
 };
 use super::Subject;
 use crate::attachments::{AttachmentSet, Kind};
@@ -9,7 +10,10 @@ use crate::manifest::{self, Manifest};
 use crate::verify::{Identity, Requirement, TrustStore, TrustedKey};
 
 fn annotations(a: &Option<serde_json::Map<String, serde_json::Value>>) -> Vec<(String, String)> {
-    a.iter().flatten().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect()
+    a.iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect()
 }
 
 /// A descriptor as the WIT world writes it.
@@ -32,7 +36,11 @@ fn manifest_info(m: &Manifest) -> ManifestInfo {
             .manifests
             .iter()
             .map(|d| {
-                let p = d.platform.as_ref().map(|p| Platform { os: p.os.clone(), architecture: p.architecture.clone(), variant: p.variant.clone() });
+                let p = d.platform.as_ref().map(|p| Platform {
+                    os: p.os.clone(),
+                    architecture: p.architecture.clone(),
+                    variant: p.variant.clone(),
+                });
                 (descriptor(d), p)
             })
             .collect(),
@@ -55,7 +63,11 @@ pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
         artifact_type: None,
     };
     Request {
-        operation: if s.push { Operation::Push } else { Operation::Pull },
+        operation: if s.push {
+            Operation::Push
+        } else {
+            Operation::Pull
+        },
         namespace: s.namespace.clone(),
         repository: s.repository.clone(),
         reference: s.reference.clone(),
@@ -79,7 +91,11 @@ pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
             })
             .collect(),
         attaches_to: s.attaches_to.clone(),
-        client: Client { address: s.client.clone(), user: s.user.clone(), user_agent: s.user_agent.clone() },
+        client: Client {
+            address: s.client.clone(),
+            user: s.user.clone(),
+            user_agent: s.user_agent.clone(),
+        },
     }
 }
 
@@ -89,21 +105,35 @@ pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
 pub fn requirement(r: &Requirements, trust: &TrustStore) -> Result<Requirement, String> {
     let (mut keys, mut roots) = trust.named(&r.trust)?;
     for (i, pem) in r.keys.iter().enumerate() {
-        keys.push(TrustedKey::from_pem(&format!("inline key {i}"), pem.as_bytes())?);
+        keys.push(TrustedKey::from_pem(
+            &format!("inline key {i}"),
+            pem.as_bytes(),
+        )?);
     }
     let identities = r
         .identities
         .iter()
-        .map(|i| Identity::new(i.issuer.clone(), i.issuer_regexp.as_deref(), i.subject.clone(), i.subject_regexp.as_deref()))
+        .map(|i| {
+            Identity::new(
+                i.issuer.clone(),
+                i.issuer_regexp.as_deref(),
+                i.subject.clone(),
+                i.subject_regexp.as_deref(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if !identities.is_empty() && roots.is_empty() {
         roots = trust.all_roots();
         if roots.is_empty() {
-            return Err("keyless identities need a [trust.<name>] with a trusted_root or ca_certs".into());
+            return Err(
+                "keyless identities need a [trust.<name>] with a trusted_root or ca_certs".into(),
+            );
         }
     }
     if keys.is_empty() && identities.is_empty() {
-        return Err("the policy asked for verification without naming any key, trust or identity".into());
+        return Err(
+            "the policy asked for verification without naming any key, trust or identity".into(),
+        );
     }
     Ok(Requirement {
         keys,

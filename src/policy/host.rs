@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use wasmtime::StoreLimits;
 
+use super::budget::Budget;
 use super::portcullis::policy::host::{self as wit_host, Level};
 use super::portcullis::policy::types::{self as wit_types, Descriptor, Requirements, SignerResult};
-use super::budget::Budget;
 use super::{convert, Subject};
 use crate::attachments::AttachmentSet;
 use crate::cache::Cache;
@@ -72,9 +72,16 @@ impl CallContext {
     }
 
     /// Runs a future to completion from the blocking thread of an evaluation.
-    fn block_on<T>(&self, fut: impl std::future::Future<Output = std::result::Result<T, String>>) -> std::result::Result<T, String> {
+    fn block_on<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<T, String>>,
+    ) -> std::result::Result<T, String> {
         let rt = self.runtime.as_ref().ok_or("no runtime for host calls")?;
-        rt.block_on(async { tokio::time::timeout(HOST_CALL_TIMEOUT, fut).await.map_err(|_| "host call timed out".to_string())? })
+        rt.block_on(async {
+            tokio::time::timeout(HOST_CALL_TIMEOUT, fut)
+                .await
+                .map_err(|_| "host call timed out".to_string())?
+        })
     }
 }
 
@@ -93,17 +100,29 @@ pub struct State {
 impl State {
     /// State over limits, a call context and a time budget.
     pub fn new(limits: StoreLimits, ctx: Arc<CallContext>, budget: Budget) -> State {
-        State { limits, ctx, budget, logged: 0 }
+        State {
+            limits,
+            ctx,
+            budget,
+            logged: 0,
+        }
     }
 }
 
 /// Verifies the subject against a requirement, with the identity its upstream gives it.
-pub async fn verify_subject(verifier: &Arc<Verifier>, cache: &Cache, subject: &Subject, req: &Requirement) -> Result<Arc<Verdict>> {
+pub async fn verify_subject(
+    verifier: &Arc<Verifier>,
+    cache: &Cache,
+    subject: &Subject,
+    req: &Requirement,
+) -> Result<Arc<Verdict>> {
     let repo = subject.repository.parse()?;
     let reference: Reference = subject.reference.parse()?;
     let digest: Digest = subject.digest.parse()?;
     let requested = upstream_identity(cache, &subject.namespace, &repo, &reference)?;
-    verifier.verify(&subject.namespace, &repo, &requested, &digest, req).await
+    verifier
+        .verify(&subject.namespace, &repo, &requested, &digest, req)
+        .await
 }
 
 impl wit_types::Host for State {}
@@ -127,15 +146,23 @@ impl wit_host::Host for State {
         self.ctx.record(format!("log({policy_message})"));
     }
 
-    fn verify(&mut self, requirements: Requirements) -> std::result::Result<Vec<SignerResult>, String> {
+    fn verify(
+        &mut self,
+        requirements: Requirements,
+    ) -> std::result::Result<Vec<SignerResult>, String> {
         self.ctx.record("verify".into());
         let req = convert::requirement(&requirements, &self.ctx.trust)?;
         let verdict = self.run_verification(&req)?;
-        Ok(verdict.signatures.iter().chain(verdict.attestations.iter()).map(|v| SignerResult {
-            signer: v.signer.clone().unwrap_or_default(),
-            verified: v.verified,
-            reason: v.reason.clone(),
-        }).collect())
+        Ok(verdict
+            .signatures
+            .iter()
+            .chain(verdict.attestations.iter())
+            .map(|v| SignerResult {
+                signer: v.signer.clone().unwrap_or_default(),
+                verified: v.verified,
+                reason: v.reason.clone(),
+            })
+            .collect())
     }
 
     fn image_config(&mut self) -> std::result::Result<String, String> {
@@ -144,34 +171,68 @@ impl wit_host::Host for State {
         let subject = ctx.subject.as_ref().ok_or("no manifest in this call")?;
         let cache = ctx.cache.as_ref().ok_or("no registry in this call")?;
         let manifest = Manifest::parse(&subject.manifest).map_err(|e| e.message)?;
-        let config = manifest.config.ok_or("the manifest has no config (an index?)")?;
-        let repo = subject.repository.parse().map_err(|e: RegistryError| e.message)?;
+        let config = manifest
+            .config
+            .ok_or("the manifest has no config (an index?)")?;
+        let repo = subject
+            .repository
+            .parse()
+            .map_err(|e: RegistryError| e.message)?;
         let limit = crate::verify::MAX_PAYLOAD;
-        let too_large = |size: u64| format!("the image config is {size} bytes, over the {} MiB limit", limit >> 20);
+        let too_large = |size: u64| {
+            format!(
+                "the image config is {size} bytes, over the {} MiB limit",
+                limit >> 20
+            )
+        };
         if u64::try_from(config.size).unwrap_or(0) > limit {
             return Err(too_large(config.size as u64));
         }
         ctx.block_on(async {
-            cache.ensure_blob(&subject.namespace, &repo, &config.digest).await.map_err(|e| e.message)?;
-            let size = cache.store().blob_size(&config.digest).await.map_err(|e| e.to_string())?.ok_or("config blob missing")?;
+            cache
+                .ensure_blob(&subject.namespace, &repo, &config.digest)
+                .await
+                .map_err(|e| e.message)?;
+            let size = cache
+                .store()
+                .blob_size(&config.digest)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("config blob missing")?;
             if size > limit {
                 return Err(too_large(size));
             }
-            let bytes = cache.store().read_small(&config.digest).await.map_err(|e| e.to_string())?.ok_or("config blob missing")?;
+            let bytes = cache
+                .store()
+                .read_small(&config.digest)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("config blob missing")?;
             String::from_utf8(bytes.to_vec()).map_err(|_| "config is not UTF-8".to_string())
         })
     }
 
-    fn attestation(&mut self, predicate_type: String, requirements: Requirements) -> std::result::Result<Option<String>, String> {
+    fn attestation(
+        &mut self,
+        predicate_type: String,
+        requirements: Requirements,
+    ) -> std::result::Result<Option<String>, String> {
         self.ctx.record(format!("attestation({predicate_type})"));
         let mut req = convert::requirement(&requirements, &self.ctx.trust)?;
         let wanted = crate::verify::predicate_type(&predicate_type);
         req.attestations = vec![wanted.clone()];
         let verdict = self.run_verification(&req)?;
-        Ok(verdict.statements.iter().find(|s| s.predicate_type == wanted).map(|s| s.statement.to_string()))
+        Ok(verdict
+            .statements
+            .iter()
+            .find(|s| s.predicate_type == wanted)
+            .map(|s| s.statement.to_string()))
     }
 
-    fn referrers(&mut self, artifact_type: Option<String>) -> std::result::Result<Vec<Descriptor>, String> {
+    fn referrers(
+        &mut self,
+        artifact_type: Option<String>,
+    ) -> std::result::Result<Vec<Descriptor>, String> {
         self.ctx.record("referrers".into());
         Ok(self
             .ctx
@@ -192,6 +253,10 @@ impl State {
             (Some(v), Some(c)) => (v, c),
             _ => return Err("verification is not available here".into()),
         };
-        ctx.block_on(async { verify_subject(verifier, cache, subject, req).await.map_err(|e| e.message) })
+        ctx.block_on(async {
+            verify_subject(verifier, cache, subject, req)
+                .await
+                .map_err(|e| e.message)
+        })
     }
 }

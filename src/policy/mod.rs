@@ -131,8 +131,13 @@ pub fn engine(concurrency: u32, max_memory: usize) -> anyhow::Result<Engine> {
 
 /// Compiles a module, reusing a compiled copy cached under `cache_dir` keyed by the module's
 /// digest and the engine's compatibility hash.
-pub fn compile(engine: &Engine, module: &Path, cache_dir: &Path) -> anyhow::Result<(Component, String)> {
-    let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+pub fn compile(
+    engine: &Engine,
+    module: &Path,
+    cache_dir: &Path,
+) -> anyhow::Result<(Component, String)> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -151,7 +156,10 @@ pub fn compile(engine: &Engine, module: &Path, cache_dir: &Path) -> anyhow::Resu
         .with_context(|| format!("{} is not a valid policy component", module.display()))?;
     std::fs::create_dir_all(cache_dir).ok();
     let tmp = cache_dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
-    if std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &cached)).is_err() {
+    if std::fs::write(&tmp, &compiled)
+        .and_then(|_| std::fs::rename(&tmp, &cached))
+        .is_err()
+    {
         let _ = std::fs::remove_file(&tmp);
     }
     // SAFETY: produced just now by this engine.
@@ -169,22 +177,44 @@ fn linker(engine: &Engine, component: &Component) -> anyhow::Result<Linker<State
 }
 
 /// Loads every `[[policy]]`: compiles it, asks its metadata and validates its settings.
-pub fn load_set(engine: &Engine, configs: &[PolicyConfig], cache_dir: &Path) -> anyhow::Result<PolicySet> {
+pub fn load_set(
+    engine: &Engine,
+    configs: &[PolicyConfig],
+    cache_dir: &Path,
+) -> anyhow::Result<PolicySet> {
     let mut policies = Vec::new();
     for c in configs {
-        let settings = serde_json::to_string(&c.settings).context("settings are not representable as JSON")?;
+        let settings =
+            serde_json::to_string(&c.settings).context("settings are not representable as JSON")?;
         policies.push(Arc::new(load_one(engine, c.clone(), settings, cache_dir)?));
     }
     Ok(PolicySet { policies })
 }
 
-fn load_one(engine: &Engine, config: PolicyConfig, settings: String, cache_dir: &Path) -> anyhow::Result<Loaded> {
+fn load_one(
+    engine: &Engine,
+    config: PolicyConfig,
+    settings: String,
+    cache_dir: &Path,
+) -> anyhow::Result<Loaded> {
     let context = || format!("policy {:?} ({})", config.name, config.module.display());
     let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
-    let instance_pre = linker(engine, &component).with_context(context)?.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(context)?;
-    let pre = PolicyPre::new(instance_pre).map_err(anyhow::Error::from).with_context(context)?;
+    let instance_pre = linker(engine, &component)
+        .with_context(context)?
+        .instantiate_pre(&component)
+        .map_err(anyhow::Error::from)
+        .with_context(context)?;
+    let pre = PolicyPre::new(instance_pre)
+        .map_err(anyhow::Error::from)
+        .with_context(context)?;
     let settings_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(settings.as_bytes()));
-    let loaded = Loaded { config: config.clone(), digest, settings, settings_hash, pre };
+    let loaded = Loaded {
+        config: config.clone(),
+        digest,
+        settings,
+        settings_hash,
+        pre,
+    };
     let (meta, valid) = loaded.validate(engine).with_context(context)?;
     if let Err(message) = valid {
         anyhow::bail!("{}: invalid settings: {message}", context());
@@ -247,7 +277,10 @@ impl Standalone {
         let engine = engine(1, 64 << 20)?;
         let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
         let config = PolicyConfig {
-            name: module.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: module
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             module: module.to_path_buf(),
             scope: vec!["*".into()],
             mode: PolicyMode::Enforce,
@@ -258,7 +291,13 @@ impl Standalone {
         let loaded = load_one(&engine, config, settings.to_string(), &cache_dir)?;
         let (subject, attachments) = test_subject(request)?;
         let request = convert::request(&subject, &attachments);
-        Ok(Standalone { engine, loaded, request, subject, attachments })
+        Ok(Standalone {
+            engine,
+            loaded,
+            request,
+            subject,
+            attachments,
+        })
     }
 
     /// One evaluation in a fresh instance: the decision text and the host calls made.
@@ -267,7 +306,11 @@ impl Standalone {
         ctx.subject = Some(self.subject.clone());
         ctx.attachments = Arc::clone(&self.attachments);
         let ctx = Arc::new(ctx);
-        let decision = match self.loaded.evaluate(&self.engine, Arc::clone(&ctx), &self.request).0 {
+        let decision = match self
+            .loaded
+            .evaluate(&self.engine, Arc::clone(&ctx), &self.request)
+            .0
+        {
             Ok(Decision::Admit) => "decision: admit".to_string(),
             Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
             Ok(Decision::Verify(r)) => format!(
@@ -278,7 +321,10 @@ impl Standalone {
                 r.attestations,
                 r.threshold
             ),
-            Err(e) => format!("decision: reject: {}", fail_closed(&self.loaded.config.name, &e)),
+            Err(e) => format!(
+                "decision: reject: {}",
+                fail_closed(&self.loaded.config.name, &e)
+            ),
         };
         let calls = ctx.calls.lock().expect("calls lock").clone();
         (decision, calls)
@@ -287,7 +333,8 @@ impl Standalone {
 
 fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<AttachmentSet>)> {
     let manifest = bytes::Bytes::from(serde_json::to_vec(&request.manifest)?);
-    let parsed = crate::manifest::Manifest::parse(&manifest).map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
+    let parsed = crate::manifest::Manifest::parse(&manifest)
+        .map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
     if request.attaches_to.is_some() && !parsed.is_attachment() {
         anyhow::bail!("request.attaches_to: the manifest is no attachment by its content (it has filesystem layers, is an index, or carries no signature, attestation or SBOM layer or artifact type), so the proxy would never mark it as one");
     }
@@ -313,7 +360,10 @@ fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<Attachmen
             "referrer" => crate::attachments::Kind::Referrer,
             other => anyhow::bail!("request.attachments: unknown kind {other:?}"),
         };
-        let digest = a.digest.parse().map_err(|e: RegistryError| anyhow::anyhow!("request.attachments: {}", e.message))?;
+        let digest = a
+            .digest
+            .parse()
+            .map_err(|e: RegistryError| anyhow::anyhow!("request.attachments: {}", e.message))?;
         let descriptor = crate::manifest::Descriptor {
             media_type: crate::manifest::OCI_MANIFEST.into(),
             digest,
@@ -322,7 +372,11 @@ fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<Attachmen
             annotations: None,
             platform: None,
         };
-        set.items.push(crate::attachments::Attachment { kind, tag: None, descriptor });
+        set.items.push(crate::attachments::Attachment {
+            kind,
+            tag: None,
+            descriptor,
+        });
     }
     Ok((subject, Arc::new(set)))
 }
@@ -335,8 +389,15 @@ pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyh
 
 impl Loaded {
     fn store(&self, engine: &Engine, ctx: Arc<CallContext>) -> Store<State> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.config.memory.0 as usize).instances(16).trap_on_grow_failure(true).build();
-        let mut store = Store::new(engine, State::new(limits, ctx, Budget::start(self.config.timeout.0)));
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory.0 as usize)
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            engine,
+            State::new(limits, ctx, Budget::start(self.config.timeout.0)),
+        );
         store.limiter(|s| &mut s.limits);
         // at each deadline: go on while CPU time is left (time spent waiting does not count)
         store.set_epoch_deadline(ticks(self.config.timeout.0));
@@ -350,18 +411,33 @@ impl Loaded {
     }
 
     /// Asks the module for its metadata and to validate its settings.
-    fn validate(&self, engine: &Engine) -> anyhow::Result<(PolicyMetadata, std::result::Result<(), String>)> {
+    fn validate(
+        &self,
+        engine: &Engine,
+    ) -> anyhow::Result<(PolicyMetadata, std::result::Result<(), String>)> {
         let _running = ticker::running();
         let mut store = self.store(engine, Arc::new(CallContext::detached()));
-        let instance = self.pre.instantiate(&mut store).map_err(anyhow::Error::from)?;
-        let meta = instance.call_metadata(&mut store).map_err(anyhow::Error::from)?;
-        let valid = instance.call_validate_settings(&mut store, &self.settings).map_err(anyhow::Error::from)?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)?;
+        let meta = instance
+            .call_metadata(&mut store)
+            .map_err(anyhow::Error::from)?;
+        let valid = instance
+            .call_validate_settings(&mut store, &self.settings)
+            .map_err(anyhow::Error::from)?;
         Ok((meta, valid))
     }
 
     /// Runs one evaluation (blocking: call from a blocking thread); its decision and the CPU
     /// time it used.
-    fn evaluate(&self, engine: &Engine, ctx: Arc<CallContext>, request: &Request) -> (wasmtime::Result<Decision>, Duration) {
+    fn evaluate(
+        &self,
+        engine: &Engine,
+        ctx: Arc<CallContext>,
+        request: &Request,
+    ) -> (wasmtime::Result<Decision>, Duration) {
         let _running = ticker::running();
         let mut store = self.store(engine, ctx);
         let decision = match self.pre.instantiate(&mut store) {
@@ -374,9 +450,19 @@ impl Loaded {
 
 impl Policies {
     /// Loads the configured policies (compiling each once) over the verifier.
-    pub fn new(config: &Config, cache: Arc<Cache>, attachments: Arc<Attachments>, verifier: Arc<Verifier>) -> anyhow::Result<Arc<Policies>> {
+    pub fn new(
+        config: &Config,
+        cache: Arc<Cache>,
+        attachments: Arc<Attachments>,
+        verifier: Arc<Verifier>,
+    ) -> anyhow::Result<Arc<Policies>> {
         let host = &config.policy_host;
-        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(64 << 20);
+        let max_memory = config
+            .policies
+            .iter()
+            .map(|p| p.memory.0 as usize)
+            .max()
+            .unwrap_or(64 << 20);
         let engine = engine(host.concurrency, max_memory)?;
         let cache_dir = config.storage.path.join(&host.compiled_cache);
         let set = load_set(&engine, &config.policies, &cache_dir)?;
@@ -406,7 +492,12 @@ impl Policies {
     /// Replaces the policies with a new configuration's and reopens the audit log; on any error
     /// the old ones stay.
     pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
-        let max_memory = config.policies.iter().map(|p| p.memory.0 as usize).max().unwrap_or(0);
+        let max_memory = config
+            .policies
+            .iter()
+            .map(|p| p.memory.0 as usize)
+            .max()
+            .unwrap_or(0);
         anyhow::ensure!(
             max_memory <= self.max_memory,
             "a policy's memory grew beyond what the running engine allows; restart to apply"
@@ -431,7 +522,12 @@ impl Policies {
 
     /// Whether any policy's scope covers `<namespace>/<repository>`.
     pub fn applies_to(&self, scope: &str) -> bool {
-        self.set.read().expect("policy lock").policies.iter().any(|p| p.config.scope.iter().any(|g| glob_match(g, scope)))
+        self.set
+            .read()
+            .expect("policy lock")
+            .policies
+            .iter()
+            .any(|p| p.config.scope.iter().any(|g| glob_match(g, scope)))
     }
 
     /// Decides on a manifest: every policy in scope must admit it. A rejection is `DENIED`
@@ -439,16 +535,27 @@ impl Policies {
     pub async fn check(&self, subject: &Subject) -> Result<()> {
         let set = Arc::clone(&self.set.read().expect("policy lock"));
         let scope = format!("{}/{}", subject.namespace, subject.repository);
-        let in_scope: Vec<&Arc<Loaded>> = set.policies.iter().filter(|p| p.config.scope.iter().any(|g| glob_match(g, &scope))).collect();
+        let in_scope: Vec<&Arc<Loaded>> = set
+            .policies
+            .iter()
+            .filter(|p| p.config.scope.iter().any(|g| glob_match(g, &scope)))
+            .collect();
         if in_scope.is_empty() {
             return Ok(());
         }
-        let repo = subject.repository.parse().map_err(|_| RegistryError::internal("repository name"))?;
+        let repo = subject
+            .repository
+            .parse()
+            .map_err(|_| RegistryError::internal("repository name"))?;
         let digest: crate::names::Digest = subject.digest.parse()?;
         let (attachments, unresolved) = if subject.attaches_to.is_some() {
             (Arc::new(AttachmentSet::default()), None)
         } else {
-            match self.attachments.wait_for(&subject.namespace, &repo, &digest, self.wait).await {
+            match self
+                .attachments
+                .wait_for(&subject.namespace, &repo, &digest, self.wait)
+                .await
+            {
                 Ok(set) => (set, None),
                 Err(e) => {
                     tracing::warn!(digest = %subject.digest, error = %e.message, "deciding without attachments");
@@ -460,10 +567,20 @@ impl Policies {
             let started = Instant::now();
             let (outcome, cpu) = self.decide(policy, subject, &attachments).await;
             let outcome = explain_unresolved(outcome, unresolved.as_deref());
-            self.audit.record(subject, &policy.config.name, policy.config.mode, &outcome, started.elapsed(), cpu);
+            self.audit.record(
+                subject,
+                &policy.config.name,
+                policy.config.mode,
+                &outcome,
+                started.elapsed(),
+                cpu,
+            );
             if let Outcome::Reject(reason) = outcome {
                 if policy.config.mode == PolicyMode::Enforce {
-                    return Err(RegistryError::of(Code::Denied, format!("policy {}: {reason}", policy.config.name)));
+                    return Err(RegistryError::of(
+                        Code::Denied,
+                        format!("policy {}: {reason}", policy.config.name),
+                    ));
                 }
                 tracing::warn!(policy = %policy.config.name, %reason, "would reject (warn mode)");
             }
@@ -472,7 +589,12 @@ impl Policies {
     }
 
     /// A policy's outcome, and the CPU time its module used (`None`: a cached decision).
-    async fn decide(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, Option<Duration>) {
+    async fn decide(
+        &self,
+        policy: &Arc<Loaded>,
+        subject: &Subject,
+        attachments: &Arc<AttachmentSet>,
+    ) -> (Outcome, Option<Duration>) {
         let key = decision_key(&policy.digest, &policy.settings_hash, subject, attachments);
         if let Some(o) = self.decisions.get(&key) {
             return (o, None);
@@ -484,17 +606,39 @@ impl Policies {
 
     /// Evaluates one policy (fail closed), then runs a `verify` decision's verification; the
     /// outcome and the CPU time the module used.
-    async fn evaluate(&self, policy: &Arc<Loaded>, subject: &Subject, attachments: &Arc<AttachmentSet>) -> (Outcome, Duration) {
+    async fn evaluate(
+        &self,
+        policy: &Arc<Loaded>,
+        subject: &Subject,
+        attachments: &Arc<AttachmentSet>,
+    ) -> (Outcome, Duration) {
         let request = convert::request(subject, attachments);
         let ctx = Arc::new(self.call_context(subject, attachments));
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
-            return (Outcome::Reject("policy host is shutting down".into()), Duration::ZERO);
+            return (
+                Outcome::Reject("policy host is shutting down".into()),
+                Duration::ZERO,
+            );
         };
         let (engine, loaded) = (self.engine.clone(), Arc::clone(policy));
-        let (decision, cpu) = match tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await {
+        let (decision, cpu) = match tokio::task::spawn_blocking(move || {
+            loaded.evaluate(&engine, ctx, &request)
+        })
+        .await
+        {
             Ok((Ok(d), cpu)) => (d, cpu),
-            Ok((Err(e), cpu)) => return (Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))), cpu),
-            Err(e) => return (Outcome::Reject(format!("policy module failed: {e}")), Duration::ZERO),
+            Ok((Err(e), cpu)) => {
+                return (
+                    Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))),
+                    cpu,
+                )
+            }
+            Err(e) => {
+                return (
+                    Outcome::Reject(format!("policy module failed: {e}")),
+                    Duration::ZERO,
+                )
+            }
         };
         let outcome = match decision {
             Decision::Admit => Outcome::Admit,
@@ -505,7 +649,11 @@ impl Policies {
         (outcome, cpu)
     }
 
-    async fn run_verification(&self, subject: &Subject, reqs: &portcullis::policy::types::Requirements) -> Outcome {
+    async fn run_verification(
+        &self,
+        subject: &Subject,
+        reqs: &portcullis::policy::types::Requirements,
+    ) -> Outcome {
         let trust = Arc::clone(&self.trust.read().expect("trust lock"));
         let requirement = match convert::requirement(reqs, &trust) {
             Ok(r) => r,
@@ -535,9 +683,9 @@ impl Policies {
 /// says so, unless its reason already does.
 fn explain_unresolved(outcome: Outcome, unresolved: Option<&str>) -> Outcome {
     match (outcome, unresolved) {
-        (Outcome::Reject(reason), Some(why)) if !reason.contains(why) => {
-            Outcome::Reject(format!("{reason} (decided without the image's attachments: {why})"))
-        }
+        (Outcome::Reject(reason), Some(why)) if !reason.contains(why) => Outcome::Reject(format!(
+            "{reason} (decided without the image's attachments: {why})"
+        )),
         (outcome, _) => outcome,
     }
 }
@@ -568,7 +716,10 @@ const MAX_REASON: usize = 1024;
 /// A module's reason, cut at [`MAX_REASON`] bytes (on a character boundary).
 fn bounded(mut reason: String) -> String {
     if reason.len() > MAX_REASON {
-        let cut = (0..=MAX_REASON).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|&i| reason.is_char_boundary(i))
+            .unwrap_or(0);
         reason.truncate(cut);
         reason.push_str("...");
     }
@@ -579,7 +730,12 @@ fn bounded(mut reason: String) -> String {
 /// settings, the operation, the image, how and by whom it was asked for, its attachments), the
 /// client's fields quoted so that no two different askers can spell the same key. A hash, so a
 /// key costs the same whatever the client sent.
-fn decision_key(module: &str, settings_hash: &str, subject: &Subject, attachments: &AttachmentSet) -> [u8; 32] {
+fn decision_key(
+    module: &str,
+    settings_hash: &str,
+    subject: &Subject,
+    attachments: &AttachmentSet,
+) -> [u8; 32] {
     use std::fmt::Write;
     let mut key = String::with_capacity(320 + 72 * attachments.items.len());
     let _ = write!(
@@ -630,7 +786,11 @@ mod tests {
         let none = AttachmentSet::default();
         let key = |s: &Subject| decision_key("module", "settings", s, &none);
         let base = subject();
-        assert_eq!(key(&base), key(&subject()), "the same question has the same key");
+        assert_eq!(
+            key(&base),
+            key(&subject()),
+            "the same question has the same key"
+        );
         let variants: [fn(&mut Subject); 7] = [
             |s| s.user = Some("bob".into()),
             |s| s.user = None,

@@ -18,7 +18,9 @@ static THREAD: OnceLock<Thread> = OnceLock::new();
 pub fn register(engine: &Engine) -> std::io::Result<()> {
     ENGINES.lock().expect("engines lock").push(engine.weak());
     if THREAD.get().is_none() {
-        let handle = std::thread::Builder::new().name("policy-epoch".into()).spawn(tick)?;
+        let handle = std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(tick)?;
         let _ = THREAD.set(handle.thread().clone());
     }
     Ok(())
@@ -47,11 +49,19 @@ fn tick() {
     loop {
         if RUNNING.load(Ordering::SeqCst) == 0 {
             std::thread::park_timeout(Duration::from_secs(10));
-            ENGINES.lock().expect("engines lock").retain(|w| w.upgrade().is_some());
+            ENGINES
+                .lock()
+                .expect("engines lock")
+                .retain(|w| w.upgrade().is_some());
             continue;
         }
         std::thread::sleep(EPOCH_TICK);
-        let engines: Vec<Engine> = ENGINES.lock().expect("engines lock").iter().filter_map(EngineWeak::upgrade).collect();
+        let engines: Vec<Engine> = ENGINES
+            .lock()
+            .expect("engines lock")
+            .iter()
+            .filter_map(EngineWeak::upgrade)
+            .collect();
         for e in engines {
             e.increment_epoch();
         }

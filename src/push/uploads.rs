@@ -39,34 +39,49 @@ fn unknown_upload() -> RegistryError {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Uploads {
     /// Opens the upload area, removing sessions older than `ttl`.
     pub fn open(dir: PathBuf, cache: Arc<Cache>, ttl: Duration) -> std::io::Result<Arc<Uploads>> {
         std::fs::create_dir_all(&dir)?;
-        let uploads = Arc::new(Uploads { dir, cache, ttl, locks: Mutex::default() });
-        uploads.sweep_expired();
+        let uploads = Arc::new(Uploads {
+            dir,
+            cache,
+            ttl,
+            locks: Mutex::default(),
+        });
+        uploads.sweep(true);
         let weak = Arc::downgrade(&uploads);
         let every = ttl.clamp(Duration::from_secs(1), Duration::from_secs(600));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(u) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || u.sweep_expired()).await;
+                let _ = tokio::task::spawn_blocking(move || u.sweep(false)).await;
             }
         });
         Ok(uploads)
     }
 
-    /// Removes abandoned sessions (older than the TTL, or unreadable).
-    pub fn sweep_expired(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+    /// Removes abandoned sessions: older than the TTL or unreadable, and at opening also those
+    /// a stop left half-made (no data: their blob was already moved into the store).
+    fn sweep(&self, opening: bool) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in entries.flatten() {
-            let session = std::fs::read(e.path().join("session.json")).ok().and_then(|b| serde_json::from_slice::<Session>(&b).ok());
-            let expired = session.is_none_or(|s| now().saturating_sub(s.created) > self.ttl.as_secs());
-            if expired {
+            let session = std::fs::read(e.path().join("session.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Session>(&b).ok());
+            let expired =
+                session.is_none_or(|s| now().saturating_sub(s.created) > self.ttl.as_secs());
+            let torn = opening && !e.path().join("data").exists();
+            if expired || torn {
                 tracing::info!(upload = %e.file_name().to_string_lossy(), "removing expired upload");
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -74,7 +89,13 @@ impl Uploads {
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.locks.lock().expect("upload locks").entry(id.to_string()).or_default())
+        Arc::clone(
+            self.locks
+                .lock()
+                .expect("upload locks")
+                .entry(id.to_string())
+                .or_default(),
+        )
     }
 
     fn session_dir(&self, id: &str) -> Result<PathBuf> {
@@ -88,9 +109,16 @@ impl Uploads {
     /// Checks the session exists and belongs to this repository.
     async fn check(&self, id: &str, ns: &str, repo: &RepoName) -> Result<PathBuf> {
         let dir = self.session_dir(id)?;
-        let raw = tokio::fs::read(dir.join("session.json")).await.map_err(|_| unknown_upload())?;
+        let raw = tokio::fs::read(dir.join("session.json"))
+            .await
+            .map_err(|_| unknown_upload())?;
         let s: Session = serde_json::from_slice(&raw).map_err(|_| unknown_upload())?;
-        if s.ns != ns || s.repo != repo.as_str() {
+        if s.ns != ns
+            || s.repo != repo.as_str()
+            || !tokio::fs::try_exists(dir.join("data"))
+                .await
+                .unwrap_or(false)
+        {
             return Err(unknown_upload());
         }
         Ok(dir)
@@ -102,7 +130,11 @@ impl Uploads {
         let dir = self.dir.join(&id);
         tokio::fs::create_dir_all(&dir).await?;
         tokio::fs::write(dir.join("data"), b"").await?;
-        let session = Session { ns: ns.to_string(), repo: repo.to_string(), created: now() };
+        let session = Session {
+            ns: ns.to_string(),
+            repo: repo.to_string(),
+            created: now(),
+        };
         let json = serde_json::to_vec(&session).map_err(RegistryError::internal)?;
         crate::store::fs::write_atomic(&dir, &dir.join("session.json"), &json).await?;
         Ok(id)
@@ -116,7 +148,12 @@ impl Uploads {
 
     /// Checks the session and takes its lock; checked again under the lock, as a request that
     /// held it before may have finished or cancelled the session.
-    async fn locked(&self, id: &str, ns: &str, repo: &RepoName) -> Result<(PathBuf, tokio::sync::OwnedMutexGuard<()>)> {
+    async fn locked(
+        &self,
+        id: &str,
+        ns: &str,
+        repo: &RepoName,
+    ) -> Result<(PathBuf, tokio::sync::OwnedMutexGuard<()>)> {
         self.check(id, ns, repo).await?;
         let guard = self.lock(id).lock_owned().await;
         let dir = self.check(id, ns, repo).await?;
@@ -124,14 +161,24 @@ impl Uploads {
     }
 
     /// Appends a chunk; `start`, from `Content-Range`, must be the current size (else 416).
-    pub async fn append(&self, id: &str, ns: &str, repo: &RepoName, start: Option<u64>, body: ByteStream) -> Result<u64> {
+    pub async fn append(
+        &self,
+        id: &str,
+        ns: &str,
+        repo: &RepoName,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
         let (dir, _guard) = self.locked(id, ns, repo).await?;
         let size = tokio::fs::metadata(dir.join("data")).await?.len();
         if start.is_some_and(|s| s != size) {
             return Err(RegistryError::new(
                 Code::BlobUploadInvalid,
                 http::StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("chunk starts at {}, upload has {size} bytes", start.unwrap_or(0)),
+                format!(
+                    "chunk starts at {}, upload has {size} bytes",
+                    start.unwrap_or(0)
+                ),
             ));
         }
         append_stream(dir.join("data"), body).await
@@ -139,21 +186,33 @@ impl Uploads {
 
     /// Finishes a session: appends the last chunk, checks the digest, moves the blob into the
     /// store (pinned) and removes the session. On a mismatch nothing is stored.
-    pub async fn finish(&self, id: &str, ns: &str, repo: &RepoName, digest: &Digest, body: ByteStream) -> Result<()> {
+    pub async fn finish(
+        &self,
+        id: &str,
+        ns: &str,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<()> {
         let (dir, _guard) = self.locked(id, ns, repo).await?;
         let data = dir.join("data");
         append_stream(data.clone(), body).await?;
         let actual = hash_file(data.clone(), digest.algorithm()).await?;
         if &actual != digest {
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(RegistryError::of(Code::DigestInvalid, format!("content is {actual}, not {digest}")));
+            return Err(RegistryError::of(
+                Code::DigestInvalid,
+                format!("content is {actual}, not {digest}"),
+            ));
         }
         let lease = self.cache.lease(digest).await;
         self.cache.store().ingest(&data, digest, true).await?;
         self.cache.pin(&lease).await?;
         let (name, _) = self.cache.namespace(ns)?;
-        self.cache.link_pushed(&name, repo, Kind::Blob, digest).await?;
-        tokio::fs::remove_dir_all(&dir).await?;
+        self.cache
+            .link_pushed(&name, repo, Kind::Blob, digest)
+            .await?;
+        remove_session(&dir).await?;
         self.locks.lock().expect("upload locks").remove(id);
         Ok(())
     }
@@ -161,23 +220,39 @@ impl Uploads {
     /// Cancels a session.
     pub async fn cancel(&self, id: &str, ns: &str, repo: &RepoName) -> Result<()> {
         let (dir, _guard) = self.locked(id, ns, repo).await?;
-        tokio::fs::remove_dir_all(&dir).await?;
+        remove_session(&dir).await?;
         self.locks.lock().expect("upload locks").remove(id);
         Ok(())
     }
 }
 
+/// Removes a session's directory, its record first: a stop half-way leaves no session that
+/// looks alive.
+async fn remove_session(dir: &std::path::Path) -> std::io::Result<()> {
+    tokio::fs::remove_file(dir.join("session.json")).await?;
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 async fn append_stream(path: PathBuf, mut body: ByteStream) -> Result<u64> {
-    let mut file = Some(tokio::task::spawn_blocking({
-        let p = path.clone();
-        move || std::fs::OpenOptions::new().append(true).open(p)
-    })
-    .await
-    .map_err(RegistryError::internal)??);
+    let mut file = Some(
+        tokio::task::spawn_blocking({
+            let p = path.clone();
+            move || std::fs::OpenOptions::new().append(true).open(p)
+        })
+        .await
+        .map_err(RegistryError::internal)??,
+    );
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::of(Code::BlobUploadInvalid, format!("upload body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            RegistryError::of(Code::BlobUploadInvalid, format!("upload body failed: {e}"))
+        })?;
         let mut f = file.take().expect("file present");
-        f = tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|_| f)).await.map_err(RegistryError::internal)??;
+        f = tokio::task::spawn_blocking(move || f.write_all(&chunk).map(|_| f))
+            .await
+            .map_err(RegistryError::internal)??;
         file = Some(f);
     }
     let f = file.expect("file present");
@@ -226,9 +301,20 @@ pub struct Pushed {
 
 /// Validates and stores a pushed manifest: every referenced blob or child must exist (locally,
 /// or upstream for a proxied repository); the tag is recorded; a subject makes it a referrer.
-pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference, content_type: Option<&str>, body: Bytes) -> Result<Pushed> {
+pub async fn put_manifest(
+    cache: &Cache,
+    ns: &str,
+    repo: &RepoName,
+    reference: &Reference,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<Pushed> {
     if body.len() > MAX_MANIFEST_SIZE {
-        return Err(RegistryError::new(Code::ManifestInvalid, http::StatusCode::PAYLOAD_TOO_LARGE, "manifest exceeds 4 MiB"));
+        return Err(RegistryError::new(
+            Code::ManifestInvalid,
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "manifest exceeds 4 MiB",
+        ));
     }
     let (name, _) = cache.namespace(ns)?;
     let m = Manifest::parse(&body)?;
@@ -236,8 +322,14 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
         Some(t) if manifest::ALL_TYPES.contains(&t) => t.to_string(),
         _ => m.media_type().to_string(),
     };
-    if m.media_type.as_deref().is_some_and(|declared| declared != media_type) {
-        return Err(RegistryError::of(Code::ManifestInvalid, "Content-Type differs from the manifest's mediaType"));
+    if m.media_type
+        .as_deref()
+        .is_some_and(|declared| declared != media_type)
+    {
+        return Err(RegistryError::of(
+            Code::ManifestInvalid,
+            "Content-Type differs from the manifest's mediaType",
+        ));
     }
     let digest = match reference {
         Reference::Digest(d) if d.algorithm() == Algorithm::Sha512 => {
@@ -247,7 +339,10 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
     };
     if let Reference::Digest(d) = reference {
         if d != &digest {
-            return Err(RegistryError::of(Code::DigestInvalid, format!("manifest is {digest}, not {d}")));
+            return Err(RegistryError::of(
+                Code::DigestInvalid,
+                format!("manifest is {digest}, not {d}"),
+            ));
         }
     }
     // what the manifest names is leased (kept from eviction) from the moment it is found until
@@ -256,23 +351,37 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
     for d in m.config.iter().chain(m.layers.iter()) {
         leases.push(cache.lease(&d.digest).await);
         if cache.ensure_blob(ns, repo, &d.digest).await.is_err() {
-            return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("blob unknown to registry: {}", d.digest)));
+            return Err(RegistryError::of(
+                Code::ManifestBlobUnknown,
+                format!("blob unknown to registry: {}", d.digest),
+            ));
         }
     }
     for child in &m.manifests {
         leases.push(cache.lease(&child.digest).await);
-        if cache.manifest(ns, repo, &Reference::Digest(child.digest.clone())).await.is_err() {
-            return Err(RegistryError::of(Code::ManifestBlobUnknown, format!("manifest unknown to registry: {}", child.digest)));
+        if cache
+            .manifest(ns, repo, &Reference::Digest(child.digest.clone()))
+            .await
+            .is_err()
+        {
+            return Err(RegistryError::of(
+                Code::ManifestBlobUnknown,
+                format!("manifest unknown to registry: {}", child.digest),
+            ));
         }
     }
     for lease in &leases {
         cache.pin(lease).await?;
     }
     for d in m.config.iter().chain(m.layers.iter()) {
-        cache.link_pushed(&name, repo, Kind::Blob, &d.digest).await?;
+        cache
+            .link_pushed(&name, repo, Kind::Blob, &d.digest)
+            .await?;
     }
     cache.store_pushed_manifest(&digest, &body).await?;
-    cache.link_pushed(&name, repo, Kind::Manifest, &digest).await?;
+    cache
+        .link_pushed(&name, repo, Kind::Manifest, &digest)
+        .await?;
     if let Reference::Tag(tag) = reference {
         cache.records.set_tag(&name, repo, tag, &digest).await?;
     }
@@ -282,20 +391,36 @@ pub async fn put_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &
             media_type: media_type.clone(),
             digest: digest.clone(),
             size: body.len() as i64,
-            artifact_type: m.artifact_type.clone().or_else(|| m.config.as_ref().map(|c| c.media_type.clone())),
+            artifact_type: m
+                .artifact_type
+                .clone()
+                .or_else(|| m.config.as_ref().map(|c| c.media_type.clone())),
             annotations: m.annotations.clone(),
             platform: None,
         };
-        cache.records.add_referrer(&name, repo, s, &descriptor).await?;
+        cache
+            .records
+            .add_referrer(&name, repo, s, &descriptor)
+            .await?;
     }
     Ok(Pushed { digest, subject })
 }
 
 /// Deletes a pushed manifest (by digest) or a pushed tag. The bytes stay in the store as
 /// ordinary cached content. Returns the subject whose referrers changed, if any.
-pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference) -> Result<Option<Digest>> {
+pub async fn delete_manifest(
+    cache: &Cache,
+    ns: &str,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<Option<Digest>> {
     let (name, _) = cache.namespace(ns)?;
-    let unknown = || RegistryError::of(Code::ManifestUnknown, format!("no pushed manifest {repo}:{reference}"));
+    let unknown = || {
+        RegistryError::of(
+            Code::ManifestUnknown,
+            format!("no pushed manifest {repo}:{reference}"),
+        )
+    };
     match reference {
         Reference::Tag(t) => {
             if cache.records.delete_tag(&name, repo, t).await? {
@@ -306,10 +431,16 @@ pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference
         }
         Reference::Digest(d) => {
             let subject = match cache.store().read_small(d).await? {
-                Some(bytes) => Manifest::parse(&bytes).ok().and_then(|m| m.subject.map(|s| s.digest)),
+                Some(bytes) => Manifest::parse(&bytes)
+                    .ok()
+                    .and_then(|m| m.subject.map(|s| s.digest)),
                 None => None,
             };
-            if cache.records.delete_manifest(&name, repo, d, subject.as_ref()).await? {
+            if cache
+                .records
+                .delete_manifest(&name, repo, d, subject.as_ref())
+                .await?
+            {
                 cache.unlink_manifest(&name, repo, d).await?;
                 Ok(subject)
             } else {
@@ -324,13 +455,30 @@ pub async fn delete_manifest(cache: &Cache, ns: &str, repo: &RepoName, reference
 /// names it.
 pub async fn delete_blob(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<()> {
     if !cache.holds_pushed(ns, repo, Kind::Blob, digest).await? {
-        return Err(RegistryError::of(Code::BlobUnknown, format!("blob unknown: {digest}")));
+        return Err(RegistryError::of(
+            Code::BlobUnknown,
+            format!("blob unknown: {digest}"),
+        ));
     }
     for m in cache.records.manifests(ns, repo).await? {
-        let Some(bytes) = cache.store().read_small(&m).await? else { continue };
-        let Ok(parsed) = Manifest::parse(&bytes) else { continue };
-        if parsed.config.iter().chain(&parsed.layers).any(|d| &d.digest == digest) {
-            return Err(RegistryError::of(Code::Denied, format!("blob {digest} is named by manifest {m} of {repo}; delete the manifest first")));
+        let Some(bytes) = cache.store().read_small(&m).await? else {
+            continue;
+        };
+        let Ok(parsed) = Manifest::parse(&bytes) else {
+            continue;
+        };
+        if parsed
+            .config
+            .iter()
+            .chain(&parsed.layers)
+            .any(|d| &d.digest == digest)
+        {
+            return Err(RegistryError::of(
+                Code::Denied,
+                format!(
+                    "blob {digest} is named by manifest {m} of {repo}; delete the manifest first"
+                ),
+            ));
         }
     }
     cache.records.unlink_blob(ns, repo, digest).await?;
@@ -339,9 +487,17 @@ pub async fn delete_blob(cache: &Cache, ns: &str, repo: &RepoName, digest: &Dige
 
 /// Stores an atomic signature pushed with the signatures extension:
 /// `{"version":2,"type":"atomic","name":"<digest>@<id>","content":"<base64>"}`.
-pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest, body: Bytes) -> Result<()> {
-    let invalid = |m: &str| RegistryError::of(Code::ManifestInvalid, format!("invalid signature: {m}"));
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| invalid(&e.to_string()))?;
+pub async fn put_signature(
+    cache: &Cache,
+    ns: &str,
+    repo: &RepoName,
+    digest: &Digest,
+    body: Bytes,
+) -> Result<()> {
+    let invalid =
+        |m: &str| RegistryError::of(Code::ManifestInvalid, format!("invalid signature: {m}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| invalid(&e.to_string()))?;
     if v["version"] != 2 || v["type"] != "atomic" {
         return Err(invalid("version must be 2 and type \"atomic\""));
     }
@@ -349,16 +505,28 @@ pub async fn put_signature(cache: &Cache, ns: &str, repo: &RepoName, digest: &Di
     if !name.starts_with(&format!("{digest}@")) {
         return Err(invalid("name must be <digest>@<unique id> for this digest"));
     }
-    let content = v["content"].as_str().ok_or_else(|| invalid("content missing"))?;
+    let content = v["content"]
+        .as_str()
+        .ok_or_else(|| invalid("content missing"))?;
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(content).map_err(|_| invalid("content is not base64"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(content)
+        .map_err(|_| invalid("content is not base64"))?;
     let (canonical, _) = cache.namespace(ns)?;
-    cache.records.add_signature(&canonical, repo, digest, name, &body).await
+    cache
+        .records
+        .add_signature(&canonical, repo, digest, name, &body)
+        .await
 }
 
 /// Makes a stored blob part of a repository (a cross-repository mount): pinned and linked;
 /// false when the blob is not (or no longer) stored.
-pub async fn link_mounted(cache: &Cache, ns: &str, repo: &RepoName, digest: &Digest) -> Result<bool> {
+pub async fn link_mounted(
+    cache: &Cache,
+    ns: &str,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<bool> {
     let (name, _) = cache.namespace(ns)?;
     let lease = cache.lease(digest).await;
     if cache.store().blob_size(digest).await?.is_none() {

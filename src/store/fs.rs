@@ -39,7 +39,12 @@ fn read_range(file: std::fs::File, offset: u64, len: u64) -> io::Result<ByteStre
 /// modified in place (written once, renamed into place), so the mapping stays valid.
 fn mapped_stream(file: &std::fs::File, offset: u64, len: u64) -> io::Result<ByteStream> {
     // SAFETY: blob files are immutable once stored (see above); unlinking does not unmap
-    let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len as usize).map(file)? };
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len as usize)
+            .map(file)?
+    };
     let _ = map.advise(memmap2::Advice::Sequential);
     let map = std::sync::Arc::new(map);
     let all = Bytes::from_owner(MapOwner(std::sync::Arc::clone(&map)));
@@ -49,7 +54,13 @@ fn mapped_stream(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Byte
             let behind = (i - MAP_RELEASE_BEHIND - 8) * MAP_CHUNK;
             // SAFETY: DontNeed on a read-only shared file mapping only drops page-table
             // entries; a later read refaults the same bytes from the (immutable) file
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, behind, 8 * MAP_CHUNK) };
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    behind,
+                    8 * MAP_CHUNK,
+                )
+            };
         }
         let start = i * MAP_CHUNK;
         Ok(all.slice(start..(start + MAP_CHUNK).min(all.len())))
@@ -77,7 +88,9 @@ impl FsStore {
         for dir in ["blobs/sha256", "blobs/sha512", "meta", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        let store = FsStore { root: root.to_path_buf() };
+        let store = FsStore {
+            root: root.to_path_buf(),
+        };
         store.sweep_spool()?;
         Ok(store)
     }
@@ -87,14 +100,20 @@ impl FsStore {
         for dir in ["blobs/sha256", "blobs/sha512", "meta", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        Ok(FsStore { root: root.to_path_buf() })
+        Ok(FsStore {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Removes every leftover spool file: none of them was ever visible as content.
     fn sweep_spool(&self) -> io::Result<()> {
         for entry in std::fs::read_dir(self.root.join("tmp"))? {
             let path = entry?.path();
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
             if let Err(e) = removed {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover spool file");
             }
@@ -103,14 +122,20 @@ impl FsStore {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
     }
 
     fn meta_path(&self, key: &str) -> io::Result<PathBuf> {
         let rel = Path::new(key);
         let safe = !key.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsafe metadata key {key:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unsafe metadata key {key:?}"),
+            ));
         }
         Ok(self.root.join("meta").join(rel))
     }
@@ -123,7 +148,12 @@ pub async fn write_atomic(spool_dir: &Path, path: &Path, value: &[u8]) -> io::Re
 
 /// Writes a file through a spool file and a rename; with `durable`, fsyncs the file before
 /// the rename and the directory after it.
-async fn write_renamed(spool_dir: &Path, path: &Path, value: &[u8], durable: bool) -> io::Result<()> {
+async fn write_renamed(
+    spool_dir: &Path,
+    path: &Path,
+    value: &[u8],
+    durable: bool,
+) -> io::Result<()> {
     let tmp = spool_dir.join(format!("meta-{}", uuid::Uuid::new_v4()));
     let (tmp2, path2, value) = (tmp.clone(), path.to_path_buf(), value.to_vec());
     let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -163,10 +193,17 @@ impl Store for FsStore {
         Ok(not_found_is_none(tokio::fs::metadata(self.blob_path(digest)).await)?.map(|m| m.len()))
     }
 
-    async fn read_blob(&self, digest: &Digest, offset: u64, len: Option<u64>) -> io::Result<Option<ByteStream>> {
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> io::Result<Option<ByteStream>> {
         let path = self.blob_path(digest);
         let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<ByteStream>> {
-            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else { return Ok(None) };
+            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else {
+                return Ok(None);
+            };
             let size = file.metadata()?.len();
             let available = size.saturating_sub(offset);
             let len = len.map_or(available, |n| n.min(available));
@@ -185,7 +222,10 @@ impl Store for FsStore {
     async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()> {
         let (file, target) = (file.to_path_buf(), self.blob_path(digest));
         tokio::task::spawn_blocking(move || {
-            let dir = target.parent().expect("blob paths have a parent").to_path_buf();
+            let dir = target
+                .parent()
+                .expect("blob paths have a parent")
+                .to_path_buf();
             if target.try_exists()? {
                 std::fs::remove_file(&file)?;
                 // stored before without a sync (cached content): made durable now, as asked
@@ -208,7 +248,9 @@ impl Store for FsStore {
     async fn sync_blob(&self, digest: &Digest) -> io::Result<()> {
         let path = self.blob_path(digest);
         tokio::task::spawn_blocking(move || {
-            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else { return Ok(()) };
+            let Some(file) = not_found_is_none(std::fs::File::open(&path))? else {
+                return Ok(());
+            };
             file.sync_all()?;
             std::fs::File::open(path.parent().expect("blob paths have a parent"))?.sync_all()
         })
@@ -228,10 +270,16 @@ impl Store for FsStore {
                 for entry in std::fs::read_dir(root.join(alg))? {
                     let entry = entry?;
                     let name = format!("{alg}:{}", entry.file_name().to_string_lossy());
-                    let Ok(digest) = name.parse::<Digest>() else { continue };
+                    let Ok(digest) = name.parse::<Digest>() else {
+                        continue;
+                    };
                     let meta = entry.metadata()?;
                     let last_access = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    out.push(BlobInfo { digest, size: meta.len(), last_access });
+                    out.push(BlobInfo {
+                        digest,
+                        size: meta.len(),
+                        last_access,
+                    });
                 }
             }
             Ok(out)
@@ -242,9 +290,11 @@ impl Store for FsStore {
 
     async fn touch(&self, digest: &Digest) -> io::Result<()> {
         let path = self.blob_path(digest);
-        tokio::task::spawn_blocking(move || filetime::set_file_mtime(&path, filetime::FileTime::now()))
-            .await
-            .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || {
+            filetime::set_file_mtime(&path, filetime::FileTime::now())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     async fn get_meta(&self, key: &str) -> io::Result<Option<Bytes>> {
@@ -292,7 +342,9 @@ impl Store for FsStore {
     }
 
     async fn ready(&self) -> io::Result<()> {
-        let probe = self.spool_dir().join(format!("ready-{}", uuid::Uuid::new_v4()));
+        let probe = self
+            .spool_dir()
+            .join(format!("ready-{}", uuid::Uuid::new_v4()));
         tokio::fs::write(&probe, b"ok").await?;
         tokio::fs::remove_file(&probe).await
     }
@@ -334,8 +386,14 @@ mod tests {
         let store = FsStore::open(dir.path()).unwrap();
         store.put_meta("tags/up/a/b/v1", b"x").await.unwrap();
         store.put_meta("tags/up/a/b/v2", b"y").await.unwrap();
-        assert_eq!(store.get_meta("tags/up/a/b/v1").await.unwrap().unwrap(), &b"x"[..]);
-        assert_eq!(store.list_meta("tags/up/a/b").await.unwrap(), vec!["v1", "v2"]);
+        assert_eq!(
+            store.get_meta("tags/up/a/b/v1").await.unwrap().unwrap(),
+            &b"x"[..]
+        );
+        assert_eq!(
+            store.list_meta("tags/up/a/b").await.unwrap(),
+            vec!["v1", "v2"]
+        );
         for bad in ["../escape", "/abs", "a/../../b", ""] {
             assert!(store.put_meta(bad, b"z").await.is_err(), "{bad}");
         }

@@ -37,7 +37,12 @@ pub trait Store: Send + Sync + 'static {
     async fn blob_size(&self, digest: &Digest) -> io::Result<Option<u64>>;
 
     /// Streams `len` bytes (all when `None`) of a blob from `offset`, or `None` when absent.
-    async fn read_blob(&self, digest: &Digest, offset: u64, len: Option<u64>) -> io::Result<Option<ByteStream>>;
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> io::Result<Option<ByteStream>>;
 
     /// Reads a whole small blob (a manifest) into memory, or `None` when absent.
     async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>>;
@@ -50,7 +55,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores small verified content (a manifest) under `digest` through a synced spool file;
     /// `durable` as for [`Store::ingest`].
     async fn put_small(&self, digest: &Digest, bytes: &Bytes, durable: bool) -> io::Result<()> {
-        let spool = self.spool_dir().join(format!("small-{}", uuid::Uuid::new_v4()));
+        let spool = self
+            .spool_dir()
+            .join(format!("small-{}", uuid::Uuid::new_v4()));
         let (path, b) = (spool.clone(), bytes.clone());
         let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::io::Write;

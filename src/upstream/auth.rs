@@ -46,7 +46,12 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
             chars.next();
         }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
         if key.is_empty() {
             return out;
         }
@@ -99,7 +104,10 @@ pub fn parse_token(body: &[u8]) -> Option<Token> {
     // Docker's token spec: 60 s when unspecified; renew 10% early; a day at most, whatever the
     // upstream says (the number is the upstream's, and Instant arithmetic must not overflow)
     let lifetime = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(1, MAX_TOKEN_LIFETIME));
-    Some(Token { value, expires: Instant::now() + lifetime.mul_f32(0.9) })
+    Some(Token {
+        value,
+        expires: Instant::now() + lifetime.mul_f32(0.9),
+    })
 }
 
 #[cfg(test)]
@@ -123,22 +131,39 @@ mod tests {
 
     #[test]
     fn quoted_commas_and_basic() {
-        let c = parse_challenge(r#"Bearer realm="https://x/t",scope="repository:a:pull,push""#).unwrap();
-        let Challenge::Bearer { scope, service, .. } = c else { panic!() };
+        let c = parse_challenge(r#"Bearer realm="https://x/t",scope="repository:a:pull,push""#)
+            .unwrap();
+        let Challenge::Bearer { scope, service, .. } = c else {
+            panic!()
+        };
         assert_eq!(scope.as_deref(), Some("repository:a:pull,push"));
         assert_eq!(service, None);
-        assert_eq!(parse_challenge(r#"Basic realm="Registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }
 
     #[test]
     fn token_bodies() {
-        assert_eq!(parse_token(br#"{"token":"abc","expires_in":300}"#).unwrap().value, "abc");
-        assert_eq!(parse_token(br#"{"access_token":"xyz"}"#).unwrap().value, "xyz");
+        assert_eq!(
+            parse_token(br#"{"token":"abc","expires_in":300}"#)
+                .unwrap()
+                .value,
+            "abc"
+        );
+        assert_eq!(
+            parse_token(br#"{"access_token":"xyz"}"#).unwrap().value,
+            "xyz"
+        );
         assert!(parse_token(br#"{"token":""}"#).is_none());
         assert!(parse_token(b"not json").is_none());
         let huge = parse_token(br#"{"token":"t","expires_in":18446744073709551615}"#).unwrap();
-        assert!(huge.expires <= Instant::now() + Duration::from_secs(MAX_TOKEN_LIFETIME), "saturates");
+        assert!(
+            huge.expires <= Instant::now() + Duration::from_secs(MAX_TOKEN_LIFETIME),
+            "saturates"
+        );
     }
 }

@@ -57,7 +57,6 @@ pub struct Upstream {
     recheck: Duration,
 }
 
-
 /// The most pages of an upstream tag list followed.
 const MAX_TAG_PAGES: usize = 100;
 /// The most bytes of an upstream tag list read, all pages together.
@@ -85,13 +84,19 @@ impl Upstream {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let credentials = config.username.clone().map(|u| (u, config.password.clone().unwrap_or_default()));
+        let credentials = config
+            .username
+            .clone()
+            .map(|u| (u, config.password.clone().unwrap_or_default()));
         Ok(Upstream {
             name: config.name.clone(),
             base: config.url.clone(),
             http: builder.build()?,
             credentials,
-            tokens: moka::future::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(3600)).build(),
+            tokens: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             retries: config.retries,
             timeout: config.timeout.0,
             signatures_offered: std::sync::Mutex::new(None),
@@ -120,20 +125,42 @@ impl Upstream {
     }
 
     /// GETs a manifest; `None` when the upstream does not have it.
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> Result<Option<FetchedManifest>> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>> {
         let url = self.url(repo, &format!("manifests/{reference}"));
-        let Some(resp) = self.send(Method::GET, &url, repo, accept_manifests()).await? else {
+        let Some(resp) = self
+            .send(Method::GET, &url, repo, accept_manifests())
+            .await?
+        else {
             return Ok(None);
         };
-        let declared = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let announced = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
-        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_SIZE as u64) {
+        let declared = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let announced = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_SIZE as u64)
+        {
             return Err(too_large());
         }
         let bytes = read_limited(resp, MAX_MANIFEST_SIZE, "manifest").await?;
-        let parsed = manifest::Manifest::parse(&bytes)
-            .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid manifest: {}", e.message)))?;
-        let media_type = match declared.as_deref().map(|t| t.split(';').next().unwrap_or("").trim()) {
+        let parsed = manifest::Manifest::parse(&bytes).map_err(|e| {
+            RegistryError::upstream(format!("upstream sent an invalid manifest: {}", e.message))
+        })?;
+        let media_type = match declared
+            .as_deref()
+            .map(|t| t.split(';').next().unwrap_or("").trim())
+        {
             Some(t) if manifest::ALL_TYPES.contains(&t) => t.to_string(),
             _ => parsed.media_type().to_string(),
         };
@@ -143,17 +170,31 @@ impl Upstream {
                 return Err(RegistryError::new(
                     Code::DigestInvalid,
                     StatusCode::BAD_GATEWAY,
-                    format!("upstream {} announced manifest {announced} but sent {digest}", self.name),
+                    format!(
+                        "upstream {} announced manifest {announced} but sent {digest}",
+                        self.name
+                    ),
                 ));
             }
         }
-        Ok(Some(FetchedManifest { bytes, media_type, digest }))
+        Ok(Some(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        }))
     }
 
     /// HEADs a manifest to learn its current digest; `None` when absent upstream.
-    pub async fn head_manifest(&self, repo: &RepoName, reference: &str) -> Result<Option<ManifestHead>> {
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>> {
         let url = self.url(repo, &format!("manifests/{reference}"));
-        let Some(resp) = self.send(Method::HEAD, &url, repo, accept_manifests()).await? else {
+        let Some(resp) = self
+            .send(Method::HEAD, &url, repo, accept_manifests())
+            .await?
+        else {
             return Ok(None);
         };
         let digest = resp
@@ -178,7 +219,9 @@ impl Upstream {
     /// HEADs a blob for its size; `None` when absent upstream.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(repo, &format!("blobs/{digest}"));
-        let resp = self.send(Method::HEAD, &url, repo, HeaderMap::new()).await?;
+        let resp = self
+            .send(Method::HEAD, &url, repo, HeaderMap::new())
+            .await?;
         Ok(resp.map(|r| header_len(r.headers()).unwrap_or(0)))
     }
 
@@ -186,10 +229,18 @@ impl Upstream {
     pub async fn get_referrers(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Bytes>> {
         let url = self.url(repo, &format!("referrers/{digest}"));
         let mut accept = HeaderMap::new();
-        accept.insert(header::ACCEPT, manifest::OCI_INDEX.parse().expect("static header"));
+        accept.insert(
+            header::ACCEPT,
+            manifest::OCI_INDEX.parse().expect("static header"),
+        );
         // registries without the API answer 404, 400 or 405 for the unknown route
-        match self.send_with(Method::GET, &url, repo, accept, Absent::AnyClientError).await? {
-            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE, "referrers list").await?)),
+        match self
+            .send_with(Method::GET, &url, repo, accept, Absent::AnyClientError)
+            .await?
+        {
+            Some(resp) => Ok(Some(
+                read_limited(resp, MAX_MANIFEST_SIZE, "referrers list").await?,
+            )),
             None => Ok(None),
         }
     }
@@ -201,8 +252,19 @@ impl Upstream {
         }
         let base = self.base.as_str().trim_end_matches('/');
         let url = format!("{base}/extensions/v2/{repo}/signatures/{digest}");
-        match self.send_with(Method::GET, &url, repo, HeaderMap::new(), Absent::AnyClientError).await? {
-            Some(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE, "signature list").await?)),
+        match self
+            .send_with(
+                Method::GET,
+                &url,
+                repo,
+                HeaderMap::new(),
+                Absent::AnyClientError,
+            )
+            .await?
+        {
+            Some(resp) => Ok(Some(
+                read_limited(resp, MAX_MANIFEST_SIZE, "signature list").await?,
+            )),
             None => Ok(None),
         }
     }
@@ -218,12 +280,21 @@ impl Upstream {
         }
         let url = format!("{}/v2/", self.base.as_str().trim_end_matches('/'));
         let resp = match tokio::time::timeout(self.timeout, self.http.get(&url).send()).await {
-            Err(_) => return Err(RegistryError::upstream_timeout(format!("upstream {} did not answer in time", self.name))),
+            Err(_) => {
+                return Err(RegistryError::upstream_timeout(format!(
+                    "upstream {} did not answer in time",
+                    self.name
+                )))
+            }
             Ok(Err(e)) => return Err(transport_error(&self.name, &e)),
             Ok(Ok(r)) => r,
         };
-        let offered = resp.headers().get("x-registry-supports-signatures").is_some_and(|v| v.as_bytes() == b"1");
-        *self.signatures_offered.lock().expect("signatures lock") = Some((offered, std::time::Instant::now()));
+        let offered = resp
+            .headers()
+            .get("x-registry-supports-signatures")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        *self.signatures_offered.lock().expect("signatures lock") =
+            Some((offered, std::time::Instant::now()));
         Ok(offered)
     }
 
@@ -241,14 +312,22 @@ impl Upstream {
             let Some(resp) = self.send(Method::GET, &url, repo, HeaderMap::new()).await? else {
                 return Ok(None);
             };
-            let next = resp.headers().get(header::LINK).and_then(|v| v.to_str().ok()).and_then(parse_next_link);
+            let next = resp
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_next_link);
             let body = read_limited(resp, MAX_TAG_BYTES.saturating_sub(bytes), "tag list").await?;
             bytes += body.len();
-            let list: TagList = serde_json::from_slice(&body)
-                .map_err(|e| RegistryError::upstream(format!("upstream sent an invalid tag list: {e}")))?;
+            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
+                RegistryError::upstream(format!("upstream sent an invalid tag list: {e}"))
+            })?;
             all.extend(list.tags.unwrap_or_default());
             let Some(next) = next else { break };
-            let next = self.base.join(&next).map_err(|e| RegistryError::upstream(format!("bad Link: {e}")))?;
+            let next = self
+                .base
+                .join(&next)
+                .map_err(|e| RegistryError::upstream(format!("bad Link: {e}")))?;
             if next.origin() != self.base.origin() {
                 tracing::warn!(upstream = %self.name, %repo, link = %next, "the tag list's next page is on another host; not followed");
                 break;
@@ -262,28 +341,50 @@ impl Upstream {
     }
 
     /// Sends an idempotent request with auth and retries; `Ok(None)` for 404.
-    async fn send(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap) -> Result<Option<reqwest::Response>> {
-        self.send_with(method, url, repo, headers, Absent::NotFound).await
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        repo: &RepoName,
+        headers: HeaderMap,
+    ) -> Result<Option<reqwest::Response>> {
+        self.send_with(method, url, repo, headers, Absent::NotFound)
+            .await
     }
 
     /// Like `send`, choosing which answers mean "not there".
-    async fn send_with(&self, method: Method, url: &str, repo: &RepoName, headers: HeaderMap, absent: Absent) -> Result<Option<reqwest::Response>> {
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        repo: &RepoName,
+        headers: HeaderMap,
+        absent: Absent,
+    ) -> Result<Option<reqwest::Response>> {
         // tokens are kept per host as well as per scope: one issued for this upstream never
         // goes anywhere else
         let scope = format!("repository:{repo}:pull");
-        let origin = url::Url::parse(url).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+        let origin = url::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         let token_key = format!("{origin} {scope}");
         let mut auth = self.cached_auth(&token_key).await;
         let mut attempt = 0;
         let mut authenticated_once = false;
         loop {
-            let mut req = self.http.request(method.clone(), url).headers(headers.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a);
             }
             let result = tokio::time::timeout(self.timeout, req.send()).await;
             let resp = match result {
-                Err(_) => Err(RegistryError::upstream_timeout(format!("upstream {} did not answer in time", self.name))),
+                Err(_) => Err(RegistryError::upstream_timeout(format!(
+                    "upstream {} did not answer in time",
+                    self.name
+                ))),
                 Ok(Err(e)) => Err(transport_error(&self.name, &e)),
                 Ok(Ok(r)) => Ok(r),
             };
@@ -302,7 +403,12 @@ impl Upstream {
                 StatusCode::NOT_FOUND => return Ok(None),
                 s if absent == Absent::AnyClientError
                     && s.is_client_error()
-                    && !matches!(s, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS) =>
+                    && !matches!(
+                        s,
+                        StatusCode::UNAUTHORIZED
+                            | StatusCode::FORBIDDEN
+                            | StatusCode::TOO_MANY_REQUESTS
+                    ) =>
                 {
                     return Ok(None)
                 }
@@ -315,7 +421,10 @@ impl Upstream {
                         )));
                     }
                     authenticated_once = true;
-                    auth = Some(self.authenticate(resp.headers(), &scope, &token_key).await?);
+                    auth = Some(
+                        self.authenticate(resp.headers(), &scope, &token_key)
+                            .await?,
+                    );
                 }
                 // the upstream's refusal of the proxy: a repository it does not have (as Docker
                 // Hub says it) or one the proxy's credentials do not open; the client can do
@@ -327,15 +436,27 @@ impl Upstream {
                     ));
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-                    let e = RegistryError::of(Code::TooManyRequests, format!("upstream {} is rate limiting", self.name));
+                    let retry_after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let e = RegistryError::of(
+                        Code::TooManyRequests,
+                        format!("upstream {} is rate limiting", self.name),
+                    );
                     return Err(e.with_retry_after(retry_after.map(|s| s.min(3600))));
                 }
                 s if s.is_server_error() && attempt < self.retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                s => return Err(RegistryError::upstream(format!("upstream {} answered {s}", self.name))),
+                s => {
+                    return Err(RegistryError::upstream(format!(
+                        "upstream {} answered {s}",
+                        self.name
+                    )))
+                }
             }
         }
     }
@@ -349,7 +470,12 @@ impl Upstream {
 
     /// Answers a 401 challenge of the upstream: a bearer token from the realm (cached under
     /// `token_key`), or basic credentials.
-    async fn authenticate(&self, headers: &HeaderMap, scope: &str, token_key: &str) -> Result<String> {
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        scope: &str,
+        token_key: &str,
+    ) -> Result<String> {
         let challenge = headers
             .get(header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
@@ -375,8 +501,12 @@ impl Upstream {
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
-        let mut url = url::Url::parse(realm)
-            .map_err(|e| RegistryError::upstream(format!("upstream {} sent a bad token realm: {e}", self.name)))?;
+        let mut url = url::Url::parse(realm).map_err(|e| {
+            RegistryError::upstream(format!(
+                "upstream {} sent a bad token realm: {e}",
+                self.name
+            ))
+        })?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -390,21 +520,34 @@ impl Upstream {
         let private = url.scheme() == "https" || self.base.scheme() == "http";
         match &self.credentials {
             Some((u, p)) if private => req = req.basic_auth(u, Some(p)),
-            Some(_) => tracing::warn!(upstream = %self.name, realm = %url, "token realm is plain http; asking for a token without the credentials"),
+            Some(_) => {
+                tracing::warn!(upstream = %self.name, realm = %url, "token realm is plain http; asking for a token without the credentials")
+            }
             None => {}
         }
         let resp = tokio::time::timeout(self.timeout, req.send())
             .await
-            .map_err(|_| RegistryError::upstream_timeout(format!("token endpoint of {} did not answer", self.name)))?
+            .map_err(|_| {
+                RegistryError::upstream_timeout(format!(
+                    "token endpoint of {} did not answer",
+                    self.name
+                ))
+            })?
             .map_err(|e| transport_error(&self.name, &e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::of(
                 Code::Denied,
-                format!("the token endpoint of {} refused the proxy: {}", self.name, resp.status()),
+                format!(
+                    "the token endpoint of {} refused the proxy: {}",
+                    self.name,
+                    resp.status()
+                ),
             ));
         }
         let body = read_limited(resp, 1 << 20, "token answer").await?;
-        auth::parse_token(&body).ok_or_else(|| RegistryError::upstream(format!("token endpoint of {} sent no token", self.name)))
+        auth::parse_token(&body).ok_or_else(|| {
+            RegistryError::upstream(format!("token endpoint of {} sent no token", self.name))
+        })
     }
 }
 
@@ -419,13 +562,22 @@ enum Absent {
 
 fn accept_manifests() -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(header::ACCEPT, manifest::ALL_TYPES.join(", ").parse().expect("static header"));
+    h.insert(
+        header::ACCEPT,
+        manifest::ALL_TYPES
+            .join(", ")
+            .parse()
+            .expect("static header"),
+    );
     h
 }
 
 fn basic_header(user: &str, password: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -436,7 +588,10 @@ fn too_large() -> RegistryError {
     RegistryError::new(
         Code::ManifestInvalid,
         StatusCode::BAD_GATEWAY,
-        format!("upstream manifest exceeds the {} MiB limit", MAX_MANIFEST_SIZE >> 20),
+        format!(
+            "upstream manifest exceeds the {} MiB limit",
+            MAX_MANIFEST_SIZE >> 20
+        ),
     )
 }
 
@@ -468,11 +623,15 @@ async fn read_limited(resp: reqwest::Response, limit: usize, what: &str) -> Resu
     let mut body = resp.bytes_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::upstream(format!("upstream body failed: {}", error_chain(&e))))?;
+        let chunk = chunk.map_err(|e| {
+            RegistryError::upstream(format!("upstream body failed: {}", error_chain(&e)))
+        })?;
         if buf.len() + chunk.len() > limit {
             return Err(match what {
                 "manifest" => too_large(),
-                _ => RegistryError::upstream(format!("upstream {what} exceeds {} KiB", limit >> 10)),
+                _ => {
+                    RegistryError::upstream(format!("upstream {what} exceeds {} KiB", limit >> 10))
+                }
             });
         }
         buf.extend_from_slice(&chunk);
@@ -484,8 +643,16 @@ async fn read_limited(resp: reqwest::Response, limit: usize, what: &str) -> Resu
 pub fn parse_next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
-        let is_next = params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
-        is_next.then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 

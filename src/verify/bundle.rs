@@ -139,35 +139,58 @@ struct EnvelopeSignature {
 }
 
 fn der(raw: &Raw) -> Result<CertificateDer<'static>, String> {
-    B64.decode(&raw.raw_bytes).map(CertificateDer::from).map_err(|_| "a certificate is not base64".to_string())
+    B64.decode(&raw.raw_bytes)
+        .map(CertificateDer::from)
+        .map_err(|_| "a certificate is not base64".to_string())
 }
 
 fn entry(t: &TlogEntry) -> Result<Option<LogEntry>, String> {
-    let Some(promise) = &t.inclusion_promise else { return Ok(None) };
-    let log_id = B64.decode(&t.log_id.key_id).map_err(|_| "the log ID is not base64".to_string())?;
+    let Some(promise) = &t.inclusion_promise else {
+        return Ok(None);
+    };
+    let log_id = B64
+        .decode(&t.log_id.key_id)
+        .map_err(|_| "the log ID is not base64".to_string())?;
     Ok(Some(LogEntry {
         body: t.canonicalized_body.clone(),
         integrated_time: t.integrated_time.value()?,
         log_index: t.log_index.value()?,
         log_id: hex::encode(log_id),
-        set: B64.decode(&promise.signed_entry_timestamp).map_err(|_| "the SET is not base64".to_string())?,
+        set: B64
+            .decode(&promise.signed_entry_timestamp)
+            .map_err(|_| "the SET is not base64".to_string())?,
     }))
 }
 
 impl Bundle {
     /// Parses a bundle; the error says what is wrong with it.
     pub fn parse(bytes: &[u8]) -> Result<Bundle, String> {
-        let json: Json = serde_json::from_slice(bytes).map_err(|e| format!("not a Sigstore bundle: {e}"))?;
-        if !json.media_type.starts_with("application/vnd.dev.sigstore.bundle") {
-            return Err(format!("not a Sigstore bundle media type: {}", json.media_type));
+        let json: Json =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a Sigstore bundle: {e}"))?;
+        if !json
+            .media_type
+            .starts_with("application/vnd.dev.sigstore.bundle")
+        {
+            return Err(format!(
+                "not a Sigstore bundle media type: {}",
+                json.media_type
+            ));
         }
         let m = &json.verification_material;
         let mut certs = match (&m.certificate, &m.x509_certificate_chain) {
             (Some(c), _) => vec![der(c)?],
-            (None, Some(chain)) => chain.certificates.iter().map(der).collect::<Result<_, _>>()?,
+            (None, Some(chain)) => chain
+                .certificates
+                .iter()
+                .map(der)
+                .collect::<Result<_, _>>()?,
             (None, None) => Vec::new(),
         };
-        let certificate = if certs.is_empty() { None } else { Some(certs.remove(0)) };
+        let certificate = if certs.is_empty() {
+            None
+        } else {
+            Some(certs.remove(0))
+        };
         let mut log_entry = None;
         for t in &m.tlog_entries {
             if let Some(e) = entry(t)? {
@@ -177,27 +200,53 @@ impl Bundle {
         }
         let content = match (json.message_signature, json.dsse_envelope) {
             (Some(ms), None) => {
-                let d = ms.message_digest.ok_or("the message signature has no digest")?;
+                let d = ms
+                    .message_digest
+                    .ok_or("the message signature has no digest")?;
                 if d.algorithm != "SHA2_256" {
-                    return Err(format!("unsupported message digest algorithm {}", d.algorithm));
+                    return Err(format!(
+                        "unsupported message digest algorithm {}",
+                        d.algorithm
+                    ));
                 }
-                let digest = hex::encode(B64.decode(&d.digest).map_err(|_| "the message digest is not base64".to_string())?);
-                Content::Message { digest, signature: ms.signature }
+                let digest = hex::encode(
+                    B64.decode(&d.digest)
+                        .map_err(|_| "the message digest is not base64".to_string())?,
+                );
+                Content::Message {
+                    digest,
+                    signature: ms.signature,
+                }
             }
             (None, Some(env)) => Content::Dsse {
                 payload_type: env.payload_type,
-                payload: B64.decode(&env.payload).map_err(|_| "the envelope payload is not base64".to_string())?,
+                payload: B64
+                    .decode(&env.payload)
+                    .map_err(|_| "the envelope payload is not base64".to_string())?,
                 signatures: env.signatures.into_iter().map(|s| s.sig).collect(),
             },
-            _ => return Err("a bundle holds exactly one of messageSignature and dsseEnvelope".into()),
+            _ => {
+                return Err(
+                    "a bundle holds exactly one of messageSignature and dsseEnvelope".into(),
+                )
+            }
         };
-        Ok(Bundle { certificate, chain: certs, entry: log_entry, content })
+        Ok(Bundle {
+            certificate,
+            chain: certs,
+            entry: log_entry,
+            content,
+        })
     }
 
     /// The keyless evidence, if the bundle has a certificate.
     pub fn evidence(&self) -> Option<Result<Evidence<'static>, String>> {
         let certificate = self.certificate.clone()?;
-        Some(Ok(Evidence { certificate, chain: self.chain.clone(), entry: self.entry.clone() }))
+        Some(Ok(Evidence {
+            certificate,
+            chain: self.chain.clone(),
+            entry: self.entry.clone(),
+        }))
     }
 }
 
@@ -215,7 +264,10 @@ mod tests {
         let b = Bundle::parse(json.as_bytes()).unwrap();
         assert!(b.certificate.is_none());
         let e = b.entry.unwrap();
-        assert_eq!((e.log_index, e.integrated_time, e.log_id.as_str()), (7, 1700000000, "0001"));
+        assert_eq!(
+            (e.log_index, e.integrated_time, e.log_id.as_str()),
+            (7, 1700000000, "0001")
+        );
         assert!(matches!(b.content, Content::Dsse { ref payload, .. } if payload == b"{}"));
     }
 
@@ -223,7 +275,9 @@ mod tests {
     fn rejects_what_is_not_a_bundle() {
         assert!(Bundle::parse(b"{}").is_err());
         let both = r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{}}"#;
-        assert!(Bundle::parse(both.as_bytes()).unwrap_err().contains("exactly one"));
+        assert!(Bundle::parse(both.as_bytes())
+            .unwrap_err()
+            .contains("exactly one"));
         let md5 = r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{},
           "messageSignature":{"messageDigest":{"algorithm":"MD5","digest":"AA=="},"signature":"AA=="}}"#;
         assert!(Bundle::parse(md5.as_bytes()).unwrap_err().contains("MD5"));

@@ -55,10 +55,17 @@ impl ImageRef {
         };
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
         let (repository, tag) = match rest[last_slash..].split_once(':') {
-            Some((_, t)) => (&rest[..last_slash + rest[last_slash..].find(':').unwrap_or(0)], Some(t.to_string())),
+            Some((_, t)) => (
+                &rest[..last_slash + rest[last_slash..].find(':').unwrap_or(0)],
+                Some(t.to_string()),
+            ),
             None => (rest, None),
         };
-        ImageRef { repository: normalise(repository), tag, digest }
+        ImageRef {
+            repository: normalise(repository),
+            tag,
+            digest,
+        }
     }
 
     /// The repository and tag (or digest) as one string.
@@ -73,7 +80,9 @@ impl ImageRef {
 
 /// Docker Hub's aliases all mean `docker.io`, and its one-part names live under `library/`.
 fn normalise(repository: &str) -> String {
-    let (host, path) = repository.split_once('/').unwrap_or(("docker.io", repository));
+    let (host, path) = repository
+        .split_once('/')
+        .unwrap_or(("docker.io", repository));
     let host = match host {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io",
         h => h,
@@ -91,9 +100,16 @@ impl SignedIdentity {
         let ok = match self {
             SignedIdentity::MatchRepoDigestOrExact => repo_digest_or_exact(requested, &claimed),
             SignedIdentity::MatchRepository => requested.repository == claimed.repository,
-            SignedIdentity::ExactReference { docker_reference } => ImageRef::parse(docker_reference).full() == claimed.full(),
-            SignedIdentity::ExactRepository { docker_repository } => normalise(docker_repository) == claimed.repository,
-            SignedIdentity::RemapIdentity { prefix, signed_prefix } => {
+            SignedIdentity::ExactReference { docker_reference } => {
+                ImageRef::parse(docker_reference).full() == claimed.full()
+            }
+            SignedIdentity::ExactRepository { docker_repository } => {
+                normalise(docker_repository) == claimed.repository
+            }
+            SignedIdentity::RemapIdentity {
+                prefix,
+                signed_prefix,
+            } => {
                 let full = requested.full();
                 let remapped = match full.strip_prefix(prefix.as_str()) {
                     Some(rest) => ImageRef::parse(&format!("{signed_prefix}{rest}")),
@@ -105,7 +121,11 @@ impl SignedIdentity {
         if ok {
             Ok(())
         } else {
-            Err(format!("signature is for {}, not {}", claimed.full(), requested.full()))
+            Err(format!(
+                "signature is for {}, not {}",
+                claimed.full(),
+                requested.full()
+            ))
         }
     }
 }
@@ -124,10 +144,19 @@ mod tests {
 
     #[test]
     fn references_normalise_docker_hub() {
-        assert_eq!(ImageRef::parse("index.docker.io/library/alpine").repository, "docker.io/library/alpine");
-        assert_eq!(ImageRef::parse("alpine:3").repository, "docker.io/library/alpine");
+        assert_eq!(
+            ImageRef::parse("index.docker.io/library/alpine").repository,
+            "docker.io/library/alpine"
+        );
+        assert_eq!(
+            ImageRef::parse("alpine:3").repository,
+            "docker.io/library/alpine"
+        );
         let r = ImageRef::parse("127.0.0.1:5000/demo/app:v1");
-        assert_eq!((r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000/demo/app", Some("v1")));
+        assert_eq!(
+            (r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000/demo/app", Some("v1"))
+        );
         let r = ImageRef::parse("127.0.0.1:5000/demo/app@sha256:abc");
         assert_eq!((r.tag, r.digest.as_deref()), (None, Some("sha256:abc")));
     }
@@ -140,28 +169,56 @@ mod tests {
         let cimage_style = "registry.example/demo/app:v1";
         let d = SignedIdentity::MatchRepoDigestOrExact;
         assert!(d.accepts(&by_tag, cimage_style).is_ok());
-        assert!(d.accepts(&by_tag, cosign_style).is_err(), "cosign signatures carry no tag");
+        assert!(
+            d.accepts(&by_tag, cosign_style).is_err(),
+            "cosign signatures carry no tag"
+        );
         assert!(d.accepts(&by_tag, "registry.example/demo/app:v2").is_err());
         assert!(d.accepts(&by_digest, cosign_style).is_ok());
         assert!(d.accepts(&by_digest, cimage_style).is_ok());
         let r = SignedIdentity::MatchRepository;
         assert!(r.accepts(&by_tag, cosign_style).is_ok());
         assert!(r.accepts(&by_tag, "registry.example/other/app").is_err());
-        let e = SignedIdentity::ExactReference { docker_reference: "registry.example/demo/app:v1".into() };
+        let e = SignedIdentity::ExactReference {
+            docker_reference: "registry.example/demo/app:v1".into(),
+        };
         assert!(e.accepts(&by_digest, cimage_style).is_ok());
         assert!(e.accepts(&by_digest, cosign_style).is_err());
-        let e = SignedIdentity::ExactRepository { docker_repository: "registry.example/demo/app".into() };
+        let e = SignedIdentity::ExactRepository {
+            docker_repository: "registry.example/demo/app".into(),
+        };
         assert!(e.accepts(&by_tag, cosign_style).is_ok());
-        let m = SignedIdentity::RemapIdentity { prefix: "mirror.local/hub".into(), signed_prefix: "docker.io".into() };
-        assert!(m.accepts(&ImageRef::parse("mirror.local/hub/myorg/app:v1"), "docker.io/myorg/app:v1").is_ok());
-        assert!(m.accepts(&ImageRef::parse("mirror.local/hub/myorg/app:v1"), "docker.io/myorg/app:v2").is_err());
+        let m = SignedIdentity::RemapIdentity {
+            prefix: "mirror.local/hub".into(),
+            signed_prefix: "docker.io".into(),
+        };
+        assert!(m
+            .accepts(
+                &ImageRef::parse("mirror.local/hub/myorg/app:v1"),
+                "docker.io/myorg/app:v1"
+            )
+            .is_ok());
+        assert!(m
+            .accepts(
+                &ImageRef::parse("mirror.local/hub/myorg/app:v1"),
+                "docker.io/myorg/app:v2"
+            )
+            .is_err());
     }
 
     #[test]
     fn parses_policy_json_forms() {
         let v: SignedIdentity = serde_json::from_str(r#"{"type":"matchRepository"}"#).unwrap();
         assert_eq!(v, SignedIdentity::MatchRepository);
-        let v: SignedIdentity = serde_json::from_str(r#"{"type":"remapIdentity","prefix":"a","signedPrefix":"b"}"#).unwrap();
-        assert_eq!(v, SignedIdentity::RemapIdentity { prefix: "a".into(), signed_prefix: "b".into() });
+        let v: SignedIdentity =
+            serde_json::from_str(r#"{"type":"remapIdentity","prefix":"a","signedPrefix":"b"}"#)
+                .unwrap();
+        assert_eq!(
+            v,
+            SignedIdentity::RemapIdentity {
+                prefix: "a".into(),
+                signed_prefix: "b".into()
+            }
+        );
     }
 }

@@ -83,8 +83,16 @@ pub struct Identity {
 impl Identity {
     /// Builds an identity; regexps are compiled, and at least an issuer and a subject form
     /// must be given (as cosign insists).
-    pub fn new(issuer: Option<String>, issuer_regexp: Option<&str>, subject: Option<String>, subject_regexp: Option<&str>) -> Result<Identity, String> {
-        let compile = |what: &str, r: Option<&str>| r.map(|r| regex::Regex::new(r).map_err(|e| format!("{what} {r:?}: {e}"))).transpose();
+    pub fn new(
+        issuer: Option<String>,
+        issuer_regexp: Option<&str>,
+        subject: Option<String>,
+        subject_regexp: Option<&str>,
+    ) -> Result<Identity, String> {
+        let compile = |what: &str, r: Option<&str>| {
+            r.map(|r| regex::Regex::new(r).map_err(|e| format!("{what} {r:?}: {e}")))
+                .transpose()
+        };
         let id = Identity {
             issuer,
             issuer_regexp: compile("issuer regexp", issuer_regexp)?,
@@ -118,29 +126,51 @@ impl Identity {
         let issuer = signer.issuer.as_deref().unwrap_or("");
         if let Some(want) = &self.issuer {
             if issuer != want {
-                return Err(format!("certificate issuer is {}, not {want}", shown(issuer)));
+                return Err(format!(
+                    "certificate issuer is {}, not {want}",
+                    shown(issuer)
+                ));
             }
         }
         if let Some(re) = &self.issuer_regexp {
             if !re.is_match(issuer) {
-                return Err(format!("certificate issuer {} does not match {}", shown(issuer), re.as_str()));
+                return Err(format!(
+                    "certificate issuer {} does not match {}",
+                    shown(issuer),
+                    re.as_str()
+                ));
             }
         }
         let subjects = &signer.subjects;
         if let Some(want) = &self.subject {
             if !subjects.iter().any(|s| s == want) {
-                return Err(format!("certificate subject is {}, not {want}", listed(subjects)));
+                return Err(format!(
+                    "certificate subject is {}, not {want}",
+                    listed(subjects)
+                ));
             }
         }
         if let Some(re) = &self.subject_regexp {
             if !subjects.iter().any(|s| re.is_match(s)) {
-                return Err(format!("certificate subject {} does not match {}", listed(subjects), re.as_str()));
+                return Err(format!(
+                    "certificate subject {} does not match {}",
+                    listed(subjects),
+                    re.as_str()
+                ));
             }
         }
         for (claim, want) in &self.github {
-            let got = signer.github.iter().find(|(c, _)| c == claim).map(|(_, v)| v.as_str());
+            let got = signer
+                .github
+                .iter()
+                .find(|(c, _)| c == claim)
+                .map(|(_, v)| v.as_str());
             if got != Some(want.as_str()) {
-                return Err(format!("certificate {} is {}, not {want}", claim.label(), shown(got.unwrap_or(""))));
+                return Err(format!(
+                    "certificate {} is {}, not {want}",
+                    claim.label(),
+                    shown(got.unwrap_or(""))
+                ));
             }
         }
         Ok(())
@@ -205,7 +235,11 @@ pub struct TrustRoot {
 
 impl std::fmt::Debug for TrustRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustRoot").field("name", &self.name).field("authorities", &self.authorities.len()).field("logs", &self.logs.len()).finish()
+        f.debug_struct("TrustRoot")
+            .field("name", &self.name)
+            .field("authorities", &self.authorities.len())
+            .field("logs", &self.logs.len())
+            .finish()
     }
 }
 
@@ -260,11 +294,18 @@ struct ValidForJson {
 fn window(v: &Option<ValidForJson>) -> Result<Window, String> {
     let parse = |s: &Option<String>| -> Result<Option<i64>, String> {
         s.as_deref()
-            .map(|t| humantime::parse_rfc3339_weak(t).map_err(|e| format!("bad time {t:?}: {e}")).map(unix))
+            .map(|t| {
+                humantime::parse_rfc3339_weak(t)
+                    .map_err(|e| format!("bad time {t:?}: {e}"))
+                    .map(unix)
+            })
             .transpose()
     };
     match v {
-        Some(v) => Ok(Window { start: parse(&v.start)?, end: parse(&v.end)? }),
+        Some(v) => Ok(Window {
+            start: parse(&v.start)?,
+            end: parse(&v.end)?,
+        }),
         None => Ok(Window::default()),
     }
 }
@@ -277,7 +318,8 @@ fn unix(t: std::time::SystemTime) -> i64 {
 }
 
 fn log_from_spki(der: &[u8], window: Window) -> Result<Log, String> {
-    let key = CosignVerificationKey::try_from_der(der).map_err(|e| format!("not a usable transparency log key: {e}"))?;
+    let key = CosignVerificationKey::try_from_der(der)
+        .map_err(|e| format!("not a usable transparency log key: {e}"))?;
     let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der));
     Ok(Log { id, key, window })
 }
@@ -285,20 +327,35 @@ fn log_from_spki(der: &[u8], window: Window) -> Result<Log, String> {
 fn authority(chain: Vec<CertificateDer<'static>>, window: Window) -> Result<Authority, String> {
     let mut chain = chain;
     let root = chain.pop().ok_or("a certificate chain is empty")?;
-    webpki::anchor_from_trusted_cert(&root).map_err(|e| format!("the root certificate is not usable: {e:?}"))?;
-    Ok(Authority { root, intermediates: chain, window })
+    webpki::anchor_from_trusted_cert(&root)
+        .map_err(|e| format!("the root certificate is not usable: {e:?}"))?;
+    Ok(Authority {
+        root,
+        intermediates: chain,
+        window,
+    })
 }
 
 fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = Certificate::load_pem_chain(pem).map_err(|e| format!("not PEM certificates: {e}"))?;
-    certs.iter().map(|c| c.to_der().map(CertificateDer::from).map_err(|e| e.to_string())).collect()
+    let certs =
+        Certificate::load_pem_chain(pem).map_err(|e| format!("not PEM certificates: {e}"))?;
+    certs
+        .iter()
+        .map(|c| {
+            c.to_der()
+                .map(CertificateDer::from)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 impl TrustRoot {
     /// Reads a Sigstore `trusted_root.json`: its certificate authorities and transparency logs.
     pub fn from_trusted_root(name: &str, path: &Path) -> Result<TrustRoot, String> {
-        let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let json: TrustedRootJson = serde_json::from_slice(&text).map_err(|e| format!("{}: not a trusted_root.json: {e}", path.display()))?;
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let json: TrustedRootJson = serde_json::from_slice(&text)
+            .map_err(|e| format!("{}: not a trusted_root.json: {e}", path.display()))?;
         let bad = |what: &str, e: String| format!("{}: {what}: {e}", path.display());
         let mut authorities = Vec::new();
         for (i, ca) in json.certificate_authorities.iter().enumerate() {
@@ -306,42 +363,77 @@ impl TrustRoot {
                 .cert_chain
                 .certificates
                 .iter()
-                .map(|c| B64.decode(&c.raw_bytes).map(CertificateDer::from).map_err(|e| e.to_string()))
+                .map(|c| {
+                    B64.decode(&c.raw_bytes)
+                        .map(CertificateDer::from)
+                        .map_err(|e| e.to_string())
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| bad(&format!("certificateAuthorities[{i}]"), e))?;
-            authorities.push(authority(chain, window(&ca.valid_for).map_err(|e| bad("validFor", e))?).map_err(|e| bad(&format!("certificateAuthorities[{i}]"), e))?);
+            authorities.push(
+                authority(
+                    chain,
+                    window(&ca.valid_for).map_err(|e| bad("validFor", e))?,
+                )
+                .map_err(|e| bad(&format!("certificateAuthorities[{i}]"), e))?,
+            );
         }
         let mut logs = Vec::new();
         for (i, t) in json.tlogs.iter().enumerate() {
-            let der = B64.decode(&t.public_key.raw_bytes).map_err(|e| bad(&format!("tlogs[{i}].publicKey"), e.to_string()))?;
-            logs.push(log_from_spki(&der, window(&t.public_key.valid_for).map_err(|e| bad("validFor", e))?).map_err(|e| bad(&format!("tlogs[{i}]"), e))?);
+            let der = B64
+                .decode(&t.public_key.raw_bytes)
+                .map_err(|e| bad(&format!("tlogs[{i}].publicKey"), e.to_string()))?;
+            logs.push(
+                log_from_spki(
+                    &der,
+                    window(&t.public_key.valid_for).map_err(|e| bad("validFor", e))?,
+                )
+                .map_err(|e| bad(&format!("tlogs[{i}]"), e))?,
+            );
         }
         TrustRoot::checked(name, authorities, logs, &text)
     }
 
     /// Builds a root from PEM files: each CA file a chain ending in its root, each Rekor file
     /// a public key.
-    pub fn from_pem_files(name: &str, ca_files: &[std::path::PathBuf], rekor_files: &[std::path::PathBuf]) -> Result<TrustRoot, String> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    pub fn from_pem_files(
+        name: &str,
+        ca_files: &[std::path::PathBuf],
+        rekor_files: &[std::path::PathBuf],
+    ) -> Result<TrustRoot, String> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
         let mut authorities = Vec::new();
         let mut material = Vec::new();
         for f in ca_files {
             let pem = read(f)?;
             material.extend_from_slice(&pem);
             let chain = pem_certificates(&pem).map_err(|e| format!("{}: {e}", f.display()))?;
-            authorities.push(authority(chain, Window::default()).map_err(|e| format!("{}: {e}", f.display()))?);
+            authorities.push(
+                authority(chain, Window::default()).map_err(|e| format!("{}: {e}", f.display()))?,
+            );
         }
         let mut logs = Vec::new();
         for f in rekor_files {
             let pem = read(f)?;
             material.extend_from_slice(&pem);
-            let der = x509_cert::der::pem::decode_vec(&pem).map_err(|e| format!("{}: not a PEM public key: {e}", f.display()))?.1;
-            logs.push(log_from_spki(&der, Window::default()).map_err(|e| format!("{}: {e}", f.display()))?);
+            let der = x509_cert::der::pem::decode_vec(&pem)
+                .map_err(|e| format!("{}: not a PEM public key: {e}", f.display()))?
+                .1;
+            logs.push(
+                log_from_spki(&der, Window::default())
+                    .map_err(|e| format!("{}: {e}", f.display()))?,
+            );
         }
         TrustRoot::checked(name, authorities, logs, &material)
     }
 
-    fn checked(name: &str, authorities: Vec<Authority>, logs: Vec<Log>, material: &[u8]) -> Result<TrustRoot, String> {
+    fn checked(
+        name: &str,
+        authorities: Vec<Authority>,
+        logs: Vec<Log>,
+        material: &[u8],
+    ) -> Result<TrustRoot, String> {
         if authorities.is_empty() {
             return Err("names no certificate authority".into());
         }
@@ -349,7 +441,12 @@ impl TrustRoot {
             return Err("names no transparency log key".into());
         }
         let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material));
-        Ok(TrustRoot { name: name.to_string(), fingerprint, authorities, logs })
+        Ok(TrustRoot {
+            name: name.to_string(),
+            fingerprint,
+            authorities,
+            logs,
+        })
     }
 }
 
@@ -402,14 +499,28 @@ struct SetPayload<'a> {
 impl LogEntry {
     /// Parses the `dev.sigstore.cosign/bundle` annotation.
     pub fn from_cosign_bundle(json: &str) -> Result<LogEntry, String> {
-        let b: CosignBundle = serde_json::from_str(json).map_err(|e| format!("the Rekor bundle is not valid: {e}"))?;
-        let set = B64.decode(&b.set).map_err(|e| format!("the SET is not base64: {e}"))?;
-        Ok(LogEntry { body: b.payload.body, integrated_time: b.payload.integrated_time, log_index: b.payload.log_index, log_id: b.payload.log_id, set })
+        let b: CosignBundle = serde_json::from_str(json)
+            .map_err(|e| format!("the Rekor bundle is not valid: {e}"))?;
+        let set = B64
+            .decode(&b.set)
+            .map_err(|e| format!("the SET is not base64: {e}"))?;
+        Ok(LogEntry {
+            body: b.payload.body,
+            integrated_time: b.payload.integrated_time,
+            log_index: b.payload.log_index,
+            log_id: b.payload.log_id,
+            set,
+        })
     }
 
     /// The canonical bytes the SET signs.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let p = SetPayload { body: &self.body, integrated_time: self.integrated_time, log_id: &self.log_id, log_index: self.log_index };
+        let p = SetPayload {
+            body: &self.body,
+            integrated_time: self.integrated_time,
+            log_id: &self.log_id,
+            log_index: self.log_index,
+        };
         serde_json::to_vec(&p).expect("serialising plain fields")
     }
 }
@@ -434,7 +545,11 @@ pub struct Certified {
 impl Certified {
     /// A name for verdicts: the first subject and the issuer.
     pub fn name(&self) -> String {
-        format!("{} ({})", self.subjects.first().map(String::as_str).unwrap_or("?"), self.issuer.as_deref().unwrap_or("no issuer"))
+        format!(
+            "{} ({})",
+            self.subjects.first().map(String::as_str).unwrap_or("?"),
+            self.issuer.as_deref().unwrap_or("no issuer")
+        )
     }
 }
 
@@ -449,21 +564,40 @@ pub struct Evidence<'a> {
 }
 
 /// Parses a PEM certificate annotation and an optional PEM chain annotation.
-pub fn evidence_from_pem(cert: &str, chain: Option<&str>, bundle: Option<&str>) -> Result<Evidence<'static>, String> {
-    let certificate = pem_certificates(cert.as_bytes()).map_err(|e| format!("certificate annotation: {e}"))?.into_iter().next().ok_or("the certificate annotation is empty")?;
+pub fn evidence_from_pem(
+    cert: &str,
+    chain: Option<&str>,
+    bundle: Option<&str>,
+) -> Result<Evidence<'static>, String> {
+    let certificate = pem_certificates(cert.as_bytes())
+        .map_err(|e| format!("certificate annotation: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or("the certificate annotation is empty")?;
     let chain = match chain {
         Some(c) => pem_certificates(c.as_bytes()).map_err(|e| format!("chain annotation: {e}"))?,
         None => Vec::new(),
     };
     let entry = bundle.map(LogEntry::from_cosign_bundle).transpose()?;
-    Ok(Evidence { certificate, chain, entry })
+    Ok(Evidence {
+        certificate,
+        chain,
+        entry,
+    })
 }
 
 /// Verifies a keyless signer against the roots: log entry (SET), entry body binding
 /// `signed_sha256` (hex SHA-256 of the signed bytes or payload) to the certificate, chain at the
 /// integrated time. The signature itself is left to the caller (with `Certified::key`).
-pub fn certify(e: &Evidence<'_>, roots: &[Arc<TrustRoot>], signed_sha256: &[String]) -> Result<Certified, String> {
-    let entry = e.entry.as_ref().ok_or("no transparency log entry: a keyless signature needs its Rekor bundle")?;
+pub fn certify(
+    e: &Evidence<'_>,
+    roots: &[Arc<TrustRoot>],
+    signed_sha256: &[String],
+) -> Result<Certified, String> {
+    let entry = e
+        .entry
+        .as_ref()
+        .ok_or("no transparency log entry: a keyless signature needs its Rekor bundle")?;
     if roots.is_empty() {
         return Err("no keyless trust root is configured for this requirement".into());
     }
@@ -471,26 +605,52 @@ pub fn certify(e: &Evidence<'_>, roots: &[Arc<TrustRoot>], signed_sha256: &[Stri
     for root in roots {
         match certify_with(e, entry, root, signed_sha256) {
             Ok(c) => return Ok(c),
-            Err(reason) => why.push(if roots.len() > 1 { format!("{}: {reason}", root.name) } else { reason }),
+            Err(reason) => why.push(if roots.len() > 1 {
+                format!("{}: {reason}", root.name)
+            } else {
+                reason
+            }),
         }
     }
     Err(why.join("; "))
 }
 
-fn certify_with(e: &Evidence<'_>, entry: &LogEntry, root: &TrustRoot, signed_sha256: &[String]) -> Result<Certified, String> {
-    let log = root.logs.iter().find(|l| l.id == entry.log_id).ok_or_else(|| format!("log entry from an unknown transparency log ({})", entry.log_id))?;
+fn certify_with(
+    e: &Evidence<'_>,
+    entry: &LogEntry,
+    root: &TrustRoot,
+    signed_sha256: &[String],
+) -> Result<Certified, String> {
+    let log = root
+        .logs
+        .iter()
+        .find(|l| l.id == entry.log_id)
+        .ok_or_else(|| {
+            format!(
+                "log entry from an unknown transparency log ({})",
+                entry.log_id
+            )
+        })?;
     if !log.window.contains(entry.integrated_time) {
         return Err("the transparency log key was not valid at the integrated time".into());
     }
     log.key
         .verify_signature(Signature::Raw(&entry.set), &entry.signed_bytes())
-        .map_err(|_| "the transparency log entry's SET does not verify with the log key".to_string())?;
+        .map_err(|_| {
+            "the transparency log entry's SET does not verify with the log key".to_string()
+        })?;
     check_body(&entry.body, &e.certificate, signed_sha256)?;
-    let cert = Certificate::from_der(&e.certificate).map_err(|err| format!("the certificate does not parse: {err}"))?;
+    let cert = Certificate::from_der(&e.certificate)
+        .map_err(|err| format!("the certificate does not parse: {err}"))?;
     check_validity(&cert, entry.integrated_time)?;
     check_chain(e, root, entry.integrated_time)?;
-    let spki = cert.tbs_certificate().subject_public_key_info().to_der().map_err(|err| err.to_string())?;
-    let key = CosignVerificationKey::try_from_der(&spki).map_err(|err| format!("the certificate key is not usable: {err}"))?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|err| err.to_string())?;
+    let key = CosignVerificationKey::try_from_der(&spki)
+        .map_err(|err| format!("the certificate key is not usable: {err}"))?;
     Ok(Certified {
         key,
         subjects: subjects(&cert),
@@ -503,7 +663,10 @@ fn certify_with(e: &Evidence<'_>, entry: &LogEntry, root: &TrustRoot, signed_sha
 
 fn check_validity(cert: &Certificate, t: i64) -> Result<(), String> {
     let v = cert.tbs_certificate().validity();
-    let (from, to) = (v.not_before.to_unix_duration().as_secs() as i64, v.not_after.to_unix_duration().as_secs() as i64);
+    let (from, to) = (
+        v.not_before.to_unix_duration().as_secs() as i64,
+        v.not_after.to_unix_duration().as_secs() as i64,
+    );
     if t < from || t > to {
         return Err(format!("the certificate was not valid when the log integrated the signature (integrated at {t}, valid {from}..{to})"));
     }
@@ -511,11 +674,13 @@ fn check_validity(cert: &Certificate, t: i64) -> Result<(), String> {
 }
 
 fn check_chain(e: &Evidence<'_>, root: &TrustRoot, t: i64) -> Result<(), String> {
-    let leaf = webpki::EndEntityCert::try_from(&e.certificate).map_err(|err| format!("the certificate is not usable: {err:?}"))?;
+    let leaf = webpki::EndEntityCert::try_from(&e.certificate)
+        .map_err(|err| format!("the certificate is not usable: {err:?}"))?;
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
     let mut last = String::new();
     for ca in root.authorities.iter().filter(|a| a.window.contains(t)) {
-        let anchor = webpki::anchor_from_trusted_cert(&ca.root).map_err(|err| format!("{err:?}"))?;
+        let anchor =
+            webpki::anchor_from_trusted_cert(&ca.root).map_err(|err| format!("{err:?}"))?;
         let mut intermediates: Vec<CertificateDer<'_>> = ca.intermediates.to_vec();
         intermediates.extend(e.chain.iter().cloned());
         match leaf.verify_for_usage(
@@ -531,33 +696,52 @@ fn check_chain(e: &Evidence<'_>, root: &TrustRoot, t: i64) -> Result<(), String>
             Err(err) => last = format!("{err:?}"),
         }
     }
-    Err(format!("the certificate does not chain to a trusted certificate authority ({last})"))
+    Err(format!(
+        "the certificate does not chain to a trusted certificate authority ({last})"
+    ))
 }
 
 /// Checks that a log entry body (hashedrekord, intoto or dsse) names one of `hashes` and the
 /// signing certificate.
 fn check_body(body_b64: &str, cert: &CertificateDer<'_>, hashes: &[String]) -> Result<(), String> {
-    let body = B64.decode(body_b64).map_err(|_| "the log entry body is not base64".to_string())?;
-    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_string())?;
+    let body = B64
+        .decode(body_b64)
+        .map_err(|_| "the log entry body is not base64".to_string())?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_string())?;
     let spec = &body["spec"];
     let (hash, keys): (Option<&str>, Vec<&serde_json::Value>) = match body["kind"].as_str() {
-        Some("hashedrekord") => (spec["data"]["hash"]["value"].as_str(), vec![&spec["signature"]["publicKey"]["content"]]),
+        Some("hashedrekord") => (
+            spec["data"]["hash"]["value"].as_str(),
+            vec![&spec["signature"]["publicKey"]["content"]],
+        ),
         Some("intoto") => (
             spec["content"]["payloadHash"]["value"].as_str(),
-            spec["content"]["envelope"]["signatures"].as_array().map(|a| a.iter().map(|s| &s["publicKey"]).collect()).unwrap_or_default(),
+            spec["content"]["envelope"]["signatures"]
+                .as_array()
+                .map(|a| a.iter().map(|s| &s["publicKey"]).collect())
+                .unwrap_or_default(),
         ),
         Some("dsse") => (
             spec["payloadHash"]["value"].as_str(),
-            spec["signatures"].as_array().map(|a| a.iter().map(|s| &s["verifier"]).collect()).unwrap_or_default(),
+            spec["signatures"]
+                .as_array()
+                .map(|a| a.iter().map(|s| &s["verifier"]).collect())
+                .unwrap_or_default(),
         ),
         other => return Err(format!("unsupported log entry kind {other:?}")),
     };
     if !hash.is_some_and(|h| hashes.iter().any(|x| x == h)) {
         return Err("the log entry is for other content than this signature".into());
     }
-    let names_cert = keys.iter().filter_map(|k| k.as_str()).filter_map(|k| B64.decode(k).ok()).any(|pem| {
-        pem_certificates(&pem).is_ok_and(|c| c.first().is_some_and(|c| c.as_ref() == cert.as_ref()))
-    });
+    let names_cert = keys
+        .iter()
+        .filter_map(|k| k.as_str())
+        .filter_map(|k| B64.decode(k).ok())
+        .any(|pem| {
+            pem_certificates(&pem)
+                .is_ok_and(|c| c.first().is_some_and(|c| c.as_ref() == cert.as_ref()))
+        });
     if !names_cert {
         return Err("the log entry names another certificate".into());
     }
@@ -574,7 +758,11 @@ fn subjects(cert: &Certificate) -> Vec<String> {
             GeneralName::Rfc822Name(s) => Some(s.to_string()),
             GeneralName::UniformResourceIdentifier(s) => Some(s.to_string()),
             GeneralName::DnsName(s) => Some(s.to_string()),
-            GeneralName::OtherName(o) => o.value.decode_as::<x509_cert::der::asn1::Utf8StringRef<'_>>().ok().map(|s| s.to_string()),
+            GeneralName::OtherName(o) => o
+                .value
+                .decode_as::<x509_cert::der::asn1::Utf8StringRef<'_>>()
+                .ok()
+                .map(|s| s.to_string()),
             _ => None,
         })
         .collect()
@@ -582,7 +770,11 @@ fn subjects(cert: &Certificate) -> Vec<String> {
 
 /// The raw value of an extension by dotted OID.
 fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
-    cert.tbs_certificate().extensions()?.iter().find(|e| e.extn_id.to_string() == oid).map(|e| e.extn_value.as_bytes())
+    cert.tbs_certificate()
+        .extensions()?
+        .iter()
+        .find(|e| e.extn_id.to_string() == oid)
+        .map(|e| e.extn_value.as_bytes())
 }
 
 fn issuer(cert: &Certificate) -> Option<String> {
@@ -591,15 +783,27 @@ fn issuer(cert: &Certificate) -> Option<String> {
             return Some(s.to_string());
         }
     }
-    extension(cert, OID_ISSUER_V1).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_string)
+    extension(cert, OID_ISSUER_V1)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_string)
 }
 
 fn github_claims(cert: &Certificate) -> Vec<(GithubClaim, String)> {
     use GithubClaim::*;
-    [WorkflowTrigger, WorkflowSha, WorkflowName, WorkflowRepository, WorkflowRef]
-        .into_iter()
-        .filter_map(|c| extension(cert, c.oid()).and_then(|v| std::str::from_utf8(v).ok()).map(|v| (c, v.to_string())))
-        .collect()
+    [
+        WorkflowTrigger,
+        WorkflowSha,
+        WorkflowName,
+        WorkflowRepository,
+        WorkflowRef,
+    ]
+    .into_iter()
+    .filter_map(|c| {
+        extension(cert, c.oid())
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| (c, v.to_string()))
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -608,7 +812,13 @@ mod tests {
 
     #[test]
     fn set_payload_is_canonical_json() {
-        let e = LogEntry { body: "Ym9keQ==".into(), integrated_time: 1700000000, log_index: 42, log_id: "abcd".into(), set: vec![] };
+        let e = LogEntry {
+            body: "Ym9keQ==".into(),
+            integrated_time: 1700000000,
+            log_index: 42,
+            log_id: "abcd".into(),
+            set: vec![],
+        };
         assert_eq!(
             String::from_utf8(e.signed_bytes()).unwrap(),
             r#"{"body":"Ym9keQ==","integratedTime":1700000000,"logID":"abcd","logIndex":42}"#
@@ -633,14 +843,33 @@ mod tests {
             root: "t".into(),
             integrated_time: 0,
         };
-        let id = |i: &str, s: &str| Identity::new(Some(i.into()), None, Some(s.into()), None).unwrap();
-        assert!(id("https://issuer.example", "dev@example.com").accepts(&signer).is_ok());
-        assert!(id("https://other", "dev@example.com").accepts(&signer).unwrap_err().contains("issuer"));
-        assert!(id("https://issuer.example", "eve@example.com").accepts(&signer).unwrap_err().contains("subject"));
-        let re = Identity::new(None, Some(r"^https://issuer\."), None, Some(r"@example\.com$")).unwrap();
+        let id =
+            |i: &str, s: &str| Identity::new(Some(i.into()), None, Some(s.into()), None).unwrap();
+        assert!(id("https://issuer.example", "dev@example.com")
+            .accepts(&signer)
+            .is_ok());
+        assert!(id("https://other", "dev@example.com")
+            .accepts(&signer)
+            .unwrap_err()
+            .contains("issuer"));
+        assert!(id("https://issuer.example", "eve@example.com")
+            .accepts(&signer)
+            .unwrap_err()
+            .contains("subject"));
+        let re = Identity::new(
+            None,
+            Some(r"^https://issuer\."),
+            None,
+            Some(r"@example\.com$"),
+        )
+        .unwrap();
         assert!(re.accepts(&signer).is_ok());
         let mut gh = id("https://issuer.example", "dev@example.com");
-        gh.github.push((GithubClaim::WorkflowRef, "refs/heads/dev".into()));
-        assert!(gh.accepts(&signer).unwrap_err().contains("github-workflow-ref"));
+        gh.github
+            .push((GithubClaim::WorkflowRef, "refs/heads/dev".into()));
+        assert!(gh
+            .accepts(&signer)
+            .unwrap_err()
+            .contains("github-workflow-ref"));
     }
 }

@@ -55,21 +55,29 @@ pub struct TrustedKey {
 
 impl std::fmt::Debug for TrustedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustedKey").field("name", &self.name).finish()
+        f.debug_struct("TrustedKey")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl TrustedKey {
     /// Parses a PEM public key (ECDSA P-256/P-384, RSA, Ed25519).
     pub fn from_pem(name: &str, pem: &[u8]) -> std::result::Result<TrustedKey, String> {
-        let key = CosignVerificationKey::try_from_pem(pem).map_err(|e| format!("{name}: not a usable public key: {e}"))?;
+        let key = CosignVerificationKey::try_from_pem(pem)
+            .map_err(|e| format!("{name}: not a usable public key: {e}"))?;
         let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pem));
-        Ok(TrustedKey { name: name.to_string(), key: Arc::new(key), fingerprint })
+        Ok(TrustedKey {
+            name: name.to_string(),
+            key: Arc::new(key),
+            fingerprint,
+        })
     }
 
     /// Reads a PEM public key file.
     pub fn from_file(path: &std::path::Path) -> std::result::Result<TrustedKey, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         TrustedKey::from_pem(&path.display().to_string(), &pem)
     }
 
@@ -79,7 +87,9 @@ impl TrustedKey {
     }
 
     fn verifies(&self, signature_b64: &str, message: &[u8]) -> bool {
-        self.key.verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message).is_ok()
+        self.key
+            .verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message)
+            .is_ok()
     }
 }
 
@@ -106,18 +116,35 @@ impl Requirement {
         let identities: Vec<String> = self.identities.iter().map(Identity::key).collect();
         // by content: a trust entry repointed at another CA or log is another requirement
         let roots: BTreeSet<&str> = self.roots.iter().map(|r| r.fingerprint.as_str()).collect();
-        format!("{keys:?}|{identities:?}|{roots:?}|{}|{:?}|{:?}", self.threshold.max(1), self.identity, self.attestations)
+        format!(
+            "{keys:?}|{identities:?}|{roots:?}|{}|{:?}|{:?}",
+            self.threshold.max(1),
+            self.identity,
+            self.attestations
+        )
     }
 
     /// Finds who made `signature_b64` over `message`: a trusted key, or a keyless signer with
     /// its certificate evidence in `annotations` (the log entry must be for one of `hashes`).
-    fn signer(&self, signature_b64: &str, message: &[u8], keyless: Option<Result<keyless::Evidence<'_>, String>>, hashes: &[String]) -> std::result::Result<String, String> {
-        if let Some(key) = self.keys.iter().find(|k| k.verifies(signature_b64, message)) {
+    fn signer(
+        &self,
+        signature_b64: &str,
+        message: &[u8],
+        keyless: Option<Result<keyless::Evidence<'_>, String>>,
+        hashes: &[String],
+    ) -> std::result::Result<String, String> {
+        if let Some(key) = self
+            .keys
+            .iter()
+            .find(|k| k.verifies(signature_b64, message))
+        {
             return Ok(key.name.clone());
         }
         let evidence = match keyless {
             Some(e) if !self.identities.is_empty() => e?,
-            _ if self.keys.is_empty() => return Err("the signature carries no certificate for a keyless identity".into()),
+            _ if self.keys.is_empty() => {
+                return Err("the signature carries no certificate for a keyless identity".into())
+            }
             _ => return Err("signature does not verify with any trusted key".into()),
         };
         let signer = keyless::certify(&evidence, &self.roots, hashes)?;
@@ -142,11 +169,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The keyless evidence in a legacy layer's annotations, if it has a certificate.
-fn layer_evidence(annotations: &HashMap<String, String>) -> Option<std::result::Result<keyless::Evidence<'static>, String>> {
-    let cert = annotations.get(CERTIFICATE_ANNOTATION).filter(|c| !c.trim().is_empty())?;
+fn layer_evidence(
+    annotations: &HashMap<String, String>,
+) -> Option<std::result::Result<keyless::Evidence<'static>, String>> {
+    let cert = annotations
+        .get(CERTIFICATE_ANNOTATION)
+        .filter(|c| !c.trim().is_empty())?;
     Some(keyless::evidence_from_pem(
         cert,
-        annotations.get(CHAIN_ANNOTATION).map(String::as_str).filter(|c| !c.trim().is_empty()),
+        annotations
+            .get(CHAIN_ANNOTATION)
+            .map(String::as_str)
+            .filter(|c| !c.trim().is_empty()),
         annotations.get(BUNDLE_ANNOTATION).map(String::as_str),
     ))
 }
@@ -193,9 +227,20 @@ pub struct Verdict {
 impl Verdict {
     /// Roughly the memory a verdict takes, for the cache's weigher.
     fn weight(&self) -> usize {
-        let layer = |v: &LayerVerdict| 96 + v.layer.len() + v.reason.len() + v.signer.as_ref().map_or(0, String::len);
-        let layers: usize = self.signatures.iter().chain(&self.attestations).map(layer).sum();
-        let statements: usize = self.statements.iter().map(|s| 64 + s.signer.len() + s.predicate_type.len() + s.statement.to_string().len()).sum();
+        let layer = |v: &LayerVerdict| {
+            96 + v.layer.len() + v.reason.len() + v.signer.as_ref().map_or(0, String::len)
+        };
+        let layers: usize = self
+            .signatures
+            .iter()
+            .chain(&self.attestations)
+            .map(layer)
+            .sum();
+        let statements: usize = self
+            .statements
+            .iter()
+            .map(|s| 64 + s.signer.len() + s.predicate_type.len() + s.statement.to_string().len())
+            .sum();
         128 + self.reason.len() + layers + statements
     }
 }
@@ -216,7 +261,9 @@ impl VerdictCache {
     /// An empty cache (32 MiB of verdicts, an hour each).
     pub fn new() -> VerdictCache {
         let inner = moka::future::Cache::builder()
-            .weigher(|key: &String, v: &Arc<Verdict>| u32::try_from(key.len() + v.weight()).unwrap_or(u32::MAX))
+            .weigher(|key: &String, v: &Arc<Verdict>| {
+                u32::try_from(key.len() + v.weight()).unwrap_or(u32::MAX)
+            })
             .max_capacity(32 << 20)
             .time_to_live(Duration::from_secs(3600))
             .build();
@@ -224,9 +271,23 @@ impl VerdictCache {
     }
 
     /// The key of one verification.
-    pub fn key(image: &str, requested: &ImageRef, digest: &Digest, req: &Requirement, set: &AttachmentSet) -> String {
-        let fingerprint: Vec<String> = set.items.iter().map(|a| a.descriptor.digest.to_string()).collect();
-        format!("{image}|{}|{digest}|{}|{fingerprint:?}", requested.full(), req.cache_key())
+    pub fn key(
+        image: &str,
+        requested: &ImageRef,
+        digest: &Digest,
+        req: &Requirement,
+        set: &AttachmentSet,
+    ) -> String {
+        let fingerprint: Vec<String> = set
+            .items
+            .iter()
+            .map(|a| a.descriptor.digest.to_string())
+            .collect();
+        format!(
+            "{image}|{}|{digest}|{}|{fingerprint:?}",
+            requested.full(),
+            req.cache_key()
+        )
     }
 
     /// A cached verdict.
@@ -299,47 +360,95 @@ impl Verifier {
     }
 
     /// Verifies the manifest `digest` of `<ns>/<repo>`, asked for as `requested`.
-    pub async fn verify(self: &Arc<Self>, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement) -> Result<Arc<Verdict>> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        ns: &str,
+        repo: &RepoName,
+        requested: &ImageRef,
+        digest: &Digest,
+        req: &Requirement,
+    ) -> Result<Arc<Verdict>> {
         if req.keys.is_empty() && req.identities.is_empty() {
-            return Err(RegistryError::of(Code::Denied, "the requirement names no key and no keyless identity"));
+            return Err(RegistryError::of(
+                Code::Denied,
+                "the requirement names no key and no keyless identity",
+            ));
         }
-        let set = self.attachments.wait_for(ns, repo, digest, self.wait).await?;
+        let set = self
+            .attachments
+            .wait_for(ns, repo, digest, self.wait)
+            .await?;
         let key = VerdictCache::key(&format!("{ns}/{repo}"), requested, digest, req, &set);
         if let Some(v) = self.verdicts.get(&key).await {
             return Ok(v);
         }
         let this = Arc::clone(self);
-        let (ns, repo, requested, digest, req, k) = (ns.to_string(), repo.clone(), requested.clone(), digest.clone(), req.clone(), key.clone());
+        let (ns, repo, requested, digest, req, k) = (
+            ns.to_string(),
+            repo.clone(),
+            requested.clone(),
+            digest.clone(),
+            req.clone(),
+            key.clone(),
+        );
         self.flights
             .run(key, async move {
-                let verdict = Arc::new(this.verify_now(&ns, &repo, &requested, &digest, &req, &set).await?);
+                let verdict = Arc::new(
+                    this.verify_now(&ns, &repo, &requested, &digest, &req, &set)
+                        .await?,
+                );
                 this.verdicts.insert(k, Arc::clone(&verdict)).await;
                 Ok(verdict)
             })
             .await
     }
 
-    async fn verify_now(&self, ns: &str, repo: &RepoName, requested: &ImageRef, digest: &Digest, req: &Requirement, set: &AttachmentSet) -> Result<Verdict> {
+    async fn verify_now(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        requested: &ImageRef,
+        digest: &Digest,
+        req: &Requirement,
+        set: &AttachmentSet,
+    ) -> Result<Verdict> {
         let threshold = req.threshold.max(1);
         let mut signatures = Vec::new();
         let mut reading = Reading::default();
-        let proxy_path = format!("{}/{repo}", self.cache.canonical_namespace(ns).unwrap_or(ns));
-        for layer in self.layers(ns, repo, set, Kind::Signature, &mut reading).await? {
+        let proxy_path = format!(
+            "{}/{repo}",
+            self.cache.canonical_namespace(ns).unwrap_or(ns)
+        );
+        for layer in self
+            .layers(ns, repo, set, Kind::Signature, &mut reading)
+            .await?
+        {
             signatures.push(check_signature(&layer, digest, requested, &proxy_path, req));
         }
         let mut attestations = Vec::new();
         let mut statements = Vec::new();
         if !req.attestations.is_empty() {
-            for layer in self.layers(ns, repo, set, Kind::Attestation, &mut reading).await? {
+            for layer in self
+                .layers(ns, repo, set, Kind::Attestation, &mut reading)
+                .await?
+            {
                 let (verdict, statement) = check_attestation(&layer, digest, req);
                 attestations.push(verdict);
                 statements.extend(statement);
             }
         }
-        let bundles = self.layers(ns, repo, set, Kind::Referrer, &mut reading).await?;
-        let bundles: Vec<Layer> = bundles.into_iter().filter(|l| l.media_type == SIGSTORE_BUNDLE).collect();
+        let bundles = self
+            .layers(ns, repo, set, Kind::Referrer, &mut reading)
+            .await?;
+        let bundles: Vec<Layer> = bundles
+            .into_iter()
+            .filter(|l| l.media_type == SIGSTORE_BUNDLE)
+            .collect();
         if !bundles.is_empty() {
-            let manifest = self.cache.manifest(ns, repo, &Reference::Digest(digest.clone())).await?;
+            let manifest = self
+                .cache
+                .manifest(ns, repo, &Reference::Digest(digest.clone()))
+                .await?;
             for layer in &bundles {
                 match check_bundle(layer, digest, &manifest.bytes, req) {
                     BundleOutcome::Signature(v) => signatures.push(v),
@@ -350,46 +459,98 @@ impl Verifier {
                 }
             }
         }
-        let signers: BTreeSet<String> = signatures.iter().filter(|v| v.verified).filter_map(|v| v.signer.clone()).collect();
+        let signers: BTreeSet<String> = signatures
+            .iter()
+            .filter(|v| v.verified)
+            .filter_map(|v| v.signer.clone())
+            .collect();
         let mut missing = Vec::new();
         if signers.len() < threshold {
-            let reasons: BTreeSet<&str> = signatures.iter().filter(|v| !v.verified).map(|v| v.reason.as_str()).collect();
-            let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.into_iter().collect::<Vec<_>>().join("; ")) };
-            missing.push(format!("{} of {threshold} required signers verified{why}", signers.len()));
+            let reasons: BTreeSet<&str> = signatures
+                .iter()
+                .filter(|v| !v.verified)
+                .map(|v| v.reason.as_str())
+                .collect();
+            let why = if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.into_iter().collect::<Vec<_>>().join("; "))
+            };
+            missing.push(format!(
+                "{} of {threshold} required signers verified{why}",
+                signers.len()
+            ));
         }
         for wanted in &req.attestations {
             let t = predicate_type(wanted);
-            let by: BTreeSet<&str> = statements.iter().filter(|s| s.predicate_type == t).map(|s| s.signer.as_str()).collect();
+            let by: BTreeSet<&str> = statements
+                .iter()
+                .filter(|s| s.predicate_type == t)
+                .map(|s| s.signer.as_str())
+                .collect();
             if by.len() < threshold {
-                missing.push(format!("no verified {t} attestation by {threshold} signer(s)"));
+                missing.push(format!(
+                    "no verified {t} attestation by {threshold} signer(s)"
+                ));
             }
         }
         let ok = missing.is_empty();
         let reason = if ok {
-            format!("verified by {}", signers.iter().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "verified by {}",
+                signers.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
         } else if signatures.is_empty() && attestations.is_empty() {
             "no signatures found".to_string()
         } else {
             missing.join("; ")
         };
-        Ok(Verdict { ok, reason, signatures, attestations, statements })
+        Ok(Verdict {
+            ok,
+            reason,
+            signatures,
+            attestations,
+            statements,
+        })
     }
 
     /// The layers (annotations and blob bytes) of the attachments of one kind; a layer over
     /// [`MAX_PAYLOAD`], or beyond what one verification reads, is not read but refused.
-    async fn layers(&self, ns: &str, repo: &RepoName, set: &AttachmentSet, kind: Kind, reading: &mut Reading) -> Result<Vec<Layer>> {
+    async fn layers(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        set: &AttachmentSet,
+        kind: Kind,
+        reading: &mut Reading,
+    ) -> Result<Vec<Layer>> {
         let mut out = Vec::new();
-        let wanted = |a: &&crate::attachments::Attachment| a.kind == kind && (kind != Kind::Referrer || a.descriptor.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE));
+        let wanted = |a: &&crate::attachments::Attachment| {
+            a.kind == kind
+                && (kind != Kind::Referrer
+                    || a.descriptor.artifact_type.as_deref() == Some(SIGSTORE_BUNDLE))
+        };
         for a in set.items.iter().filter(wanted) {
-            let m = self.cache.manifest(ns, repo, &Reference::Digest(a.descriptor.digest.clone())).await?;
+            let m = self
+                .cache
+                .manifest(ns, repo, &Reference::Digest(a.descriptor.digest.clone()))
+                .await?;
             let manifest = Manifest::parse(&m.bytes)?;
             for l in manifest.layers {
                 if reading.layers >= MAX_LAYERS {
                     // one refusal stands for all the rest: nothing more is looked at
                     if !reading.cut {
                         reading.cut = true;
-                        let refusal = Some(format!("not read: one verification reads at most {MAX_LAYERS} layers"));
-                        out.push(Layer { digest: l.digest, media_type: l.media_type, annotations: HashMap::new(), bytes: bytes::Bytes::new(), refusal });
+                        let refusal = Some(format!(
+                            "not read: one verification reads at most {MAX_LAYERS} layers"
+                        ));
+                        out.push(Layer {
+                            digest: l.digest,
+                            media_type: l.media_type,
+                            annotations: HashMap::new(),
+                            bytes: bytes::Bytes::new(),
+                            refusal,
+                        });
                     }
                     return Ok(out);
                 }
@@ -403,7 +564,13 @@ impl Verifier {
                     .into_iter()
                     .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
                     .collect();
-                out.push(Layer { digest: l.digest, media_type: l.media_type, annotations, bytes, refusal });
+                out.push(Layer {
+                    digest: l.digest,
+                    media_type: l.media_type,
+                    annotations,
+                    bytes,
+                    refusal,
+                });
             }
         }
         Ok(out)
@@ -411,24 +578,49 @@ impl Verifier {
 
     /// A layer's payload, or why it is not read: over [`MAX_PAYLOAD`] (as declared, or as
     /// stored), or beyond [`MAX_LAYERS`] / [`MAX_READ`] for this verification.
-    async fn read_payload(&self, ns: &str, repo: &RepoName, layer: &crate::manifest::Descriptor, reading: &mut Reading) -> Result<std::result::Result<bytes::Bytes, String>> {
+    async fn read_payload(
+        &self,
+        ns: &str,
+        repo: &RepoName,
+        layer: &crate::manifest::Descriptor,
+        reading: &mut Reading,
+    ) -> Result<std::result::Result<bytes::Bytes, String>> {
         reading.layers += 1;
-        let too_large = |size: u64| format!("payload is {size} bytes, over the {} MiB limit", MAX_PAYLOAD >> 20);
+        let too_large = |size: u64| {
+            format!(
+                "payload is {size} bytes, over the {} MiB limit",
+                MAX_PAYLOAD >> 20
+            )
+        };
         let declared = u64::try_from(layer.size).unwrap_or(0);
         if declared > MAX_PAYLOAD {
             return Ok(Err(too_large(declared)));
         }
         self.cache.ensure_blob(ns, repo, &layer.digest).await?;
-        let unknown = || RegistryError::of(Code::BlobUnknown, format!("blob unknown: {}", layer.digest));
-        let size = self.cache.store().blob_size(&layer.digest).await?.ok_or_else(unknown)?;
+        let unknown =
+            || RegistryError::of(Code::BlobUnknown, format!("blob unknown: {}", layer.digest));
+        let size = self
+            .cache
+            .store()
+            .blob_size(&layer.digest)
+            .await?
+            .ok_or_else(unknown)?;
         if size > MAX_PAYLOAD {
             return Ok(Err(too_large(size)));
         }
         if reading.bytes + size > MAX_READ {
-            return Ok(Err(format!("not read: one verification reads at most {} MiB", MAX_READ >> 20)));
+            return Ok(Err(format!(
+                "not read: one verification reads at most {} MiB",
+                MAX_READ >> 20
+            )));
         }
         reading.bytes += size;
-        Ok(Ok(self.cache.store().read_small(&layer.digest).await?.ok_or_else(unknown)?))
+        Ok(Ok(self
+            .cache
+            .store()
+            .read_small(&layer.digest)
+            .await?
+            .ok_or_else(unknown)?))
     }
 }
 
@@ -441,24 +633,50 @@ struct Layer {
     refusal: Option<String>,
 }
 
-fn verdict(layer: &Layer, signer: Option<&str>, verified: bool, reason: impl Into<String>) -> LayerVerdict {
-    LayerVerdict { layer: layer.digest.to_string(), signer: signer.map(str::to_string), verified, reason: reason.into() }
+fn verdict(
+    layer: &Layer,
+    signer: Option<&str>,
+    verified: bool,
+    reason: impl Into<String>,
+) -> LayerVerdict {
+    LayerVerdict {
+        layer: layer.digest.to_string(),
+        signer: signer.map(str::to_string),
+        verified,
+        reason: reason.into(),
+    }
 }
 
 /// Checks one simple-signing layer: signature (key or keyless), digest, type, identity.
 /// `proxy_path` (`<namespace>/<repo>`) also matches signatures pushed through the proxy, which
 /// name the image as `<proxy host>/<namespace>/<repo>`.
-fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_path: &str, req: &Requirement) -> LayerVerdict {
+fn check_signature(
+    layer: &Layer,
+    digest: &Digest,
+    requested: &ImageRef,
+    proxy_path: &str,
+    req: &Requirement,
+) -> LayerVerdict {
     if let Some(refusal) = &layer.refusal {
         return verdict(layer, None, false, refusal.clone());
     }
     if layer.media_type != SIMPLE_SIGNING {
-        return verdict(layer, None, false, format!("not a simple-signing layer ({})", layer.media_type));
+        return verdict(
+            layer,
+            None,
+            false,
+            format!("not a simple-signing layer ({})", layer.media_type),
+        );
     }
     let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
         return verdict(layer, None, false, "no signature annotation");
     };
-    let signer = match req.signer(sig, &layer.bytes, layer_evidence(&layer.annotations), &[sha256_hex(&layer.bytes)]) {
+    let signer = match req.signer(
+        sig,
+        &layer.bytes,
+        layer_evidence(&layer.annotations),
+        &[sha256_hex(&layer.bytes)],
+    ) {
         Ok(s) => s,
         Err(reason) => return verdict(layer, None, false, reason),
     };
@@ -470,19 +688,41 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
     };
     let critical = &payload["critical"];
     if critical["type"] != "cosign container image signature" {
-        return verdict(layer, signer, false, format!("payload type is {}, not a container image signature", critical["type"]));
+        return verdict(
+            layer,
+            signer,
+            false,
+            format!(
+                "payload type is {}, not a container image signature",
+                critical["type"]
+            ),
+        );
     }
     if critical["image"]["docker-manifest-digest"].as_str() != Some(&digest.to_string()) {
-        return verdict(layer, signer, false, format!("payload is for {}, not {digest}", critical["image"]["docker-manifest-digest"]));
+        return verdict(
+            layer,
+            signer,
+            false,
+            format!(
+                "payload is for {}, not {digest}",
+                critical["image"]["docker-manifest-digest"]
+            ),
+        );
     }
-    let claimed = critical["identity"]["docker-reference"].as_str().unwrap_or("");
+    let claimed = critical["identity"]["docker-reference"]
+        .as_str()
+        .unwrap_or("");
     if let Err(reason) = req.identity.accepts(requested, claimed) {
         let claimed_ref = ImageRef::parse(claimed);
-        let through_proxy = claimed_ref.repository.split_once('/').filter(|(_, path)| *path == proxy_path).map(|(host, _)| ImageRef {
-            repository: format!("{host}/{proxy_path}"),
-            tag: requested.tag.clone(),
-            digest: requested.digest.clone(),
-        });
+        let through_proxy = claimed_ref
+            .repository
+            .split_once('/')
+            .filter(|(_, path)| *path == proxy_path)
+            .map(|(host, _)| ImageRef {
+                repository: format!("{host}/{proxy_path}"),
+                tag: requested.tag.clone(),
+                digest: requested.digest.clone(),
+            });
         if through_proxy.is_none_or(|r| req.identity.accepts(&r, claimed).is_err()) {
             return verdict(layer, signer, false, reason);
         }
@@ -492,13 +732,23 @@ fn check_signature(layer: &Layer, digest: &Digest, requested: &ImageRef, proxy_p
 
 /// DSSE pre-authentication encoding.
 fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, payload.len()).into_bytes();
+    let mut out = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     out
 }
 
 /// Checks one DSSE attestation layer: envelope signature, statement subject, predicate type.
-fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (LayerVerdict, Option<Statement>) {
+fn check_attestation(
+    layer: &Layer,
+    digest: &Digest,
+    req: &Requirement,
+) -> (LayerVerdict, Option<Statement>) {
     let fail = |k: Option<&str>, r: String| (verdict(layer, k, false, r), None);
     if let Some(refusal) = &layer.refusal {
         return fail(None, refusal.clone());
@@ -508,11 +758,17 @@ fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (Laye
         Err(e) => return fail(None, format!("envelope is not JSON: {e}")),
     };
     let payload_type = envelope["payloadType"].as_str().unwrap_or("");
-    let Some(payload) = envelope["payload"].as_str().and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()) else {
+    let Some(payload) = envelope["payload"]
+        .as_str()
+        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+    else {
         return fail(None, "envelope payload is not base64".into());
     };
     let message = pae(payload_type, &payload);
-    let sigs: Vec<&str> = envelope["signatures"].as_array().map(|a| a.iter().filter_map(|s| s["sig"].as_str()).collect()).unwrap_or_default();
+    let sigs: Vec<&str> = envelope["signatures"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["sig"].as_str()).collect())
+        .unwrap_or_default();
     let hashes = [sha256_hex(&payload)];
     let mut reason = "envelope has no signature".to_string();
     let mut found = None;
@@ -526,13 +782,22 @@ fn check_attestation(layer: &Layer, digest: &Digest, req: &Requirement) -> (Laye
         }
     }
     let Some(signer) = found else {
-        return fail(None, reason.replace("signature does not", "envelope signature does not"));
+        return fail(
+            None,
+            reason.replace("signature does not", "envelope signature does not"),
+        );
     };
     check_statement(layer, &signer, payload_type, &payload, digest)
 }
 
 /// Checks a verified DSSE payload: an in-toto statement about `digest`.
-fn check_statement(layer: &Layer, signer: &str, payload_type: &str, payload: &[u8], digest: &Digest) -> (LayerVerdict, Option<Statement>) {
+fn check_statement(
+    layer: &Layer,
+    signer: &str,
+    payload_type: &str,
+    payload: &[u8],
+    digest: &Digest,
+) -> (LayerVerdict, Option<Statement>) {
     let fail = |r: String| (verdict(layer, Some(signer), false, r), None);
     if payload_type != INTOTO_PAYLOAD {
         return fail(format!("payload type is {payload_type}, not in-toto"));
@@ -543,13 +808,30 @@ fn check_statement(layer: &Layer, signer: &str, payload_type: &str, payload: &[u
     };
     let hex = digest.hex();
     let alg = digest.algorithm().as_str();
-    let about_us = statement["subject"].as_array().is_some_and(|s| s.iter().any(|x| x["digest"][alg].as_str() == Some(hex)));
+    let about_us = statement["subject"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x["digest"][alg].as_str() == Some(hex)));
     if !about_us {
         return fail(format!("statement subject is not {digest}"));
     }
-    let predicate_type = statement["predicateType"].as_str().unwrap_or("").to_string();
-    let v = verdict(layer, Some(signer), true, format!("{predicate_type} attested by {signer}"));
-    (v, Some(Statement { predicate_type, signer: signer.to_string(), statement }))
+    let predicate_type = statement["predicateType"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let v = verdict(
+        layer,
+        Some(signer),
+        true,
+        format!("{predicate_type} attested by {signer}"),
+    );
+    (
+        v,
+        Some(Statement {
+            predicate_type,
+            signer: signer.to_string(),
+            statement,
+        }),
+    )
 }
 
 /// What a Sigstore bundle referrer turned out to be.
@@ -562,7 +844,12 @@ enum BundleOutcome {
 
 /// Checks one Sigstore bundle layer: a message signature over the image manifest
 /// (`manifest`), or a DSSE statement about it (a cosign signature statement, or an attestation).
-fn check_bundle(layer: &Layer, digest: &Digest, manifest: &[u8], req: &Requirement) -> BundleOutcome {
+fn check_bundle(
+    layer: &Layer,
+    digest: &Digest,
+    manifest: &[u8],
+    req: &Requirement,
+) -> BundleOutcome {
     if let Some(refusal) = &layer.refusal {
         return BundleOutcome::Signature(verdict(layer, None, false, refusal.clone()));
     }
@@ -571,17 +858,34 @@ fn check_bundle(layer: &Layer, digest: &Digest, manifest: &[u8], req: &Requireme
         Err(e) => return BundleOutcome::Signature(verdict(layer, None, false, e)),
     };
     match &b.content {
-        bundle::Content::Message { digest: signed, signature } => {
+        bundle::Content::Message {
+            digest: signed,
+            signature,
+        } => {
             if signed != digest.hex() {
-                return BundleOutcome::Signature(verdict(layer, None, false, format!("bundle signs sha256:{signed}, not {digest}")));
+                return BundleOutcome::Signature(verdict(
+                    layer,
+                    None,
+                    false,
+                    format!("bundle signs sha256:{signed}, not {digest}"),
+                ));
             }
-            let v = match req.signer(signature, manifest, b.evidence(), std::slice::from_ref(signed)) {
+            let v = match req.signer(
+                signature,
+                manifest,
+                b.evidence(),
+                std::slice::from_ref(signed),
+            ) {
                 Ok(s) => verdict(layer, Some(&s), true, format!("signed by {s}")),
                 Err(reason) => verdict(layer, None, false, reason),
             };
             BundleOutcome::Signature(v)
         }
-        bundle::Content::Dsse { payload_type, payload, signatures } => {
+        bundle::Content::Dsse {
+            payload_type,
+            payload,
+            signatures,
+        } => {
             let message = pae(payload_type, payload);
             let hashes = [sha256_hex(payload)];
             let mut reason = "envelope has no signature".to_string();
@@ -601,7 +905,10 @@ fn check_bundle(layer: &Layer, digest: &Digest, manifest: &[u8], req: &Requireme
             let (v, statement) = check_statement(layer, &signer, payload_type, payload, digest);
             match statement {
                 Some(st) if st.predicate_type == COSIGN_SIGN_PREDICATE => {
-                    BundleOutcome::Signature(LayerVerdict { reason: format!("signed by {signer}"), ..v })
+                    BundleOutcome::Signature(LayerVerdict {
+                        reason: format!("signed by {signer}"),
+                        ..v
+                    })
                 }
                 other => BundleOutcome::Attestation(v, other),
             }
@@ -620,21 +927,55 @@ pub struct TrustStore {
 
 impl TrustStore {
     /// Loads every `[trust.<name>]` entry; an error is (dotted key, problem naming the file).
-    pub fn load(entries: &HashMap<String, crate::config::TrustConfig>) -> std::result::Result<TrustStore, (String, String)> {
+    pub fn load(
+        entries: &HashMap<String, crate::config::TrustConfig>,
+    ) -> std::result::Result<TrustStore, (String, String)> {
         let mut store = TrustStore::default();
         for (name, t) in entries {
             let at = |field: &str| format!("trust.{name}.{field}");
             if t.keys.is_empty() && t.trusted_root.is_none() && t.ca_certs.is_empty() {
-                return Err((format!("trust.{name}"), "names no keys, no trusted_root and no ca_certs".into()));
+                return Err((
+                    format!("trust.{name}"),
+                    "names no keys, no trusted_root and no ca_certs".into(),
+                ));
             }
-            let keys = t.keys.iter().map(|f| TrustedKey::from_file(f).map_err(|e| (at("keys"), e))).collect::<std::result::Result<Vec<_>, _>>()?;
+            let keys = t
+                .keys
+                .iter()
+                .map(|f| TrustedKey::from_file(f).map_err(|e| (at("keys"), e)))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             store.keys.insert(name.clone(), keys);
-            let root = match (&t.trusted_root, t.ca_certs.is_empty(), t.rekor_keys.is_empty()) {
-                (Some(_), false, _) | (Some(_), _, false) => return Err((at("trusted_root"), "give either trusted_root or ca_certs with rekor_keys, not both".into())),
-                (Some(path), true, true) => Some(TrustRoot::from_trusted_root(name, path).map_err(|e| (at("trusted_root"), e))?),
-                (None, false, false) => Some(TrustRoot::from_pem_files(name, &t.ca_certs, &t.rekor_keys).map_err(|e| (at("ca_certs"), e))?),
-                (None, false, true) => return Err((at("rekor_keys"), "ca_certs need the transparency log's rekor_keys".into())),
-                (None, true, false) => return Err((at("ca_certs"), "rekor_keys need the certificate authorities' ca_certs".into())),
+            let root = match (
+                &t.trusted_root,
+                t.ca_certs.is_empty(),
+                t.rekor_keys.is_empty(),
+            ) {
+                (Some(_), false, _) | (Some(_), _, false) => {
+                    return Err((
+                        at("trusted_root"),
+                        "give either trusted_root or ca_certs with rekor_keys, not both".into(),
+                    ))
+                }
+                (Some(path), true, true) => Some(
+                    TrustRoot::from_trusted_root(name, path)
+                        .map_err(|e| (at("trusted_root"), e))?,
+                ),
+                (None, false, false) => Some(
+                    TrustRoot::from_pem_files(name, &t.ca_certs, &t.rekor_keys)
+                        .map_err(|e| (at("ca_certs"), e))?,
+                ),
+                (None, false, true) => {
+                    return Err((
+                        at("rekor_keys"),
+                        "ca_certs need the transparency log's rekor_keys".into(),
+                    ))
+                }
+                (None, true, false) => {
+                    return Err((
+                        at("ca_certs"),
+                        "rekor_keys need the certificate authorities' ca_certs".into(),
+                    ))
+                }
                 (None, true, true) => None,
             };
             if let Some(root) = root {
@@ -650,11 +991,17 @@ impl TrustStore {
     }
 
     /// The keys and keyless roots of the named entries.
-    pub fn named(&self, names: &[String]) -> std::result::Result<(Vec<TrustedKey>, Vec<Arc<TrustRoot>>), String> {
+    pub fn named(
+        &self,
+        names: &[String],
+    ) -> std::result::Result<(Vec<TrustedKey>, Vec<Arc<TrustRoot>>), String> {
         let mut keys = Vec::new();
         let mut roots = Vec::new();
         for name in names {
-            let k = self.keys.get(name).ok_or_else(|| format!("no [trust.{name}] is configured"))?;
+            let k = self
+                .keys
+                .get(name)
+                .ok_or_else(|| format!("no [trust.{name}] is configured"))?;
             keys.extend(k.iter().cloned());
             roots.extend(self.roots.get(name).cloned());
         }
@@ -665,13 +1012,21 @@ impl TrustStore {
     pub fn all_roots(&self) -> Vec<Arc<TrustRoot>> {
         let mut names: Vec<&String> = self.roots.keys().collect();
         names.sort();
-        names.into_iter().map(|n| Arc::clone(&self.roots[n])).collect()
+        names
+            .into_iter()
+            .map(|n| Arc::clone(&self.roots[n]))
+            .collect()
     }
 }
 
 /// The name a proxied image has at its upstream (what signatures made there claim):
 /// `<upstream host>/<repo>`; for a local namespace, `<namespace>/<repo>`.
-pub fn upstream_identity(cache: &Cache, ns: &str, repo: &RepoName, reference: &Reference) -> Result<ImageRef> {
+pub fn upstream_identity(
+    cache: &Cache,
+    ns: &str,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<ImageRef> {
     let (name, upstream) = cache.namespace(ns)?;
     let host = match &upstream {
         Some(up) => up.host(),
@@ -694,13 +1049,22 @@ mod tests {
     #[test]
     fn pae_matches_the_dsse_spec_example() {
         // from the DSSE protocol document
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world");
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+        );
     }
 
     #[test]
     fn predicate_type_aliases() {
-        assert_eq!(predicate_type("slsaprovenance"), "https://slsa.dev/provenance/v0.2");
-        assert_eq!(predicate_type("https://example.com/x"), "https://example.com/x");
+        assert_eq!(
+            predicate_type("slsaprovenance"),
+            "https://slsa.dev/provenance/v0.2"
+        );
+        assert_eq!(
+            predicate_type("https://example.com/x"),
+            "https://example.com/x"
+        );
     }
 
     use sigstore::crypto::{SigStoreSigner, SigningScheme};
@@ -708,7 +1072,11 @@ mod tests {
     /// A signer of `scheme` and the key that verifies it, trusted under `name`.
     fn signer(scheme: SigningScheme, name: &str) -> (SigStoreSigner, TrustedKey) {
         let s = scheme.create_signer().unwrap();
-        let pem = s.to_sigstore_keypair().unwrap().public_key_to_pem().unwrap();
+        let pem = s
+            .to_sigstore_keypair()
+            .unwrap()
+            .public_key_to_pem()
+            .unwrap();
         let key = TrustedKey::from_pem(name, pem.as_bytes()).unwrap();
         (s, key)
     }
@@ -722,12 +1090,25 @@ mod tests {
     }
 
     fn layer(media_type: &str, bytes: Vec<u8>, signature: Option<String>) -> Layer {
-        let annotations = signature.map(|s| HashMap::from([(SIGNATURE_ANNOTATION.to_string(), s)])).unwrap_or_default();
-        Layer { digest: Digest::sha256_of(&bytes), media_type: media_type.into(), annotations, bytes: bytes.into(), refusal: None }
+        let annotations = signature
+            .map(|s| HashMap::from([(SIGNATURE_ANNOTATION.to_string(), s)]))
+            .unwrap_or_default();
+        Layer {
+            digest: Digest::sha256_of(&bytes),
+            media_type: media_type.into(),
+            annotations,
+            bytes: bytes.into(),
+            refusal: None,
+        }
     }
 
     fn requirement(keys: Vec<TrustedKey>, threshold: usize) -> Requirement {
-        Requirement { keys, threshold, identity: SignedIdentity::MatchRepository, ..Requirement::default() }
+        Requirement {
+            keys,
+            threshold,
+            identity: SignedIdentity::MatchRepository,
+            ..Requirement::default()
+        }
     }
 
     fn payload(digest: &Digest) -> Vec<u8> {
@@ -742,26 +1123,57 @@ mod tests {
 
     /// A DSSE envelope around an in-toto statement about `subject`, signed by `s` over
     /// `signed_type` (the envelope then says `payload_type`).
-    fn envelope(s: &SigStoreSigner, subject: &Digest, signed_type: &str, payload_type: &str, tamper: bool) -> Layer {
+    fn envelope(
+        s: &SigStoreSigner,
+        subject: &Digest,
+        signed_type: &str,
+        payload_type: &str,
+        tamper: bool,
+    ) -> Layer {
         let statement = format!(
             r#"{{"_type":"https://in-toto.io/Statement/v0.1","subject":[{{"name":"registry.example/app","digest":{{"sha256":"{}"}}}}],"predicateType":"https://slsa.dev/provenance/v0.2","predicate":{{"builder":{{"id":"ci"}}}}}}"#,
             subject.hex()
         );
         let sig = b64(&s.sign(&pae(signed_type, statement.as_bytes())).unwrap());
-        let carried = if tamper { statement.replace("\"ci\"", "\"evil\"") } else { statement };
-        let env = format!(r#"{{"payloadType":"{payload_type}","payload":"{}","signatures":[{{"sig":"{sig}"}}]}}"#, b64(carried.as_bytes()));
-        layer("application/vnd.dsse.envelope.v1+json", env.into_bytes(), None)
+        let carried = if tamper {
+            statement.replace("\"ci\"", "\"evil\"")
+        } else {
+            statement
+        };
+        let env = format!(
+            r#"{{"payloadType":"{payload_type}","payload":"{}","signatures":[{{"sig":"{sig}"}}]}}"#,
+            b64(carried.as_bytes())
+        );
+        layer(
+            "application/vnd.dsse.envelope.v1+json",
+            env.into_bytes(),
+            None,
+        )
     }
 
     #[test]
     fn rsa_p384_and_ed25519_keys_verify_and_refuse_other_bytes() {
-        for scheme in [SigningScheme::RSA_PKCS1_SHA256(2048), SigningScheme::ECDSA_P384_SHA384_ASN1, SigningScheme::ED25519, SigningScheme::ECDSA_P256_SHA256_ASN1] {
+        for scheme in [
+            SigningScheme::RSA_PKCS1_SHA256(2048),
+            SigningScheme::ECDSA_P384_SHA384_ASN1,
+            SigningScheme::ED25519,
+            SigningScheme::ECDSA_P256_SHA256_ASN1,
+        ] {
             let name = scheme.to_string();
             let (s, key) = signer(scheme, &name);
-            let v = check_signature(&signature_layer(&s, &image()), &image(), &ImageRef::parse("registry.example/app"), "up/app", &requirement(vec![key.clone()], 1));
+            let v = check_signature(
+                &signature_layer(&s, &image()),
+                &image(),
+                &ImageRef::parse("registry.example/app"),
+                "up/app",
+                &requirement(vec![key.clone()], 1),
+            );
             assert!(v.verified, "{name}: {}", v.reason);
             let sig = b64(&s.sign(b"these bytes").unwrap());
-            assert!(key.check(&sig, b"these bytes") && !key.check(&sig, b"other bytes"), "{name}");
+            assert!(
+                key.check(&sig, b"these bytes") && !key.check(&sig, b"other bytes"),
+                "{name}"
+            );
         }
     }
 
@@ -769,21 +1181,63 @@ mod tests {
     fn attestations_about_other_images_tampered_or_mistyped_do_not_verify() {
         let (s, key) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1, "release");
         let req = requirement(vec![key], 1);
-        let (good, _) = check_attestation(&envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, false), &image(), &req);
+        let (good, _) = check_attestation(
+            &envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, false),
+            &image(),
+            &req,
+        );
         assert!(good.verified, "{}", good.reason);
-        let (other, st) = check_attestation(&envelope(&s, &Digest::sha256_of(b"another image"), INTOTO_PAYLOAD, INTOTO_PAYLOAD, false), &image(), &req);
+        let (other, st) = check_attestation(
+            &envelope(
+                &s,
+                &Digest::sha256_of(b"another image"),
+                INTOTO_PAYLOAD,
+                INTOTO_PAYLOAD,
+                false,
+            ),
+            &image(),
+            &req,
+        );
         assert!(!other.verified && st.is_none());
-        assert!(other.reason.contains("subject"), "a statement about another image: {}", other.reason);
-        let (tampered, _) = check_attestation(&envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, true), &image(), &req);
+        assert!(
+            other.reason.contains("subject"),
+            "a statement about another image: {}",
+            other.reason
+        );
+        let (tampered, _) = check_attestation(
+            &envelope(&s, &image(), INTOTO_PAYLOAD, INTOTO_PAYLOAD, true),
+            &image(),
+            &req,
+        );
         assert!(!tampered.verified);
-        assert!(tampered.reason.contains("envelope signature does not verify"), "{}", tampered.reason);
+        assert!(
+            tampered
+                .reason
+                .contains("envelope signature does not verify"),
+            "{}",
+            tampered.reason
+        );
         // signed as one payload type, claiming another: the signature covers the type
-        let (relabelled, _) = check_attestation(&envelope(&s, &image(), "application/json", INTOTO_PAYLOAD, false), &image(), &req);
+        let (relabelled, _) = check_attestation(
+            &envelope(&s, &image(), "application/json", INTOTO_PAYLOAD, false),
+            &image(),
+            &req,
+        );
         assert!(!relabelled.verified, "{}", relabelled.reason);
         // signed as what it says, but not in-toto
-        let (mistyped, _) = check_attestation(&envelope(&s, &image(), "application/json", "application/json", false), &image(), &req);
+        let (mistyped, _) = check_attestation(
+            &envelope(&s, &image(), "application/json", "application/json", false),
+            &image(),
+            &req,
+        );
         assert!(!mistyped.verified);
-        assert!(mistyped.reason.contains("payload type is application/json, not in-toto"), "{}", mistyped.reason);
+        assert!(
+            mistyped
+                .reason
+                .contains("payload type is application/json, not in-toto"),
+            "{}",
+            mistyped.reason
+        );
     }
 
     #[test]
@@ -795,22 +1249,48 @@ mod tests {
             b64(&<sha2::Sha256 as sha2::Digest>::digest(other)),
             b64(&s.sign(other).unwrap())
         );
-        match check_bundle(&layer(SIGSTORE_BUNDLE, bundle.into_bytes(), None), &image(), b"the image manifest", &requirement(vec![key], 1)) {
+        match check_bundle(
+            &layer(SIGSTORE_BUNDLE, bundle.into_bytes(), None),
+            &image(),
+            b"the image manifest",
+            &requirement(vec![key], 1),
+        ) {
             BundleOutcome::Signature(v) => {
                 assert!(!v.verified);
-                assert!(v.reason.starts_with("bundle signs sha256:") && v.reason.ends_with(&format!("not {}", image())), "{}", v.reason);
+                assert!(
+                    v.reason.starts_with("bundle signs sha256:")
+                        && v.reason.ends_with(&format!("not {}", image())),
+                    "{}",
+                    v.reason
+                );
             }
-            BundleOutcome::Attestation(v, _) => panic!("a message signature read as an attestation: {}", v.reason),
+            BundleOutcome::Attestation(v, _) => {
+                panic!("a message signature read as an attestation: {}", v.reason)
+            }
         }
     }
 
     #[test]
     fn one_key_listed_twice_is_one_signer() {
         let (s, key) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1, "keys/a.pub");
-        let copy = TrustedKey { name: "keys/copy-of-a.pub".into(), ..key.clone() };
+        let copy = TrustedKey {
+            name: "keys/copy-of-a.pub".into(),
+            ..key.clone()
+        };
         let req = requirement(vec![key, copy], 2);
         let layers = [signature_layer(&s, &image()), signature_layer(&s, &image())];
-        let verdicts: Vec<LayerVerdict> = layers.iter().map(|l| check_signature(l, &image(), &ImageRef::parse("registry.example/app"), "up/app", &req)).collect();
+        let verdicts: Vec<LayerVerdict> = layers
+            .iter()
+            .map(|l| {
+                check_signature(
+                    l,
+                    &image(),
+                    &ImageRef::parse("registry.example/app"),
+                    "up/app",
+                    &req,
+                )
+            })
+            .collect();
         assert!(verdicts.iter().all(|v| v.verified));
         let signers: BTreeSet<String> = verdicts.iter().filter_map(|v| v.signer.clone()).collect();
         assert_eq!(signers.len(), 1, "two signatures by one key, listed twice, are one signer of the two required: {signers:?}");

@@ -49,26 +49,43 @@ pub struct Front {
 impl Front {
     /// Starts a front forwarding to `upstream` (`http://host:port`).
     pub fn start(upstream: &str) -> Front {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let (st, up) = (state.clone(), upstream.trim_end_matches('/').to_string());
         runtime.spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, up, client) = (st.clone(), up.clone(), client.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (st, up, client) = (st.clone(), up.clone(), client.clone());
                         async move { forward(&st, &up, &client, req).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        Front { addr, state, _runtime: runtime }
+        Front {
+            addr,
+            state,
+            _runtime: runtime,
+        }
     }
 
     /// `http://<addr>`.
@@ -78,7 +95,11 @@ impl Front {
 
     /// Injects `fault` into `method` requests whose path contains `needle`.
     pub fn fault(&self, method: &str, needle: &str, fault: Fault) {
-        self.state.lock().unwrap().rules.push((method.to_string(), needle.to_string(), fault));
+        self.state
+            .lock()
+            .unwrap()
+            .rules
+            .push((method.to_string(), needle.to_string(), fault));
     }
 
     /// Removes every fault: the upstream recovers.
@@ -93,14 +114,34 @@ impl Front {
 }
 
 fn full(status: u16, bytes: impl Into<Bytes>) -> Response<BoxBody> {
-    Response::builder().status(status).body(Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()).unwrap()
+    Response::builder()
+        .status(status)
+        .body(
+            Full::new(bytes.into())
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .unwrap()
 }
 
-async fn forward(state: &Mutex<State>, upstream: &str, client: &reqwest::Client, req: Request<hyper::body::Incoming>) -> Result<Response<BoxBody>, std::io::Error> {
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+async fn forward(
+    state: &Mutex<State>,
+    upstream: &str,
+    client: &reqwest::Client,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<BoxBody>, std::io::Error> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let fault = {
         let mut s = state.lock().unwrap();
-        let f = s.rules.iter().find(|(m, n, _)| m == req.method().as_str() && path.contains(n.as_str())).map(|(_, _, f)| f.clone());
+        let f = s
+            .rules
+            .iter()
+            .find(|(m, n, _)| m == req.method().as_str() && path.contains(n.as_str()))
+            .map(|(_, _, f)| f.clone());
         if f.is_some() {
             s.injected += 1;
         }
@@ -108,7 +149,10 @@ async fn forward(state: &Mutex<State>, upstream: &str, client: &reqwest::Client,
     };
     match &fault {
         Some(Fault::Status(code, retry)) => {
-            let mut r = full(*code, r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}"#);
+            let mut r = full(
+                *code,
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"injected"}]}"#,
+            );
             if let Some(secs) = retry {
                 r.headers_mut().insert("retry-after", (*secs).into());
             }
@@ -125,15 +169,21 @@ async fn forward(state: &Mutex<State>, upstream: &str, client: &reqwest::Client,
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
-    let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     let resp = out.body(body).send().await.map_err(std::io::Error::other)?;
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
-        let value = if k == "docker-content-digest" && matches!(fault, Some(Fault::WrongDigestHeader)) {
-            "sha256:0000000000000000000000000000000000000000000000000000000000000000".as_bytes()
-        } else {
-            v.as_bytes()
-        };
+        let value =
+            if k == "docker-content-digest" && matches!(fault, Some(Fault::WrongDigestHeader)) {
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000".as_bytes()
+            } else {
+                v.as_bytes()
+            };
         builder = builder.header(k.as_str(), value);
     }
     let body: BoxBody = match fault {
@@ -147,13 +197,26 @@ async fn forward(state: &Mutex<State>, upstream: &str, client: &reqwest::Client,
                 }
                 Err::<Frame<Bytes>, _>(std::io::Error::other("injected cut"))
             });
-            BodyExt::boxed(StreamBody::new(futures_util::stream::once(async move { Ok(Frame::data(half)) }).chain(tail)))
+            BodyExt::boxed(StreamBody::new(
+                futures_util::stream::once(async move { Ok(Frame::data(half)) }).chain(tail),
+            ))
         }
         Some(Fault::CorruptBody) => {
-            let bytes: Vec<u8> = resp.bytes().await.map_err(std::io::Error::other)?.iter().map(|b| !b).collect();
-            Full::new(Bytes::from(bytes)).map_err(|never: Infallible| match never {}).boxed()
+            let bytes: Vec<u8> = resp
+                .bytes()
+                .await
+                .map_err(std::io::Error::other)?
+                .iter()
+                .map(|b| !b)
+                .collect();
+            Full::new(Bytes::from(bytes))
+                .map_err(|never: Infallible| match never {})
+                .boxed()
         }
-        _ => BodyExt::boxed(StreamBody::new(resp.bytes_stream().map(|r| r.map(Frame::data).map_err(std::io::Error::other)))),
+        _ => BodyExt::boxed(StreamBody::new(
+            resp.bytes_stream()
+                .map(|r| r.map(Frame::data).map_err(std::io::Error::other)),
+        )),
     };
     Ok(builder.body(body).unwrap())
 }

@@ -83,7 +83,9 @@ fn layer_tar_gz(seed: &str, index: usize, size: usize) -> (Vec<u8>, String) {
     tar.append(&header, data.as_slice()).unwrap();
     let tar_bytes = tar.into_inner().unwrap();
     let diff_id = sha256(&tar_bytes);
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar_bytes).unwrap();
     (gz.finish().unwrap(), diff_id)
 }
@@ -126,7 +128,14 @@ pub fn build_image(dir: &Path, spec: &ImageSpec) -> OciImage {
         }],
     });
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    OciImage { dir: dir.to_path_buf(), tag: spec.tag.to_string(), digest, manifest, config_digest, layers }
+    OciImage {
+        dir: dir.to_path_buf(),
+        tag: spec.tag.to_string(),
+        digest,
+        manifest,
+        config_digest,
+        layers,
+    }
 }
 
 /// A multi-platform image (an OCI index over one image per platform) written as an OCI layout.
@@ -145,7 +154,14 @@ pub fn build_index(dir: &Path, seed: &str, platforms: &[&str], tag: &str) -> Oci
     let mut children = Vec::new();
     for p in platforms {
         let (os, arch) = p.split_once('/').unwrap();
-        let child = build_image(dir, &ImageSpec { seed: &format!("{seed}-{p}"), layers: &[2048], tag });
+        let child = build_image(
+            dir,
+            &ImageSpec {
+                seed: &format!("{seed}-{p}"),
+                layers: &[2048],
+                tag,
+            },
+        );
         entries.push(json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child.digest,
             "size": child.manifest.len(), "platform": {"os": os, "architecture": arch},
@@ -164,5 +180,10 @@ pub fn build_index(dir: &Path, seed: &str, platforms: &[&str], tag: &str) -> Oci
         }],
     });
     std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
-    OciIndex { dir: dir.to_path_buf(), tag: tag.to_string(), digest, children }
+    OciIndex {
+        dir: dir.to_path_buf(),
+        tag: tag.to_string(),
+        digest,
+        children,
+    }
 }

@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType, SigningKey, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SigningKey, PKCS_ECDSA_P256_SHA256,
 };
 
 use super::{push_blob, push_manifest, sha256, Registry};
@@ -18,7 +19,10 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 /// Unix seconds now.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn time(t: i64) -> time::OffsetDateTime {
@@ -75,8 +79,12 @@ impl Sigstore {
         std::fs::create_dir_all(dir).unwrap();
         let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root_params.distinguished_name.push(DnType::OrganizationName, "sigstore.test");
-        root_params.distinguished_name.push(DnType::CommonName, format!("{name} root"));
+        root_params
+            .distinguished_name
+            .push(DnType::OrganizationName, "sigstore.test");
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} root"));
         root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         root_params.not_before = time(now() - 86400 * 30);
         root_params.not_after = time(now() + 86400 * 365);
@@ -85,15 +93,22 @@ impl Sigstore {
 
         let mut intermediate_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         intermediate_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        intermediate_params.distinguished_name.push(DnType::OrganizationName, "sigstore.test");
-        intermediate_params.distinguished_name.push(DnType::CommonName, format!("{name} intermediate"));
-        intermediate_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        intermediate_params
+            .distinguished_name
+            .push(DnType::OrganizationName, "sigstore.test");
+        intermediate_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} intermediate"));
+        intermediate_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         intermediate_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
         intermediate_params.not_before = root_params.not_before;
         intermediate_params.not_after = root_params.not_after;
         let intermediate_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let root_issuer = Issuer::from_params(&root_params, &root_key);
-        let intermediate = intermediate_params.signed_by(&intermediate_key, &root_issuer).unwrap();
+        let intermediate = intermediate_params
+            .signed_by(&intermediate_key, &root_issuer)
+            .unwrap();
 
         let rekor = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let s = Sigstore {
@@ -126,13 +141,19 @@ impl Sigstore {
             "ctlogs": [],
             "timestampAuthorities": [],
         });
-        std::fs::write(&s.trusted_root, serde_json::to_vec_pretty(&trusted_root).unwrap()).unwrap();
+        std::fs::write(
+            &s.trusted_root,
+            serde_json::to_vec_pretty(&trusted_root).unwrap(),
+        )
+        .unwrap();
         s
     }
 
     /// The log ID: hex SHA-256 of the log key's SubjectPublicKeyInfo.
     pub fn log_id(&self) -> String {
-        sha256(&self.rekor.subject_public_key_info()).trim_start_matches("sha256:").to_string()
+        sha256(&self.rekor.subject_public_key_info())
+            .trim_start_matches("sha256:")
+            .to_string()
     }
 
     /// Issues a ten-minute certificate for `email` from OIDC `issuer`, valid from an hour ago,
@@ -147,15 +168,30 @@ impl Sigstore {
         params.not_before = time(not_before);
         params.not_after = time(not_before + 600);
         params.custom_extensions = vec![
-            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 1], issuer.as_bytes().to_vec()),
-            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 6], b"refs/heads/main".to_vec()),
-            CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 8], utf8_string(issuer)),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 57264, 1, 1],
+                issuer.as_bytes().to_vec(),
+            ),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 57264, 1, 6],
+                b"refs/heads/main".to_vec(),
+            ),
+            CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 57264, 1, 8],
+                utf8_string(issuer),
+            ),
         ];
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let issuer_ca = Issuer::from_params(&self.intermediate_params, &self.intermediate_key);
         let cert = params.signed_by(&key, &issuer_ca).unwrap();
         let _ = (&self.root_params, &self.root_key);
-        Signer { key, cert_pem: cert.pem(), cert_der: cert.der().to_vec(), chain_pem: self.intermediate_pem.clone(), not_before }
+        Signer {
+            key,
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            chain_pem: self.intermediate_pem.clone(),
+            not_before,
+        }
     }
 
     /// A Rekor entry for `body`, integrated as `entry` says, as (integrated time, log index, SET).
@@ -166,9 +202,15 @@ impl Sigstore {
             _ => signer.not_before + 60,
         };
         let index = 1000 + (now() % 1000);
-        let canonical = format!(r#"{{"body":"{body_b64}","integratedTime":{integrated},"logID":"{}","logIndex":{index}}}"#, self.log_id());
+        let canonical = format!(
+            r#"{{"body":"{body_b64}","integratedTime":{integrated},"logID":"{}","logIndex":{index}}}"#,
+            self.log_id()
+        );
         let set = if entry == Entry::BadSet {
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap().sign(canonical.as_bytes()).unwrap()
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                .unwrap()
+                .sign(canonical.as_bytes())
+                .unwrap()
         } else {
             self.rekor.sign(canonical.as_bytes()).unwrap()
         };
@@ -176,7 +218,13 @@ impl Sigstore {
     }
 
     /// cosign's `dev.sigstore.cosign/bundle` annotation for a hashedrekord entry.
-    pub fn cosign_bundle(&self, signer: &Signer, signed: &[u8], signature_b64: &str, entry: Entry) -> String {
+    pub fn cosign_bundle(
+        &self,
+        signer: &Signer,
+        signed: &[u8],
+        signature_b64: &str,
+        entry: Entry,
+    ) -> String {
         let body = B64.encode(hashedrekord(signer, &sha256_hex(signed), signature_b64));
         let (integrated, index, set) = self.log(&body, signer, entry);
         serde_json::json!({
@@ -190,7 +238,17 @@ impl Sigstore {
     /// `dsse` entry.
     pub fn dsse_bundle(&self, signer: &Signer, statement: &[u8], entry: Entry) -> String {
         let payload_type = "application/vnd.in-toto+json";
-        let pae = [format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, statement.len()).as_bytes(), statement].concat();
+        let pae = [
+            format!(
+                "DSSEv1 {} {} {} ",
+                payload_type.len(),
+                payload_type,
+                statement.len()
+            )
+            .as_bytes(),
+            statement,
+        ]
+        .concat();
         let sig = B64.encode(signer.key.sign(&pae).unwrap());
         let body = serde_json::json!({
             "apiVersion": "0.0.1", "kind": "dsse",
@@ -252,12 +310,26 @@ pub fn payload(reference: &str, digest: &str) -> String {
 
 /// Pushes a keyless `.sig` for `image_digest` the way cosign does, with the entry spoiled as
 /// `entry` says; returns the signature manifest's digest.
-pub fn push_keyless_signature(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signer: &Signer, entry: Entry) {
+pub fn push_keyless_signature(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    sigstore: &Sigstore,
+    signer: &Signer,
+    entry: Entry,
+) {
     push_keyless_signatures(reg, repo, image_digest, sigstore, &[signer], entry);
 }
 
 /// Pushes a keyless `.sig` with one layer per signer (as `cosign sign` run by each of them).
-pub fn push_keyless_signatures(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signers: &[&Signer], entry: Entry) {
+pub fn push_keyless_signatures(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    sigstore: &Sigstore,
+    signers: &[&Signer],
+    entry: Entry,
+) {
     let payload = payload(&format!("{}/{repo}", reg.host()), image_digest);
     let d = push_blob(reg, repo, payload.as_bytes());
     let layers: Vec<serde_json::Value> = signers
@@ -276,7 +348,13 @@ pub fn push_keyless_signatures(reg: &Registry, repo: &str, image_digest: &str, s
             })
         })
         .collect();
-    push_attachment_layers(reg, repo, &format!("{}.sig", image_digest.replace(':', "-")), &d, layers);
+    push_attachment_layers(
+        reg,
+        repo,
+        &format!("{}.sig", image_digest.replace(':', "-")),
+        &d,
+        layers,
+    );
 }
 
 /// One Sigstore bundle to attach: its JSON, `dev.sigstore.bundle.content` and predicate type.
@@ -291,7 +369,13 @@ pub struct BundleSpec<'a> {
 
 /// Pushes Sigstore bundles as referrers of `image_digest`, listed under the referrers tag
 /// schema (`sha256-<hex>`) since the upstream has no referrers API.
-pub fn push_bundle_referrers(reg: &Registry, repo: &str, image_digest: &str, image_manifest_len: usize, bundles: &[BundleSpec<'_>]) {
+pub fn push_bundle_referrers(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    image_manifest_len: usize,
+    bundles: &[BundleSpec<'_>],
+) {
     let empty = push_blob(reg, repo, b"{}");
     let bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json";
     let mut entries = Vec::new();
@@ -307,11 +391,23 @@ pub fn push_bundle_referrers(reg: &Registry, repo: &str, image_digest: &str, ima
         })
         .to_string();
         let artifact_digest = sha256(artifact.as_bytes());
-        push_manifest(reg, repo, &artifact_digest, "application/vnd.oci.image.manifest.v1+json", artifact.as_bytes());
+        push_manifest(
+            reg,
+            repo,
+            &artifact_digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            artifact.as_bytes(),
+        );
         entries.push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": artifact_digest, "size": artifact.len(), "artifactType": bundle_type, "annotations": annotations}));
     }
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}).to_string();
-    push_manifest(reg, repo, &image_digest.replace(':', "-"), "application/vnd.oci.image.index.v1+json", index.as_bytes());
+    push_manifest(
+        reg,
+        repo,
+        &image_digest.replace(':', "-"),
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
+    );
 }
 
 /// An in-toto statement about `digest` with `predicate_type`.
@@ -328,10 +424,27 @@ pub fn statement(digest: &str, predicate_type: &str) -> String {
 
 /// Pushes a keyless `.att` for `image_digest` as cosign does: a DSSE envelope layer with the
 /// certificate, chain and a Rekor bundle of an `intoto` entry.
-pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, sigstore: &Sigstore, signer: &Signer, predicate_type: &str) {
+pub fn push_keyless_attestation(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    sigstore: &Sigstore,
+    signer: &Signer,
+    predicate_type: &str,
+) {
     let payload_type = "application/vnd.in-toto+json";
     let st = statement(image_digest, predicate_type);
-    let pae = [format!("DSSEv1 {} {} {} ", payload_type.len(), payload_type, st.len()).as_bytes(), st.as_bytes()].concat();
+    let pae = [
+        format!(
+            "DSSEv1 {} {} {} ",
+            payload_type.len(),
+            payload_type,
+            st.len()
+        )
+        .as_bytes(),
+        st.as_bytes(),
+    ]
+    .concat();
     let sig = B64.encode(signer.key.sign(&pae).unwrap());
     let envelope = serde_json::json!({"payloadType": payload_type, "payload": B64.encode(&st), "signatures": [{"keyid": "", "sig": sig}]}).to_string();
     let body = serde_json::json!({
@@ -356,16 +469,36 @@ pub fn push_keyless_attestation(reg: &Registry, repo: &str, image_digest: &str, 
             "dev.sigstore.cosign/bundle": bundle,
         },
     });
-    push_attachment(reg, repo, &format!("{}.att", image_digest.replace(':', "-")), &d, layer);
+    push_attachment(
+        reg,
+        repo,
+        &format!("{}.att", image_digest.replace(':', "-")),
+        &d,
+        layer,
+    );
 }
 
 /// Pushes a one-layer attachment manifest (as cosign writes `.sig` and `.att`) under `tag`.
-fn push_attachment(reg: &Registry, repo: &str, tag: &str, layer_digest: &str, layer: serde_json::Value) {
+fn push_attachment(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    layer_digest: &str,
+    layer: serde_json::Value,
+) {
     push_attachment_layers(reg, repo, tag, layer_digest, vec![layer]);
 }
 
-fn push_attachment_layers(reg: &Registry, repo: &str, tag: &str, layer_digest: &str, layers: Vec<serde_json::Value>) {
-    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#);
+fn push_attachment_layers(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    layer_digest: &str,
+    layers: Vec<serde_json::Value>,
+) {
+    let config = format!(
+        r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{layer_digest}"]}}}}"#
+    );
     let config_digest = push_blob(reg, repo, config.as_bytes());
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -373,5 +506,11 @@ fn push_attachment_layers(reg: &Registry, repo: &str, tag: &str, layer_digest: &
         "layers": layers,
     })
     .to_string();
-    push_manifest(reg, repo, tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+    push_manifest(
+        reg,
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    );
 }

@@ -60,14 +60,22 @@ pub struct Liar {
 impl Liar {
     /// Starts the liar.
     pub fn start() -> Liar {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let state = Arc::new(Mutex::new(State::default()));
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (st, a) = (state.clone(), addr.clone());
         runtime.spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, a) = (st.clone(), a.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -80,7 +88,11 @@ impl Liar {
                 });
             }
         });
-        Liar { addr, state, _runtime: runtime }
+        Liar {
+            addr,
+            state,
+            _runtime: runtime,
+        }
     }
 
     /// `http://<addr>`.
@@ -91,12 +103,19 @@ impl Liar {
     /// Serves a manifest for `repo:reference`.
     pub fn manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
         let mut s = self.state.lock().unwrap();
-        s.manifests.insert(format!("{repo}:{reference}"), (media_type.into(), bytes.to_vec()));
+        s.manifests.insert(
+            format!("{repo}:{reference}"),
+            (media_type.into(), bytes.to_vec()),
+        );
     }
 
     /// Sets how a blob is answered.
     pub fn blob(&self, digest: &str, behaviour: Behaviour) {
-        self.state.lock().unwrap().blobs.insert(digest.into(), behaviour);
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.into(), behaviour);
     }
 
     /// Answers the atomic signatures extension with this status and body.
@@ -106,7 +125,11 @@ impl Liar {
 
     /// Serves `tags` for `repo`, a thousand per page with `Link` headers as docker-registry does.
     pub fn tags(&self, repo: &str, tags: Vec<String>) {
-        self.state.lock().unwrap().tags.insert(repo.to_string(), tags);
+        self.state
+            .lock()
+            .unwrap()
+            .tags
+            .insert(repo.to_string(), tags);
     }
 
     /// Answers the tags list's first page with this `Link` (e.g. to another host).
@@ -116,7 +139,11 @@ impl Liar {
 
     /// Serves the OCI 1.1 referrers API: this index for the subject `digest`.
     pub fn referrers(&self, digest: &str, index: &str) {
-        self.state.lock().unwrap().referrers.insert(digest.to_string(), index.to_string());
+        self.state
+            .lock()
+            .unwrap()
+            .referrers
+            .insert(digest.to_string(), index.to_string());
     }
 
     /// Whether `/v2/` advertises the atomic signatures extension.
@@ -142,37 +169,67 @@ impl Liar {
     /// The `Authorization` header (if any) of every request for a path containing `needle`.
     pub fn authorizations(&self, needle: &str) -> Vec<Option<String>> {
         let s = self.state.lock().unwrap();
-        s.authorizations.iter().filter(|(p, _)| p.contains(needle)).map(|(_, a)| a.clone()).collect()
+        s.authorizations
+            .iter()
+            .filter(|(p, _)| p.contains(needle))
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     /// How many requests for paths containing `needle` were made.
     pub fn hits(&self, needle: &str) -> usize {
-        self.state.lock().unwrap().hits.iter().filter(|(k, _)| k.contains(needle)).map(|(_, v)| v).sum()
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .iter()
+            .filter(|(k, _)| k.contains(needle))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 
 fn full(status: u16, bytes: impl Into<Bytes>) -> Response<BoxBody> {
     Response::builder()
         .status(status)
-        .body(Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed())
+        .body(
+            Full::new(bytes.into())
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
         .unwrap()
 }
 
-fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>) -> Response<BoxBody> {
+fn answer(
+    state: &Mutex<State>,
+    addr: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
     let mut s = state.lock().unwrap();
-    *s.hits.entry(format!("{} {}", req.method(), path)).or_default() += 1;
-    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap_or("").to_string());
+    *s.hits
+        .entry(format!("{} {}", req.method(), path))
+        .or_default() += 1;
+    let auth = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or("").to_string());
     s.authorizations.push((path.clone(), auth));
     if path == "/token" {
         let expires = s.token_expires_in.clone().unwrap_or_else(|| "300".into());
-        return full(200, format!(r#"{{"token":"good-token","expires_in":{expires}}}"#));
+        return full(
+            200,
+            format!(r#"{{"token":"good-token","expires_in":{expires}}}"#),
+        );
     }
     if path == "/v2/" {
         // it serves the atomic signatures extension, and says so as such registries do
         let mut r = full(200, "{}");
         if !s.signatures_hidden {
-            r.headers_mut().insert("x-registry-supports-signatures", hyper::header::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                "x-registry-supports-signatures",
+                hyper::header::HeaderValue::from_static("1"),
+            );
         }
         return r;
     }
@@ -189,30 +246,70 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
             _ => full(404, ""),
         };
     }
-    let authorised = req.headers().get("authorization").is_some_and(|v| v == "Bearer good-token");
+    let authorised = req
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v == "Bearer good-token");
     if s.token_required && !authorised {
-        let mut r = full(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#);
-        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="liar",scope="repository:x:pull""#);
-        r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+        let mut r = full(
+            401,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#,
+        );
+        let challenge = format!(
+            r#"Bearer realm="http://{addr}/token",service="liar",scope="repository:x:pull""#
+        );
+        r.headers_mut()
+            .insert("www-authenticate", challenge.parse().unwrap());
         return r;
     }
-    if s.basic_required && !req.headers().get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic ")) {
-        let mut r = full(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"sign in"}]}"#);
-        r.headers_mut().insert("www-authenticate", "Basic realm=\"liar\"".parse().unwrap());
+    if s.basic_required
+        && !req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic "))
+    {
+        let mut r = full(
+            401,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"sign in"}]}"#,
+        );
+        r.headers_mut()
+            .insert("www-authenticate", "Basic realm=\"liar\"".parse().unwrap());
         return r;
     }
     let rest = path.trim_start_matches("/v2/");
     if let Some(repo) = rest.strip_suffix("/tags/list") {
-        let Some(all) = s.tags.get(repo) else { return full(404, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}"#) };
+        let Some(all) = s.tags.get(repo) else {
+            return full(
+                404,
+                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}"#,
+            );
+        };
         let query = req.uri().query().unwrap_or("");
-        let last = query.split('&').find_map(|kv| kv.strip_prefix("last=")).unwrap_or("");
-        let start = if last.is_empty() { 0 } else { all.iter().position(|t| t == last).map(|i| i + 1).unwrap_or(all.len()) };
+        let last = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("last="))
+            .unwrap_or("");
+        let start = if last.is_empty() {
+            0
+        } else {
+            all.iter()
+                .position(|t| t == last)
+                .map(|i| i + 1)
+                .unwrap_or(all.len())
+        };
         let page: Vec<&String> = all[start..].iter().take(1000).collect();
-        let mut r = full(200, serde_json::json!({"name": repo, "tags": page}).to_string());
+        let mut r = full(
+            200,
+            serde_json::json!({"name": repo, "tags": page}).to_string(),
+        );
         if let (Some(link), 0) = (&s.tags_link, start) {
-            r.headers_mut().insert("link", format!("<{link}>; rel=\"next\"").parse().unwrap());
+            r.headers_mut()
+                .insert("link", format!("<{link}>; rel=\"next\"").parse().unwrap());
         } else if start + page.len() < all.len() {
-            let next = format!("</v2/{repo}/tags/list?last={}&n=1000>; rel=\"next\"", page.last().unwrap());
+            let next = format!(
+                "</v2/{repo}/tags/list?last={}&n=1000>; rel=\"next\"",
+                page.last().unwrap()
+            );
             r.headers_mut().insert("link", next.parse().unwrap());
         }
         return r;
@@ -221,10 +318,16 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
         return match s.referrers.get(digest) {
             Some(index) => {
                 let mut r = full(200, index.clone());
-                r.headers_mut().insert("content-type", "application/vnd.oci.image.index.v1+json".parse().unwrap());
+                r.headers_mut().insert(
+                    "content-type",
+                    "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+                );
                 r
             }
-            None => full(404, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no referrers API here"}]}"#),
+            None => full(
+                404,
+                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"no referrers API here"}]}"#,
+            ),
         };
     }
     if let Some((repo, reference)) = rest.split_once("/manifests/") {
@@ -232,19 +335,29 @@ fn answer(state: &Mutex<State>, addr: &str, req: Request<hyper::body::Incoming>)
             Some((mt, bytes)) => {
                 let mut r = full(200, bytes.clone());
                 r.headers_mut().insert("content-type", mt.parse().unwrap());
-                r.headers_mut().insert("docker-content-digest", super::sha256(bytes).parse().unwrap());
+                r.headers_mut().insert(
+                    "docker-content-digest",
+                    super::sha256(bytes).parse().unwrap(),
+                );
                 r
             }
-            None => full(404, r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#),
+            None => full(
+                404,
+                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no"}]}"#,
+            ),
         };
     }
     if let Some((_, digest)) = rest.split_once("/blobs/") {
         let Some(mut b) = s.blobs.get(digest).cloned() else {
-            return full(404, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#);
+            return full(
+                404,
+                r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#,
+            );
         };
         if let Behaviour::FailFirst(n, v) = &b {
             if *n > 0 {
-                s.blobs.insert(digest.to_string(), Behaviour::FailFirst(n - 1, v.clone()));
+                s.blobs
+                    .insert(digest.to_string(), Behaviour::FailFirst(n - 1, v.clone()));
                 return full(503, "busy");
             }
             b = Behaviour::Good(v.clone());

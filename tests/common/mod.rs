@@ -20,7 +20,11 @@ pub use image::{build_image, ImageSpec, OciImage};
 
 /// A free loopback port (bound and released; the caller binds it again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `check` is true or the deadline passes.
@@ -62,7 +66,13 @@ impl Registry {
     /// Starts a registry with extra YAML appended at the top level (e.g. an `auth:` block).
     pub fn start_with(dir: &Path, extra_config: &str) -> Registry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: extra_config.into(), tls: false };
+        let mut r = Registry {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            child: None,
+            extra_config: extra_config.into(),
+            tls: false,
+        };
         r.spawn();
         r
     }
@@ -70,7 +80,13 @@ impl Registry {
     /// Starts a registry serving HTTPS: `tls_yaml` is its `http.tls` block, indented by two.
     pub fn start_tls(dir: &Path, tls_yaml: &str) -> Registry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let mut r = Registry { dir: dir.to_path_buf(), port: free_port(), child: None, extra_config: tls_yaml.into(), tls: true };
+        let mut r = Registry {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            child: None,
+            extra_config: tls_yaml.into(),
+            tls: true,
+        };
         r.spawn();
         r
     }
@@ -83,7 +99,11 @@ impl Registry {
             self.extra_config
         );
         std::fs::write(self.dir.join("config.yml"), config).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("registry.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("registry.log"))
+            .unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(self.dir.join("config.yml"))
@@ -110,7 +130,11 @@ impl Registry {
 
     /// `http://127.0.0.1:<port>` (`https://` for a TLS registry).
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.host())
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.host()
+        )
     }
 
     /// Stops the registry (the proxy's upstream goes away).
@@ -134,7 +158,10 @@ impl Registry {
 
     /// How many requests with this method whose path contains `needle` the registry served.
     pub fn count(&self, method: &str, needle: &str) -> usize {
-        self.log().lines().filter(|l| l.contains(&format!("\"{method} /v2/")) && l.contains(needle)).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"{method} /v2/")) && l.contains(needle))
+            .count()
     }
 
     /// [`Registry::count`] once the registry's access log has caught up (it logs a request after
@@ -191,11 +218,31 @@ impl Proxy {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("proxy.toml");
         let mut f = std::fs::File::create(&path).unwrap();
-        let grace = if server.contains("shutdown_grace") { "" } else { "shutdown_grace = \"2s\"\n" };
-        let plain_auth = config.contains("htpasswd") && !server.contains("tls_cert") && !server.contains("insecure_auth");
-        let insecure = if plain_auth { "insecure_auth = true\n" } else { "" };
-        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{insecure}{server}\n{config}").unwrap();
-        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path, launcher: Vec::new() };
+        let grace = if server.contains("shutdown_grace") {
+            ""
+        } else {
+            "shutdown_grace = \"2s\"\n"
+        };
+        let plain_auth = config.contains("htpasswd")
+            && !server.contains("tls_cert")
+            && !server.contains("insecure_auth");
+        let insecure = if plain_auth {
+            "insecure_auth = true\n"
+        } else {
+            ""
+        };
+        writeln!(
+            f,
+            "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{insecure}{server}\n{config}"
+        )
+        .unwrap();
+        let mut p = Proxy {
+            dir: dir.to_path_buf(),
+            addr: String::new(),
+            child: None,
+            config: path,
+            launcher: Vec::new(),
+        };
         p.spawn();
         p
     }
@@ -205,8 +252,20 @@ impl Proxy {
     pub fn start_under(launcher: &[&str], dir: &Path, server: &str, config: &str) -> Proxy {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("proxy.toml");
-        std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server}\n{config}\n")).unwrap();
-        let mut p = Proxy { dir: dir.to_path_buf(), addr: String::new(), child: None, config: path, launcher: launcher.iter().map(|s| s.to_string()).collect() };
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n{server}\n{config}\n"
+            ),
+        )
+        .unwrap();
+        let mut p = Proxy {
+            dir: dir.to_path_buf(),
+            addr: String::new(),
+            child: None,
+            config: path,
+            launcher: launcher.iter().map(|s| s.to_string()).collect(),
+        };
         p.spawn();
         p
     }
@@ -222,7 +281,11 @@ impl Proxy {
     fn spawn(&mut self) {
         let log_path = self.dir.join("proxy.log");
         let start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let binary = env!("CARGO_BIN_EXE_portcullis");
         let mut command = match self.launcher.split_first() {
             Some((program, args)) => {
@@ -244,18 +307,24 @@ impl Proxy {
         let mut addr = None;
         wait_for("the proxy to listen", Duration::from_secs(20), || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            addr = text[start as usize..]
-                .lines()
-                .find_map(|l| l.strip_prefix("portcullis listening on ").map(str::to_string));
+            addr = text[start as usize..].lines().find_map(|l| {
+                l.strip_prefix("portcullis listening on ")
+                    .map(str::to_string)
+            });
             addr.is_some()
         });
         self.addr = addr.unwrap();
-        assert!(http_ok(&format!("{}/healthz", self.url())), "proxy answers /healthz");
+        assert!(
+            http_ok(&format!("{}/healthz", self.url())),
+            "proxy answers /healthz"
+        );
     }
 
     /// `http://<addr>`, or `https://` when the proxy serves TLS.
     pub fn url(&self) -> String {
-        let tls = std::fs::read_to_string(&self.config).unwrap_or_default().contains("tls_cert");
+        let tls = std::fs::read_to_string(&self.config)
+            .unwrap_or_default()
+            .contains("tls_cert");
         format!("{}://{}", if tls { "https" } else { "http" }, self.addr)
     }
 
@@ -329,7 +398,9 @@ impl Proxy {
 
     /// Files left in the spool directory (partial downloads).
     pub fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.data().join("tmp")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.data().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
@@ -349,7 +420,11 @@ pub struct Outcome {
 impl Outcome {
     /// Panics with the client's output unless it succeeded.
     pub fn success(self) -> Outcome {
-        assert!(self.ok, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert!(
+            self.ok,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -379,14 +454,23 @@ pub fn skopeo(args: &[&str]) -> Outcome {
 /// Copies `docker://<src>` to a fresh OCI layout under `dest` with skopeo (plain http source).
 pub fn skopeo_pull(src: &str, dest: &Path) -> Outcome {
     let _ = std::fs::remove_dir_all(dest);
-    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{src}"), &format!("oci:{}:pulled", dest.display())])
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{src}"),
+        &format!("oci:{}:pulled", dest.display()),
+    ])
 }
 
 /// Runs podman with throwaway storage under `root`, using `registries_conf`.
 pub fn podman(root: &Path, registries_conf: &Path, args: &[&str]) -> Outcome {
     let policy = root.join("policy.json");
     std::fs::create_dir_all(root).unwrap();
-    std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
     let mut cmd = Command::new("podman");
     cmd.env("CONTAINERS_REGISTRIES_CONF", registries_conf)
         .env("HOME", root)
@@ -394,11 +478,21 @@ pub fn podman(root: &Path, registries_conf: &Path, args: &[&str]) -> Outcome {
         .arg(root.join("storage"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--storage-driver", "vfs", "--events-backend", "none", "--cgroup-manager", "cgroupfs"])
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "none",
+            "--cgroup-manager",
+            "cgroupfs",
+        ])
         .arg("--tmpdir")
         .arg(root.join("tmp"));
     if args.first() == Some(&"pull") {
-        cmd.arg("pull").arg("--signature-policy").arg(&policy).args(&args[1..]);
+        cmd.arg("pull")
+            .arg("--signature-policy")
+            .arg(&policy)
+            .args(&args[1..]);
     } else {
         cmd.args(args);
     }
@@ -407,18 +501,28 @@ pub fn podman(root: &Path, registries_conf: &Path, args: &[&str]) -> Outcome {
 
 /// An HTTP client for direct API checks.
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 /// An HTTPS client trusting the given CA certificate (PEM).
 pub fn https(ca: &Path) -> reqwest::blocking::Client {
     let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).add_root_certificate(cert).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .add_root_certificate(cert)
+        .build()
+        .unwrap()
 }
 
 /// An htpasswd file with bcrypt entries for `(user, password)` pairs.
 pub fn htpasswd(path: &Path, users: &[(&str, &str)]) {
-    let lines: Vec<String> = users.iter().map(|(u, p)| format!("{u}:{}", bcrypt::hash(p, 5).unwrap())).collect();
+    let lines: Vec<String> = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}", bcrypt::hash(p, 5).unwrap()))
+        .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
@@ -430,8 +534,12 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// The `errors[0].code` of an OCI error body.
 pub fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not OCI error JSON: {body:?}"));
-    v["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not OCI error JSON: {body:?}"));
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Sends a request line exactly as written (no client-side path normalisation) and returns
@@ -440,13 +548,21 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, S
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -459,11 +575,15 @@ pub fn cosign_bin() -> PathBuf {
     if let Ok(p) = std::env::var("COSIGN") {
         return PathBuf::from(p);
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("cosign")).find(|p| p.exists()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("cosign"))
+            .find(|p| p.exists())
+    });
     on_path.unwrap_or_else(|| {
         let home = std::env::var("HOME").unwrap_or_default();
-        let tools = std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools"));
+        let tools =
+            std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools"));
         PathBuf::from(tools).join("bin/cosign")
     })
 }
@@ -519,7 +639,11 @@ pub fn assert_store_consistent(proxy: &Proxy) {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         let bytes = std::fs::read(entry.path()).unwrap();
-        assert_eq!(sha256(&bytes), format!("sha256:{name}"), "a stored blob does not match its digest");
+        assert_eq!(
+            sha256(&bytes),
+            format!("sha256:{name}"),
+            "a stored blob does not match its digest"
+        );
     }
     assert_eq!(proxy.spool_files(), 0, "spool files left over");
 }
@@ -527,12 +651,23 @@ pub fn assert_store_consistent(proxy: &Proxy) {
 /// Pushes a blob to the registry (monolithic upload) and returns its digest.
 pub fn push_blob(reg: &Registry, repo: &str, bytes: &[u8]) -> String {
     let digest = sha256(bytes);
-    let r = http().post(format!("{}/v2/{repo}/blobs/uploads/", reg.url())).send().unwrap();
+    let r = http()
+        .post(format!("{}/v2/{repo}/blobs/uploads/", reg.url()))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 202);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     let sep = if loc.contains('?') { '&' } else { '?' };
-    let url = if loc.starts_with("http") { loc.clone() } else { format!("{}{loc}", reg.url()) };
-    let r = http().put(format!("{url}{sep}digest={digest}")).body(bytes.to_vec()).send().unwrap();
+    let url = if loc.starts_with("http") {
+        loc.clone()
+    } else {
+        format!("{}{loc}", reg.url())
+    };
+    let r = http()
+        .put(format!("{url}{sep}digest={digest}"))
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
     digest
 }
@@ -547,7 +682,6 @@ pub fn push_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &s
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
 }
 
-
 static POLICY_BUILD: std::sync::Once = std::sync::Once::new();
 
 /// Builds the example and test policy modules once per test binary (a no-op when built) and
@@ -561,10 +695,16 @@ pub fn policy_module(workspace: &str, name: &str) -> PathBuf {
                 .current_dir(root.join(ws))
                 .status()
                 .expect("cargo");
-            assert!(status.success(), "building the policies in {ws} (needs `rustup target add wasm32-wasip2`)");
+            assert!(
+                status.success(),
+                "building the policies in {ws} (needs `rustup target add wasm32-wasip2`)"
+            );
         }
     });
-    let path = root.join(workspace).join("target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+    let path = root
+        .join(workspace)
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
     assert!(path.exists(), "{} was not built", path.display());
     path
 }

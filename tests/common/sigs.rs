@@ -10,7 +10,10 @@ use super::{push_blob, push_manifest, sha256, Registry};
 /// A P-256 signing key and its PEM public key written to `dir/<name>.pub`.
 pub fn p256_key(dir: &std::path::Path, name: &str, seed: u8) -> p256::ecdsa::SigningKey {
     let key = p256::ecdsa::SigningKey::from_bytes(&[seed; 32].into()).unwrap();
-    let pem = key.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(format!("{name}.pub")), pem).unwrap();
     key
@@ -28,8 +31,19 @@ pub enum Spoil {
 }
 
 /// Pushes `sha256-<hex>.sig` for `image_digest` in `repo`, one layer per key, claiming `identity`.
-pub fn push_cimage_signature(reg: &Registry, repo: &str, image_digest: &str, identity: &str, keys: &[&p256::ecdsa::SigningKey], spoil: Spoil) {
-    let named = if spoil == Spoil::OtherDigest { sha256(b"another manifest") } else { image_digest.to_string() };
+pub fn push_cimage_signature(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    identity: &str,
+    keys: &[&p256::ecdsa::SigningKey],
+    spoil: Spoil,
+) {
+    let named = if spoil == Spoil::OtherDigest {
+        sha256(b"another manifest")
+    } else {
+        image_digest.to_string()
+    };
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for (i, key) in keys.iter().enumerate() {
@@ -39,7 +53,11 @@ pub fn push_cimage_signature(reg: &Registry, repo: &str, image_digest: &str, ide
         );
         let sig: p256::ecdsa::Signature = key.sign(payload.as_bytes());
         let sig_b64 = base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes());
-        let stored = if spoil == Spoil::TamperedPayload { payload.replace("test", "evil") } else { payload };
+        let stored = if spoil == Spoil::TamperedPayload {
+            payload.replace("test", "evil")
+        } else {
+            payload
+        };
         let d = push_blob(reg, repo, stored.as_bytes());
         diff_ids.push(format!("\"{d}\""));
         layers.push(format!(
@@ -47,7 +65,10 @@ pub fn push_cimage_signature(reg: &Registry, repo: &str, image_digest: &str, ide
             stored.len()
         ));
     }
-    let config = format!(r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#, diff_ids.join(","));
+    let config = format!(
+        r#"{{"architecture":"","os":"","config":{{}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
     let config_digest = push_blob(reg, repo, config.as_bytes());
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
@@ -55,5 +76,11 @@ pub fn push_cimage_signature(reg: &Registry, repo: &str, image_digest: &str, ide
         layers.join(",")
     );
     let tag = format!("{}.sig", image_digest.replace(':', "-"));
-    push_manifest(reg, repo, &tag, "application/vnd.oci.image.manifest.v1+json", manifest.as_bytes());
+    push_manifest(
+        reg,
+        repo,
+        &tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    );
 }

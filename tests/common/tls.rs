@@ -21,12 +21,18 @@ pub fn make_pki(dir: &Path) -> TestPki {
     std::fs::create_dir_all(dir.join("certs.d")).unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Portcullis Test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Portcullis Test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     let key = KeyPair::generate().unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let cert = params.signed_by(&key, &issuer).unwrap();

@@ -10,7 +10,9 @@
 //! openloop URL RATE CONNECTIONS SECONDS [HEADER...]
 //! ```
 //! Prints one line: `<requests/s achieved> <p50 ms> <p99 ms> <max ms> <errors>`. A server that
-//! cannot keep up achieves less than RATE, and its late answers show in the percentiles.
+//! cannot keep up achieves less than RATE, and its late answers show in the percentiles. An
+//! answer other than 200, or a broken connection, is an error: counted, not timed; a broken
+//! connection is opened again and the run goes on.
 
 use std::time::Duration;
 
@@ -89,12 +91,12 @@ async fn run(load: &Load) -> Result<(Tally, Duration), String> {
     let interval = Duration::from_secs_f64(load.connections as f64 / load.rate);
     let mut tasks = Vec::new();
     for k in 0..load.connections {
-        let stream = TcpStream::connect(&load.host)
+        let stream = connect(&load.host)
             .await
             .map_err(|e| format!("connect {}: {e}", load.host))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let first = start + Duration::from_secs_f64(k as f64 / load.rate);
         tasks.push(tokio::spawn(connection(
+            load.host.clone(),
             stream,
             request.clone().into_bytes(),
             first,
@@ -111,9 +113,16 @@ async fn run(load: &Load) -> Result<(Tally, Duration), String> {
     Ok((tally, Instant::now().max(end) - start))
 }
 
+async fn connect(host: &str) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(host).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Sends the request on one connection at each due time until `end`.
 async fn connection(
-    mut stream: TcpStream,
+    host: String,
+    stream: TcpStream,
     request: Vec<u8>,
     first: Instant,
     interval: Duration,
@@ -121,37 +130,50 @@ async fn connection(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut stream = Some(stream);
     let mut due = first;
     let mut free_at = first;
     while due < end {
         tokio::time::sleep_until(due).await;
         let sent = Instant::now();
         let from = if free_at > due { due } else { sent };
-        let ok = stream.write_all(&request).await.is_ok()
-            && read_response(&mut stream, &mut buf).await.unwrap_or(false);
+        let answer = match stream.as_mut() {
+            Some(s) => exchange(s, &request, &mut buf).await,
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
         free_at = Instant::now();
-        if ok {
-            tally
+        match answer {
+            Ok(true) => tally
                 .latencies
-                .push((free_at - from).as_micros().min(u32::MAX as u128) as u32);
-        } else {
-            tally.errors += 1;
-            break;
+                .push((free_at - from).as_micros().min(u32::MAX as u128) as u32),
+            Ok(false) => tally.errors += 1,
+            Err(_) => {
+                tally.errors += 1;
+                stream = connect(&host).await.ok();
+            }
         }
         due += interval;
     }
     tally
 }
 
+/// One request and its response: true if the answer was 200, false for another status; an
+/// error if the connection broke.
+async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    stream.write_all(request).await?;
+    read_response(stream, buf).await
+}
+
 /// Reads one response with a Content-Length body; true if its status was 200.
 async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let closed = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
     buf.clear();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
         if read_more(stream, buf).await? == 0 {
-            return Ok(false);
+            return Err(closed());
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -163,7 +185,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Re
         .unwrap_or(0);
     while buf.len() < head_end + length {
         if read_more(stream, buf).await? == 0 {
-            return Ok(false);
+            return Err(closed());
         }
     }
     Ok(ok)

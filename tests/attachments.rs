@@ -832,3 +832,120 @@ fn a_subset_of_attachment_kinds_fetches_only_those() {
         "nor the referrers"
     );
 }
+
+/// Writes a `policy.json` requiring a sigstore signature by `key` on the proxy's `up` images,
+/// whose identity is the upstream's repository `name` (what cosign signed there), and a
+/// registries.d entry telling containers/image to read sigstore attachments from the proxy.
+fn sigstore_policy(s: &Setup, dir: &std::path::Path, key: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let regd = dir.join("registries.d");
+    std::fs::create_dir_all(&regd).unwrap();
+    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", s.proxy.addr)).unwrap();
+    let policy = dir.join("policy.json");
+    let rule = serde_json::json!({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {format!("{}/up", s.proxy.addr): [{
+            "type": "sigstoreSigned",
+            "keyPath": key,
+            "signedIdentity": {"type": "exactRepository", "dockerRepository": format!("{}/{name}", s.reg.host())},
+        }]}},
+    });
+    std::fs::write(&policy, rule.to_string()).unwrap();
+    (policy, regd)
+}
+
+#[test]
+fn skopeo_with_sigstore_verifies_through_the_proxy_and_refuses_what_is_not_signed_by_its_key() {
+    let mut s = setup("");
+    let img = s.image("demo/verified", "verified");
+    cosign_sign(&s.keys, &s.upstream_ref("demo/verified", &img.digest));
+    let unsigned = s.image("demo/unsigned", "unsigned");
+    let other_keys = s.t.path().join("other-keys");
+    cosign_keys(&other_keys);
+    let copy = |policy: &std::path::Path, regd: &std::path::Path, name: &str, out: &str| {
+        sigstore_skopeo(
+            policy,
+            &[
+                "--registries.d",
+                regd.to_str().unwrap(),
+                "copy",
+                "--src-tls-verify=false",
+                "--remove-signatures",
+                &format!("docker://{}", s.proxy_ref(name, "v1")),
+                &format!("oci:{}:x", s.t.path().join(out).display()),
+            ],
+        )
+    };
+
+    // containers/image verifies cosign's signature as the proxy serves it
+    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf"), &s.keys.join("cosign.pub"), "demo/verified");
+    let sig_path = format!("/v2/up/demo/verified/manifests/{}.sig", img.digest.replace(':', "-"));
+    let out = copy(&policy, &regd, "demo/verified", "verified-out");
+    assert!(out.ok, "skopeo refused the signed image: {}", out.stderr);
+    let index = std::fs::read_to_string(s.t.path().join("verified-out/index.json")).unwrap();
+    assert!(index.contains(&img.digest), "skopeo stored another image: {index}");
+    wait_for("the .sig served to skopeo", Duration::from_secs(10), || {
+        s.proxy.log().lines().any(|l| l.contains(&sig_path) && l.contains("status=200"))
+    });
+
+    // the same image under another key's policy: the signature is read and does not verify
+    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-other"), &other_keys.join("cosign.pub"), "demo/verified");
+    let out = copy(&policy, &regd, "demo/verified", "other-out");
+    assert!(!out.ok, "a signature by another key was accepted");
+    assert!(out.stderr.contains("cryptographic signature verification failed"), "{}", out.stderr);
+
+    // an image nobody signed: no signature to show
+    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-unsigned"), &s.keys.join("cosign.pub"), "demo/unsigned");
+    let out = copy(&policy, &regd, "demo/unsigned", "unsigned-out");
+    assert!(!out.ok, "an unsigned image was accepted ({})", unsigned.digest);
+    assert!(out.stderr.contains("A signature was required, but no signature exists"), "{}", out.stderr);
+
+    // signed, but for another repository than the policy names: the identity is refused
+    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-identity"), &s.keys.join("cosign.pub"), "demo/elsewhere");
+    let out = copy(&policy, &regd, "demo/verified", "identity-out");
+    assert!(!out.ok, "a signature for another repository was accepted");
+    assert!(out.stderr.contains("is not accepted"), "{}", out.stderr);
+
+    // as platform teams configure it: the upstream's name, the proxy as its mirror in
+    // registries.conf, the policy on the upstream's name; with the upstream gone, so that
+    // containers/image cannot fall back to it, verification still passes through the proxy
+    s.reg.stop();
+    let conf = s.t.path().join("conf-mirror");
+    let regd = conf.join("registries.d");
+    std::fs::create_dir_all(&regd).unwrap();
+    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", s.proxy.addr)).unwrap();
+    let registries = conf.join("registries.conf");
+    std::fs::write(
+        &registries,
+        format!("[[registry]]\nlocation = \"{}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}/up\"\ninsecure = true\n", s.reg.host(), s.proxy.addr),
+    )
+    .unwrap();
+    let policy = conf.join("policy.json");
+    let rule = serde_json::json!({
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {s.reg.host(): [{
+            "type": "sigstoreSigned",
+            "keyPath": s.keys.join("cosign.pub"),
+            "signedIdentity": {"type": "matchRepository"},
+        }]}},
+    });
+    std::fs::write(&policy, rule.to_string()).unwrap();
+    let pull = |name: &str, out: &str| {
+        sigstore_skopeo(
+            &policy,
+            &[
+                "--registries-conf",
+                registries.to_str().unwrap(),
+                "--registries.d",
+                regd.to_str().unwrap(),
+                "copy",
+                "--remove-signatures",
+                &format!("docker://{}/{name}:v1", s.reg.host()),
+                &format!("oci:{}:x", s.t.path().join(out).display()),
+            ],
+        )
+    };
+    let out = pull("demo/verified", "mirror-out");
+    assert!(out.ok, "skopeo through the mirror: {}", out.stderr);
+    let out = pull("demo/unsigned", "mirror-unsigned-out");
+    assert!(!out.ok && out.stderr.contains("A signature was required, but no signature exists"), "{}", out.stderr);
+}

@@ -189,45 +189,52 @@ fn skopeo_sign_by_sigstore_key_pushes_through_the_proxy() {
         },
     );
     let dest = format!("docker://{}/internal/signed/app:v1", proxy.addr);
-    let out = skopeo(&[
-        "copy",
-        "-q",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        "ci:ci-pass",
-        "--sign-by-sigstore-private-key",
-        keys.join("cosign.key").to_str().unwrap(),
-        "--sign-passphrase-file",
-        keys.join("pass").to_str().unwrap(),
-        &format!("oci:{}:v1", img.dir.display()),
-        &dest,
-    ]);
+    let accept = t.path().join("accept.json");
+    std::fs::write(&accept, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let regd = t.path().join("registries.d");
+    std::fs::create_dir_all(&regd).unwrap();
+    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", proxy.addr)).unwrap();
+    // Debian 13's skopeo: containers/image signs with the cosign key and pushes the signature
+    let out = sigstore_skopeo(
+        &accept,
+        &[
+            "--registries.d",
+            regd.to_str().unwrap(),
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "ci:ci-pass",
+            "--sign-by-sigstore-private-key",
+            keys.join("cosign.key").to_str().unwrap(),
+            "--sign-passphrase-file",
+            keys.join("pass").to_str().unwrap(),
+            &format!("oci:{}:v1", img.dir.display()),
+            &dest,
+        ],
+    );
+    assert!(out.ok, "skopeo copy --sign-by-sigstore-private-key: {}", out.stderr);
     let sig = format!(
         "{}/v2/internal/signed/app/manifests/{}.sig",
         proxy.url(),
         img.digest.replace(':', "-")
     );
-    if out.ok {
-        // a build with sigstore enabled: the signature is there and cosign verifies it
-        assert_eq!(
-            http()
-                .get(&sig)
-                .header("accept", "application/vnd.oci.image.manifest.v1+json")
-                .send()
-                .unwrap()
-                .status(),
-            200
-        );
-        let v = cosign_verify(
-            &keys,
-            "cosign.pub",
-            &format!("{}/internal/signed/app:v1", proxy.addr),
-        );
-        assert!(v.ok, "{}", v.stderr);
-    } else {
-        // Debian 12's skopeo pushes the image, then refuses to sign (sigstore disabled)
-        assert!(out.stderr.contains("sigstore disabled"), "{}", out.stderr);
-    }
+    let r = http()
+        .get(&sig)
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "the signature skopeo pushed is served");
+    let v = cosign_verify(
+        &keys,
+        "cosign.pub",
+        &format!("{}/internal/signed/app:v1", proxy.addr),
+    );
+    assert!(v.ok, "cosign verify of skopeo's signature: {}", v.stderr);
+    let other = t.path().join("other-keys");
+    cosign_keys(&other);
+    let v = cosign_verify(&other, "cosign.pub", &format!("{}/internal/signed/app:v1", proxy.addr));
+    assert!(!v.ok && v.stderr.contains("no matching signatures"), "another key verified: {}", v.stderr);
     let r = http()
         .get(format!(
             "{}/v2/internal/signed/app/manifests/v1",

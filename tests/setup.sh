@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 (idempotent; quick when everything is present):
-# podman, skopeo, docker-registry, nginx, wrk, curl from apt; cosign from Debian 13's package
-# (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; the wasm32-wasip2 Rust target.
+# podman, skopeo, docker-registry, nginx, wrk, curl, debootstrap from apt; cosign from Debian 13's
+# package (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; a minimal Debian 13 tree
+# with its skopeo (sigstore enabled, unlike Debian 12's) in $PORTCULLIS_TOOLS/trixie; the
+# wasm32-wasip2 Rust target.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 tools="${PORTCULLIS_TOOLS:-${HOME:-/root}/.cache/portcullis-tools}"
@@ -9,7 +11,7 @@ sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 
 missing=()
 for pair in podman:podman skopeo:skopeo docker-registry:docker-registry nginx:nginx wrk:wrk \
-            curl:curl setsid:util-linux dpkg-deb:dpkg; do
+            curl:curl setsid:util-linux dpkg-deb:dpkg debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -18,13 +20,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+mirror() { # the machine's Debian mirror, from its apt sources
+  local uri
+  uri=$(sed -n 's/^URIs: *\([^ ]*\/debian\)\/*$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+  [ -n "$uri" ] || uri=$(sed -n 's/^deb  *\([^ ]*\/debian\)\/* .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
+  [ -n "$uri" ] || { echo "setup: no Debian mirror found in the apt sources" >&2; exit 1; }
+  echo "$uri"
+}
+
 if [ ! -x "$tools/bin/cosign" ] && ! command -v cosign >/dev/null 2>&1; then
   echo "setup: fetching cosign from Debian 13 (trixie)"
   t="$(mktemp -d)"; trap 'rm -rf "$t"' EXIT
   mkdir -p "$t/lists/partial" "$t/cache/archives/partial" "$tools/bin"
-  uri=$(sed -n 's/^URIs: *\([^ ]*\/debian\)\/*$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-  [ -n "$uri" ] || uri=$(sed -n 's/^deb  *\([^ ]*\/debian\)\/* .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
-  [ -n "$uri" ] || { echo "setup: no Debian mirror found in the apt sources" >&2; exit 1; }
+  uri=$(mirror)
   echo "deb $uri trixie main" > "$t/sources.list"
   o=(-o Dir::Etc::sourcelist="$t/sources.list" -o Dir::Etc::sourceparts=- -o Dir::State::Lists="$t/lists"
      -o Dir::Cache="$t/cache" -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
@@ -32,6 +40,17 @@ if [ ! -x "$tools/bin/cosign" ] && ! command -v cosign >/dev/null 2>&1; then
   (cd "$t" && apt-get "${o[@]}" download -qq cosign >/dev/null)
   dpkg-deb -x "$t"/cosign_*.deb "$t/x"
   install -m 0755 "$t/x/usr/bin/cosign" "$tools/bin/cosign"
+fi
+
+# Debian 13's skopeo verifies and makes sigstore signatures; it needs Debian 13's libraries, so
+# it runs from this tree through the tree's own dynamic loader (tests/common: sigstore_skopeo)
+if [ ! -x "$tools/trixie/usr/bin/skopeo" ]; then
+  echo "setup: bootstrapping a minimal Debian 13 (trixie) with skopeo into $tools/trixie"
+  mkdir -p "$tools"; rm -rf "$tools/trixie.tmp"
+  $sudo debootstrap --variant=minbase --include=skopeo,ca-certificates,containernetworking-plugins \
+    trixie "$tools/trixie.tmp" "$(mirror)" > "$tools/debootstrap.log" 2>&1 ||
+    { echo "setup: debootstrap failed; see $tools/debootstrap.log" >&2; exit 1; }
+  mv "$tools/trixie.tmp" "$tools/trixie"
 fi
 
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then

@@ -570,6 +570,25 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, S
     (status, headers, body.to_string())
 }
 
+/// Where tests/setup.sh puts the tools Debian 12 does not package.
+fn tools_dir() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    PathBuf::from(std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools")))
+}
+
+/// Runs Debian 13's skopeo (containers/image with sigstore verification and signing enabled)
+/// with `policy`: the binary from the Debian 13 tree tests/setup.sh bootstraps, started by that
+/// tree's own dynamic loader and libraries. Fails loudly when the tree is missing.
+pub fn sigstore_skopeo(policy: &Path, args: &[&str]) -> Outcome {
+    let root = tools_dir().join("trixie");
+    let skopeo = root.join("usr/bin/skopeo");
+    assert!(skopeo.exists(), "Debian 13's skopeo is missing at {}: run tests/setup.sh", skopeo.display());
+    let libs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"].map(|l| root.join(l).display().to_string());
+    let mut cmd = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
+    cmd.arg("--library-path").arg(libs.join(":")).arg(skopeo).arg("--policy").arg(policy).args(args);
+    run(&mut cmd)
+}
+
 /// The cosign binary: on PATH, else where tests/setup.sh puts it.
 pub fn cosign_bin() -> PathBuf {
     if let Ok(p) = std::env::var("COSIGN") {
@@ -580,12 +599,7 @@ pub fn cosign_bin() -> PathBuf {
             .map(|d| d.join("cosign"))
             .find(|p| p.exists())
     });
-    on_path.unwrap_or_else(|| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        let tools =
-            std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools"));
-        PathBuf::from(tools).join("bin/cosign")
-    })
+    on_path.unwrap_or_else(|| tools_dir().join("bin/cosign"))
 }
 
 /// Runs cosign in `dir` with the test passphrase, plain-http registries and no transparency log.

@@ -159,7 +159,11 @@ async fn connection(
 
 /// One request and its response: true if the answer was 200, false for another status; an
 /// error if the connection broke.
-async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<bool> {
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     stream.write_all(request).await?;
     read_response(stream, buf).await
 }

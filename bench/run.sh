@@ -168,7 +168,7 @@ for clients in 1 16; do
     done
   done
 done
-read -r MEM16_ANON MEM16_RSS MEM16_FILE <<< "$(memwatch_stop)"
+read -r MEM16_ANON MEM16_RSS MEM16_FILE MEM16_START <<< "$(memwatch_stop)"
 
 # manifest GETs at 64 connections (wrk), p99 from its latency distribution; again at 8
 # connections, where the latency is the server's rather than the queue's. wrk's non-2xx and
@@ -245,7 +245,7 @@ herd() { # server-url-prefix image-name -> upstream GET count
 for img in herdpc herddp herdng; do herd_image "$img"; done
 memwatch_start
 HERD_PC=$(herd "http://127.0.0.1:$PC/v2/up" herdpc)
-read -r HERD_ANON HERD_RSS HERD_FILE <<< "$(memwatch_stop)"
+read -r HERD_ANON HERD_RSS HERD_FILE HERD_START <<< "$(memwatch_stop)"
 HERD_DP=$(herd "http://127.0.0.1:$DP/v2" herddp)
 HERD_NG=$(herd "http://127.0.0.1:$NGC/v2" herdng)
 
@@ -328,8 +328,8 @@ pp="portcullis+policy"
   echo "| 100 concurrent cold GETs of one blob: upstream fetches (nginx: caching proxy with \`proxy_cache_lock\`) | $HERD_PC | $HERD_DP | $HERD_NG | | | exactly 1 |"
   echo "| cold skopeo pull of a fresh 3-layer image (ms, median of $((ROUNDS * 3)); nginx: caching proxy; ratios: the peer's time / Portcullis's) | $cp | $cdist | $cn | $(ratio "$cdist" "$cp") | $(ratio "$cn" "$cp") | >= 0.95x nginx (within 1.05x of its time) |"
   echo "| cold pull time / the same pull straight from the upstream ($cu ms; nginx without a cache, the second hop alone: $(ratio "$cnp" "$cu")x) | $(ratio "$cp" "$cu") | $(ratio "$cdist" "$cu") | $(ratio "$cn" "$cu") | | | |"
-  echo "| Portcullis's peak memory, 16 clients x $BLOB_MIB MiB (MiB, sampled every 10 ms): anonymous / resident incl. mapped file pages / of which file pages | $(mib "$MEM16_ANON") / $(mib "$MEM16_RSS") / $(mib "$MEM16_FILE") | | | | | anonymous < 64 MiB |"
-  echo "| Portcullis's peak memory, herd of 100 cold clients of a 4 MiB blob (MiB): anonymous / resident / file pages | $(mib "$HERD_ANON") / $(mib "$HERD_RSS") / $(mib "$HERD_FILE") | | | | | anonymous < 64 MiB |"
+  echo "| Portcullis's peak memory, 16 clients x $BLOB_MIB MiB (MiB, sampled every 10 ms): anonymous (at the start) / resident incl. mapped file pages / of which file pages | $(mib "$MEM16_ANON") ($(mib "$MEM16_START")) / $(mib "$MEM16_RSS") / $(mib "$MEM16_FILE") | | | | | anonymous < 64 MiB |"
+  echo "| Portcullis's peak memory, herd of 100 cold clients of a 4 MiB blob (MiB): anonymous (at the start) / resident / file pages | $(mib "$HERD_ANON") ($(mib "$HERD_START")) / $(mib "$HERD_RSS") / $(mib "$HERD_FILE") | | | | | anonymous < 64 MiB |"
   if [ -z "$quick" ] && [ "$BLOB_MIB" = 256 ]; then
     echo
     echo "## Policy decisions and verification (\`cargo bench --bench policy\`, \`cargo bench --bench verify\`)"

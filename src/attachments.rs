@@ -47,6 +47,19 @@ pub enum Kind {
     Referrer,
 }
 
+/// Takes an image off the scheduled look-ups when its look-up ends (or is dropped).
+struct Unschedule<'a>(&'a Attachments, &'a SetKey);
+
+impl Drop for Unschedule<'_> {
+    fn drop(&mut self) {
+        self.0
+            .scheduled
+            .lock()
+            .expect("scheduled look-ups")
+            .remove(self.1);
+    }
+}
+
 /// One attachment of an image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attachment {
@@ -97,6 +110,8 @@ pub struct Attachments {
     sets: moka::future::Cache<SetKey, Arc<AttachmentSet>>,
     wait: Duration,
     fetching: tokio::sync::Semaphore,
+    /// Images whose background look-up is scheduled: one each, however many GETs ask.
+    scheduled: std::sync::Mutex<std::collections::HashSet<SetKey>>,
 }
 
 impl Attachments {
@@ -120,6 +135,7 @@ impl Attachments {
                 .build(),
             wait: config.cache.attachment_wait.0,
             fetching: tokio::sync::Semaphore::new(CONCURRENT_FETCHES),
+            scheduled: std::sync::Mutex::default(),
         })
     }
 
@@ -151,8 +167,17 @@ impl Attachments {
         if self.sets.contains_key(&key) || served.attachment {
             return;
         }
+        if !self
+            .scheduled
+            .lock()
+            .expect("scheduled look-ups")
+            .insert(key.clone())
+        {
+            return;
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            let _done = Unschedule(&this, &key);
             // after the pull that asked for the manifest has fetched its blobs: the lookups
             // (several upstream requests) would otherwise compete with it
             tokio::time::sleep(PREFETCH_DELAY).await;

@@ -496,9 +496,11 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "t" | "tb" => 1000 * 1000 * 1000 * 1000,
             "tib" => 1 << 40,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown size unit {other:?} in {s:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB"
-            )),
+            ))
+            }
         };
         Ok(ByteSize((value * mult as f64) as u64))
     }

@@ -384,12 +384,76 @@ fn responses_are_never_sniffed_and_a_manifest_is_only_ever_served_as_a_manifest(
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// A memory figure of a process's /proc status (`VmRSS`, `RssAnon`), in KiB.
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
+}
+
+#[test]
+fn a_flood_of_warm_manifest_gets_leaves_nothing_behind_per_request() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "flood",
+            layers: &[100],
+            tag: "v1",
+        },
+    );
+    reg.push(&img, "app/flood:v1");
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "up", &reg.url(), "");
+    let url = format!("{}/v2/up/app/flood/manifests/v1", proxy.url());
+    let get = |c: &reqwest::blocking::Client| {
+        c.get(&url)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get(&http()), 200);
+    let before = status_kib(proxy.pid(), "RssAnon");
+    // 16 keep-alive clients GET the same warm manifest by tag for 6 s (its attachments looked up
+    // in the background meanwhile, and again when their resolution expires), anonymous memory
+    // sampled
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (peak, served) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(status_kib(proxy.pid(), "RssAnon"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let (c, mut n) = (http(), 0u64);
+                    let end = Instant::now() + Duration::from_secs(6);
+                    while Instant::now() < end {
+                        assert_eq!(get(&c), 200);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let served: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().unwrap(), served)
+    });
+    let grown = peak.saturating_sub(before);
+    assert!(grown < 16 << 10, "{served} GETs of one warm manifest grew anonymous memory by {grown} KiB (from {before} KiB)");
+    eprintln!("{served} GETs, anonymous memory {before} KiB -> peak {peak} KiB");
 }
 
 #[test]

@@ -836,10 +836,22 @@ fn a_subset_of_attachment_kinds_fetches_only_those() {
 /// Writes a `policy.json` requiring a sigstore signature by `key` on the proxy's `up` images,
 /// whose identity is the upstream's repository `name` (what cosign signed there), and a
 /// registries.d entry telling containers/image to read sigstore attachments from the proxy.
-fn sigstore_policy(s: &Setup, dir: &std::path::Path, key: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+fn sigstore_policy(
+    s: &Setup,
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let regd = dir.join("registries.d");
     std::fs::create_dir_all(&regd).unwrap();
-    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", s.proxy.addr)).unwrap();
+    std::fs::write(
+        regd.join("proxy.yaml"),
+        format!(
+            "docker:\n  {}:\n    use-sigstore-attachments: true\n",
+            s.proxy.addr
+        ),
+    )
+    .unwrap();
     let policy = dir.join("policy.json");
     let rule = serde_json::json!({
         "default": [{"type": "reject"}],
@@ -877,30 +889,73 @@ fn skopeo_with_sigstore_verifies_through_the_proxy_and_refuses_what_is_not_signe
     };
 
     // containers/image verifies cosign's signature as the proxy serves it
-    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf"), &s.keys.join("cosign.pub"), "demo/verified");
-    let sig_path = format!("/v2/up/demo/verified/manifests/{}.sig", img.digest.replace(':', "-"));
+    let (policy, regd) = sigstore_policy(
+        &s,
+        &s.t.path().join("conf"),
+        &s.keys.join("cosign.pub"),
+        "demo/verified",
+    );
+    let sig_path = format!(
+        "/v2/up/demo/verified/manifests/{}.sig",
+        img.digest.replace(':', "-")
+    );
     let out = copy(&policy, &regd, "demo/verified", "verified-out");
     assert!(out.ok, "skopeo refused the signed image: {}", out.stderr);
     let index = std::fs::read_to_string(s.t.path().join("verified-out/index.json")).unwrap();
-    assert!(index.contains(&img.digest), "skopeo stored another image: {index}");
+    assert!(
+        index.contains(&img.digest),
+        "skopeo stored another image: {index}"
+    );
     wait_for("the .sig served to skopeo", Duration::from_secs(10), || {
-        s.proxy.log().lines().any(|l| l.contains(&sig_path) && l.contains("status=200"))
+        s.proxy
+            .log()
+            .lines()
+            .any(|l| l.contains(&sig_path) && l.contains("status=200"))
     });
 
     // the same image under another key's policy: the signature is read and does not verify
-    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-other"), &other_keys.join("cosign.pub"), "demo/verified");
+    let (policy, regd) = sigstore_policy(
+        &s,
+        &s.t.path().join("conf-other"),
+        &other_keys.join("cosign.pub"),
+        "demo/verified",
+    );
     let out = copy(&policy, &regd, "demo/verified", "other-out");
     assert!(!out.ok, "a signature by another key was accepted");
-    assert!(out.stderr.contains("cryptographic signature verification failed"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cryptographic signature verification failed"),
+        "{}",
+        out.stderr
+    );
 
     // an image nobody signed: no signature to show
-    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-unsigned"), &s.keys.join("cosign.pub"), "demo/unsigned");
+    let (policy, regd) = sigstore_policy(
+        &s,
+        &s.t.path().join("conf-unsigned"),
+        &s.keys.join("cosign.pub"),
+        "demo/unsigned",
+    );
     let out = copy(&policy, &regd, "demo/unsigned", "unsigned-out");
-    assert!(!out.ok, "an unsigned image was accepted ({})", unsigned.digest);
-    assert!(out.stderr.contains("A signature was required, but no signature exists"), "{}", out.stderr);
+    assert!(
+        !out.ok,
+        "an unsigned image was accepted ({})",
+        unsigned.digest
+    );
+    assert!(
+        out.stderr
+            .contains("A signature was required, but no signature exists"),
+        "{}",
+        out.stderr
+    );
 
     // signed, but for another repository than the policy names: the identity is refused
-    let (policy, regd) = sigstore_policy(&s, &s.t.path().join("conf-identity"), &s.keys.join("cosign.pub"), "demo/elsewhere");
+    let (policy, regd) = sigstore_policy(
+        &s,
+        &s.t.path().join("conf-identity"),
+        &s.keys.join("cosign.pub"),
+        "demo/elsewhere",
+    );
     let out = copy(&policy, &regd, "demo/verified", "identity-out");
     assert!(!out.ok, "a signature for another repository was accepted");
     assert!(out.stderr.contains("is not accepted"), "{}", out.stderr);
@@ -912,7 +967,14 @@ fn skopeo_with_sigstore_verifies_through_the_proxy_and_refuses_what_is_not_signe
     let conf = s.t.path().join("conf-mirror");
     let regd = conf.join("registries.d");
     std::fs::create_dir_all(&regd).unwrap();
-    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", s.proxy.addr)).unwrap();
+    std::fs::write(
+        regd.join("proxy.yaml"),
+        format!(
+            "docker:\n  {}:\n    use-sigstore-attachments: true\n",
+            s.proxy.addr
+        ),
+    )
+    .unwrap();
     let registries = conf.join("registries.conf");
     std::fs::write(
         &registries,
@@ -947,5 +1009,12 @@ fn skopeo_with_sigstore_verifies_through_the_proxy_and_refuses_what_is_not_signe
     let out = pull("demo/verified", "mirror-out");
     assert!(out.ok, "skopeo through the mirror: {}", out.stderr);
     let out = pull("demo/unsigned", "mirror-unsigned-out");
-    assert!(!out.ok && out.stderr.contains("A signature was required, but no signature exists"), "{}", out.stderr);
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("A signature was required, but no signature exists"),
+        "{}",
+        out.stderr
+    );
 }

@@ -190,10 +190,21 @@ fn skopeo_sign_by_sigstore_key_pushes_through_the_proxy() {
     );
     let dest = format!("docker://{}/internal/signed/app:v1", proxy.addr);
     let accept = t.path().join("accept.json");
-    std::fs::write(&accept, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    std::fs::write(
+        &accept,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
     let regd = t.path().join("registries.d");
     std::fs::create_dir_all(&regd).unwrap();
-    std::fs::write(regd.join("proxy.yaml"), format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", proxy.addr)).unwrap();
+    std::fs::write(
+        regd.join("proxy.yaml"),
+        format!(
+            "docker:\n  {}:\n    use-sigstore-attachments: true\n",
+            proxy.addr
+        ),
+    )
+    .unwrap();
     // Debian 13's skopeo: containers/image signs with the cosign key and pushes the signature
     let out = sigstore_skopeo(
         &accept,
@@ -213,7 +224,11 @@ fn skopeo_sign_by_sigstore_key_pushes_through_the_proxy() {
             &dest,
         ],
     );
-    assert!(out.ok, "skopeo copy --sign-by-sigstore-private-key: {}", out.stderr);
+    assert!(
+        out.ok,
+        "skopeo copy --sign-by-sigstore-private-key: {}",
+        out.stderr
+    );
     let sig = format!(
         "{}/v2/internal/signed/app/manifests/{}.sig",
         proxy.url(),
@@ -233,8 +248,16 @@ fn skopeo_sign_by_sigstore_key_pushes_through_the_proxy() {
     assert!(v.ok, "cosign verify of skopeo's signature: {}", v.stderr);
     let other = t.path().join("other-keys");
     cosign_keys(&other);
-    let v = cosign_verify(&other, "cosign.pub", &format!("{}/internal/signed/app:v1", proxy.addr));
-    assert!(!v.ok && v.stderr.contains("no matching signatures"), "another key verified: {}", v.stderr);
+    let v = cosign_verify(
+        &other,
+        "cosign.pub",
+        &format!("{}/internal/signed/app:v1", proxy.addr),
+    );
+    assert!(
+        !v.ok && v.stderr.contains("no matching signatures"),
+        "another key verified: {}",
+        v.stderr
+    );
     let r = http()
         .get(format!(
             "{}/v2/internal/signed/app/manifests/v1",

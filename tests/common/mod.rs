@@ -573,7 +573,9 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, S
 /// Where tests/setup.sh puts the tools Debian 12 does not package.
 fn tools_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_default();
-    PathBuf::from(std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools")))
+    PathBuf::from(
+        std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools")),
+    )
 }
 
 /// Runs Debian 13's skopeo (containers/image with sigstore verification and signing enabled)
@@ -582,10 +584,20 @@ fn tools_dir() -> PathBuf {
 pub fn sigstore_skopeo(policy: &Path, args: &[&str]) -> Outcome {
     let root = tools_dir().join("trixie");
     let skopeo = root.join("usr/bin/skopeo");
-    assert!(skopeo.exists(), "Debian 13's skopeo is missing at {}: run tests/setup.sh", skopeo.display());
-    let libs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"].map(|l| root.join(l).display().to_string());
+    assert!(
+        skopeo.exists(),
+        "Debian 13's skopeo is missing at {}: run tests/setup.sh",
+        skopeo.display()
+    );
+    let libs = ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"]
+        .map(|l| root.join(l).display().to_string());
     let mut cmd = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
-    cmd.arg("--library-path").arg(libs.join(":")).arg(skopeo).arg("--policy").arg(policy).args(args);
+    cmd.arg("--library-path")
+        .arg(libs.join(":"))
+        .arg(skopeo)
+        .arg("--policy")
+        .arg(policy)
+        .args(args);
     run(&mut cmd)
 }
 

@@ -69,7 +69,7 @@ impl Uploads {
     }
 
     /// Removes abandoned sessions: older than the TTL or unreadable, and at opening also those
-    /// a stop left half-made (no data: their blob was already moved into the store).
+    /// a stop left half-made (no data).
     fn sweep(&self, opening: bool) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -206,7 +206,16 @@ impl Uploads {
             ));
         }
         let lease = self.cache.lease(digest).await;
-        self.cache.store().ingest(&data, digest, true).await?;
+        // the store takes a second name of the data: until the session is removed below, a stop
+        // leaves it whole, and the client's retried PUT finishes it
+        let spool = self.cache.store().spool_dir().join(id);
+        tokio::task::spawn_blocking({
+            let (data, spool) = (data.clone(), spool.clone());
+            move || std::fs::hard_link(&data, &spool).or_else(|_| std::fs::copy(&data, &spool).map(drop))
+        })
+        .await
+        .map_err(RegistryError::internal)??;
+        self.cache.store().ingest(&spool, digest, true).await?;
         self.cache.pin(&lease).await?;
         let (name, _) = self.cache.namespace(ns)?;
         self.cache
@@ -240,7 +249,7 @@ async fn append_stream(path: PathBuf, mut body: ByteStream) -> Result<u64> {
     let mut file = Some(
         tokio::task::spawn_blocking({
             let p = path.clone();
-            move || std::fs::OpenOptions::new().append(true).open(p)
+            move || open_unshared(&p)
         })
         .await
         .map_err(RegistryError::internal)??,
@@ -263,6 +272,19 @@ async fn append_stream(path: PathBuf, mut body: ByteStream) -> Result<u64> {
     .await
     .map_err(RegistryError::internal)??;
     Ok(size)
+}
+
+/// Opens a session's data for appending. After a stop or an error inside `finish`, the data may
+/// also be a stored blob (a second name of the same file): it is copied first, so an append
+/// never changes what the store serves.
+fn open_unshared(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path)?.nlink() > 1 {
+        let copy = path.with_extension("unshared");
+        std::fs::copy(path, &copy)?;
+        std::fs::rename(&copy, path)?;
+    }
+    std::fs::OpenOptions::new().append(true).open(path)
 }
 
 async fn hash_file(path: PathBuf, alg: Algorithm) -> Result<Digest> {
@@ -535,4 +557,20 @@ pub async fn link_mounted(
     cache.pin(&lease).await?;
     cache.link_pushed(&name, repo, Kind::Blob, digest).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appending_to_data_the_store_also_names_leaves_the_stored_blob_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, stored) = (dir.path().join("data"), dir.path().join("blob"));
+        std::fs::write(&data, b"all of it").unwrap();
+        std::fs::hard_link(&data, &stored).unwrap();
+        open_unshared(&data).unwrap().write_all(b" and more").unwrap();
+        assert_eq!(std::fs::read(&stored).unwrap(), b"all of it");
+        assert_eq!(std::fs::read(&data).unwrap(), b"all of it and more");
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`auth`]: who may read and write (htpasswd users, per-scope rules); [`tls`]: HTTPS.
 //! - [`push`]: blob uploads and manifest pushes.
 //! - [`registry`]: manifest pulls, pushes and deletes as clients ask for them, through the policies.
+//! - [`policy`]: WebAssembly policy modules: loading, sandboxed evaluation, decisions, audit.
 //! - [`verify`]: native verification of cosign signatures and attestations.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`server`]: serving the API on a listener with graceful shutdown.

@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Code, RegistryError, Result};
 use crate::names::{Algorithm, Digest};
-use crate::store::fs::READ_CHUNK;
 use crate::store::ByteStream;
 use crate::upstream::FetchedBlob;
 
@@ -30,6 +29,9 @@ use crate::upstream::FetchedBlob;
 const MAX_BACKLOG: u64 = 1 << 20;
 /// Bytes already written that stay in memory for clients trailing just behind the download.
 const WINDOW: u64 = 256 * 1024;
+/// How much a client that fell behind a fill reads from its spool file at a time: a herd of
+/// a hundred holds a hundred of these at once.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
 /// The most bytes one spool write takes at once.
 const WRITE_BATCH: usize = 512 * 1024;
 /// Bytes written to the spool file before the disk is asked to start writing them out.
@@ -431,7 +433,7 @@ impl Fill {
             return Ok(chunk);
         }
         let file = Arc::clone(self.spool.get().expect("spool set before streaming"));
-        let len = (limit - pos).min(READ_CHUNK as u64) as usize;
+        let len = (limit - pos).min(FOLLOW_CHUNK) as usize;
         blocking(move || {
             let mut buf = vec![0u8; len];
             file.read_exact_at(&mut buf, pos)?;

@@ -294,6 +294,13 @@ impl Attachments {
             items.truncate(MAX_ATTACHMENTS);
         }
         tracing::debug!(%repo, %digest, found = items.len(), "attachments resolved");
+        let counted = &self.cache.metrics().attachments;
+        for item in &items {
+            counted.resolved(item.kind as usize);
+        }
+        if items.is_empty() {
+            counted.missing.inc();
+        }
         Ok(AttachmentSet { items })
     }
 
@@ -311,6 +318,7 @@ impl Attachments {
             Ok(m) => m,
             Err(e) if e.code == Code::ManifestUnknown => return None,
             Err(e) => {
+                self.cache.metrics().attachments.fetch_errors.inc();
                 tracing::warn!(%repo, %tag, error = %e.message, "cannot fetch attachment");
                 return None;
             }
@@ -344,6 +352,7 @@ impl Attachments {
             Ok(Some(list)) => list,
             Ok(None) => self.fallback_referrers(ns, repo, digest).await,
             Err(e) => {
+                self.cache.metrics().attachments.fetch_errors.inc();
                 tracing::warn!(%repo, %digest, error = %e.message, "cannot list referrers");
                 Vec::new()
             }
@@ -372,6 +381,7 @@ impl Attachments {
                         })
                     }
                     None => {
+                        self.cache.metrics().attachments.fetch_errors.inc();
                         tracing::warn!(%repo, digest = %d.digest, "cannot fetch referrer manifest");
                         None
                     }
@@ -401,6 +411,7 @@ impl Attachments {
     async fn fetch_blobs(&self, ns: &str, repo: &RepoName, manifest: &Manifest) {
         let blobs = manifest.config.iter().chain(manifest.layers.iter()).map(|d| async move {
             if let Err(e) = self.cache.ensure_blob(ns, repo, &d.digest).await {
+                self.cache.metrics().attachments.fetch_errors.inc();
                 tracing::warn!(%repo, digest = %d.digest, error = %e.message, "cannot fetch attachment blob");
             }
         });

@@ -12,6 +12,7 @@ use sha2::Digest as _;
 
 use crate::config::AuthConfig;
 use crate::error::{Code, RegistryError, Result};
+use crate::metrics::Metrics;
 
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,7 @@ pub struct Auth {
     /// Failed sign-ins per client address and user name, and per address, in the current window.
     failures: moka::sync::Cache<(IpAddr, Option<String>), Arc<Window>>,
     checker: Checker,
+    metrics: Arc<Metrics>,
 }
 
 /// A client address's failed sign-ins since `started`.
@@ -56,7 +58,7 @@ struct Window {
 
 impl Auth {
     /// Builds the policy from `[auth]`.
-    pub fn new(config: &AuthConfig) -> Auth {
+    pub fn new(config: &AuthConfig, metrics: Arc<Metrics>) -> Auth {
         let cost = config
             .users
             .first()
@@ -84,6 +86,7 @@ impl Auth {
                 .time_to_live(FAILURE_WINDOW)
                 .build(),
             checker: Checker::start(),
+            metrics,
         }
     }
 
@@ -163,6 +166,7 @@ impl Auth {
                     .saturating_sub(w.started.elapsed())
                     .as_secs()
                     .max(1);
+                self.metrics.auth.rate_limited.inc();
                 return Err(RegistryError::of(
                     Code::TooManyRequests,
                     "too many failed sign-ins from this address; try again later",
@@ -184,6 +188,7 @@ impl Auth {
             });
             window.count.fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics.auth.failures.inc();
         tracing::warn!(%client, user = %user, "{what}");
         unauthorized("authentication failed")
     }
@@ -333,12 +338,15 @@ mod tests {
             ("alice".to_string(), hash.clone()),
             ("ci".to_string(), hash),
         ];
-        Auth::new(&AuthConfig {
-            htpasswd: None,
-            anonymous_read,
-            rules,
-            users,
-        })
+        Auth::new(
+            &AuthConfig {
+                htpasswd: None,
+                anonymous_read,
+                rules,
+                users,
+            },
+            crate::metrics::Metrics::new(),
+        )
     }
 
     fn basic(u: &str, p: &str) -> String {

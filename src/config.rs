@@ -55,6 +55,41 @@ pub struct Config {
     /// `[policies]`: settings shared by all policies.
     #[serde(default, rename = "policies")]
     pub policy_host: PolicyHostConfig,
+    /// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[log]`: how log lines are written.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[metrics]` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `listen = "127.0.0.1:9090"`: serve `GET /metrics` on this address of its own (never on
+    /// the registry's listener).
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `format = "text"` (the default) or `"json"`: one JSON object per line.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with stable field names.
+    Json,
 }
 
 /// One `[[policy]]` module.

@@ -14,7 +14,12 @@
 //! - [`policy`]: WebAssembly policy modules: loading, sandboxed evaluation, decisions, audit.
 //! - [`verify`]: native verification of cosign signatures and attestations.
 //! - [`error`]: the one error type and its OCI error codes.
+//! - [`metrics`]: one registry of counters and histograms, handed to the services.
+//! - [`request_id`]: each request's id, carried by the work done for it.
 //! - [`server`]: serving the API on a listener with graceful shutdown.
+
+// the request future (a task-local scope around an instrumented answer) nests deeply
+#![recursion_limit = "256"]
 
 pub mod attachments;
 pub mod auth;
@@ -23,10 +28,12 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod push;
 pub mod registry;
+pub mod request_id;
 pub mod server;
 pub mod store;
 pub mod tls;

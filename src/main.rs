@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use portcullis::config::Config;
+use portcullis::config::{Config, LogFormat};
 
 /// A caching pull-through OCI registry proxy.
 #[derive(Parser)]
@@ -39,6 +39,9 @@ enum Command {
         /// Configuration file (default: ./proxy.toml, else the built-in defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log line format (default: `[log] format` of the configuration, else text).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a configuration and exit (non-zero with a message on error).
     Check {
@@ -112,23 +115,43 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Logs to stderr at `RUST_LOG`'s levels (default info), as text or one JSON object a line.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(LogFormat::Text);
+    }
     let result = match cli.command {
         Command::Check { config } => load(config).and_then(check),
-        Command::Serve { config } => {
+        Command::Serve { config, log_format } => {
             keep_freed_memory();
             let path = config
                 .clone()
                 .or_else(|| Some(PathBuf::from("proxy.toml")).filter(|p| p.exists()));
-            load(config).and_then(|c| serve(c, path))
+            load(config).and_then(|mut c| {
+                c.log.format = log_format.unwrap_or(c.log.format);
+                init_logging(c.log.format);
+                serve(c, path)
+            })
         }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
         Command::Policy {
@@ -388,7 +411,7 @@ fn check(config: Config) -> anyhow::Result<()> {
             .unwrap_or(64 << 20);
         let engine = portcullis::policy::engine(1, max_memory)?;
         let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
-        portcullis::policy::load_set(&engine, &config.policies, &cache_dir)?;
+        portcullis::policy::load_set(&engine, &config.policies, &cache_dir, None)?;
     }
     println!(
         "configuration OK: {} upstream(s), storage at {}",
@@ -443,7 +466,25 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, storage = %config.storage.path.display(), "portcullis listening");
-        eprintln!("portcullis listening on {addr}");
+        // the banner, for people (JSON logs carry the address in the event above)
+        let text = config.log.format == portcullis::config::LogFormat::Text;
+        if text {
+            eprintln!("portcullis listening on {addr}");
+        }
+        if let Some(listen) = config.metrics.listen {
+            let metrics = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} for metrics"))?;
+            let addr = metrics.local_addr()?;
+            tracing::info!(%addr, "metrics listening");
+            if text {
+                eprintln!("portcullis metrics on {addr}");
+            }
+            tokio::spawn(portcullis::server::serve_metrics(
+                metrics,
+                Arc::clone(api.metrics()),
+            ));
+        }
         spawn_reloader(Arc::clone(&api), config_path);
         let limits = portcullis::server::Limits::of(&config.server);
         tracing::info!(

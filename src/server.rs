@@ -18,6 +18,7 @@ use crate::auth::Auth;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::Api;
+use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::push::uploads::Uploads;
 use crate::store::fs::FsStore;
@@ -30,6 +31,8 @@ pub struct Services {
     pub cache: Arc<Cache>,
     /// The attachment resolver.
     pub attachments: Arc<Attachments>,
+    /// Every metric, counted by the services.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Opens the store and builds the services; `shared` leaves a running proxy's spool alone.
@@ -45,20 +48,29 @@ pub async fn services(config: &Config, shared: bool) -> anyhow::Result<Services>
             config.storage.path.display()
         )
     })?);
-    let cache = Cache::new(config, store).await?;
+    let metrics = Metrics::new();
+    let cache = Cache::new(config, store, Arc::clone(&metrics)).await?;
     let attachments = Attachments::new(config, Arc::clone(&cache));
-    Ok(Services { cache, attachments })
+    Ok(Services {
+        cache,
+        attachments,
+        metrics,
+    })
 }
 
 /// Builds the API from a configuration: opens the store and indexes it.
 pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
-    let Services { cache, attachments } = services(config, false).await?;
+    let Services {
+        cache,
+        attachments,
+        metrics,
+    } = services(config, false).await?;
     let uploads = Uploads::open(
         config.storage.path.join("uploads"),
         Arc::clone(&cache),
         config.storage.upload_ttl.0,
     )?;
-    let auth = Arc::new(Auth::new(&config.auth));
+    let auth = Arc::new(Auth::new(&config.auth, Arc::clone(&metrics)));
     let verifier = Verifier::new(
         Arc::clone(&cache),
         Arc::clone(&attachments),
@@ -81,6 +93,74 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
         )
         .with_body_timeout(config.server.body_timeout.0),
     ))
+}
+
+/// Serves `GET /metrics` on a listener of its own until the process ends: the Prometheus text
+/// format, or OpenMetrics when the scraper's `Accept` asks for it.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, std::convert::Infallible>(metrics_response(&req, &metrics)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn metrics_response<B>(
+    req: &hyper::Request<B>,
+    metrics: &Metrics,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http::{header, Method, StatusCode};
+    let reply = |status: StatusCode, kind: &'static str, body: String| {
+        let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only /metrics is here\n".into(),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET /metrics\n".into(),
+        );
+    }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if crate::metrics::wants_openmetrics(accept) {
+        reply(
+            StatusCode::OK,
+            crate::metrics::OPENMETRICS,
+            metrics.encode(true),
+        )
+    } else {
+        reply(
+            StatusCode::OK,
+            crate::metrics::PROMETHEUS_TEXT,
+            metrics.encode(false),
+        )
+    }
 }
 
 /// The client's address, attached to each request.

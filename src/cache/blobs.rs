@@ -336,11 +336,19 @@ impl Cache {
             .store
             .spool_dir()
             .join(format!("blob-{}", uuid::Uuid::new_v4()));
+        let fills = &self.metrics.cache.fills;
+        fills.inc();
+        let _counted = Decrement(fills);
         let outcome = match upstream.get_blob(repo, digest).await {
             Ok(None) => Ok(None),
             Ok(Some(blob)) => fill
                 .download(blob, digest, spool.clone(), self.idle_timeout)
                 .await
+                .inspect_err(|e| {
+                    if e.code == crate::error::Code::DigestInvalid {
+                        upstream.count(crate::metrics::UpstreamOutcome::DigestMismatch);
+                    }
+                })
                 .map(Some),
             Err(e) => Err(e),
         };
@@ -368,5 +376,14 @@ impl Cache {
                 fill.fail(e);
             }
         }
+    }
+}
+
+/// Takes one off a gauge when dropped (a fill ended, however it ended).
+struct Decrement<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -92,6 +92,12 @@ impl LruIndex {
         }
     }
 
+    /// The size of an indexed blob (0 when not indexed).
+    pub fn size_of(&self, digest: &Digest) -> u64 {
+        let inner = self.inner.lock().expect("lru lock");
+        inner.entries.get(digest).map_or(0, |e| e.size)
+    }
+
     /// The bytes currently indexed.
     pub fn total(&self) -> u64 {
         self.inner.lock().expect("lru lock").total

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{self, is_attachment_tag, Manifest};
+use crate::metrics::{self, Metrics};
 use crate::names::{Digest, Reference, RepoName, Tag};
 use crate::push::records::Records;
 use crate::store::{ByteStream, Store};
@@ -139,6 +140,7 @@ pub struct Cache {
     evicting: tokio::sync::Mutex<()>,
     background: Background,
     weak: std::sync::Weak<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 /// Work the cache finishes after answering (blob fills, manifest and tag records), counted so
@@ -151,13 +153,21 @@ struct Background {
 
 impl Cache {
     /// Builds the cache over a store, indexing what the store already holds.
-    pub async fn new(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Cache>> {
+    pub async fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Cache>> {
         let mut upstreams = HashMap::new();
         let mut aliases = HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(
                 u.name.clone(),
-                Arc::new(Upstream::new(u)?.rechecking(config.cache.tag_ttl.0)),
+                Arc::new(
+                    Upstream::new(u)?
+                        .rechecking(config.cache.tag_ttl.0)
+                        .counted(metrics.upstream(&u.name)),
+                ),
             );
             for a in &u.aliases {
                 aliases.insert(a.clone(), u.name.clone());
@@ -182,7 +192,7 @@ impl Cache {
         let pins = Pins::new(pinned);
         let lru = LruIndex::new(config.storage.max_size.0, cached);
         let memory = config.cache.memory.0;
-        Ok(Arc::new_cyclic(|weak| Cache {
+        let cache = Arc::new_cyclic(|weak| Cache {
             store,
             upstreams,
             aliases,
@@ -219,7 +229,21 @@ impl Cache {
             evicting: tokio::sync::Mutex::new(()),
             background: Background::default(),
             weak: weak.clone(),
-        }))
+            metrics: Arc::clone(&metrics),
+        });
+        let weak = Arc::downgrade(&cache);
+        metrics.on_scrape(move |m| {
+            if let Some(cache) = weak.upgrade() {
+                m.cache
+                    .space("local", cache.lru.total(), cache.store.free_space());
+            }
+        });
+        Ok(cache)
+    }
+
+    /// Every metric of the process.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Runs `work` after the answer, counted until it ends (see [`Cache::settle`]).
@@ -228,6 +252,8 @@ impl Cache {
         use std::sync::atomic::Ordering;
         self.background.running.fetch_add(1, Ordering::SeqCst);
         let this = self.self_arc();
+        // the work goes on under the id (and log span) of the request that started it
+        let work = crate::request_id::carried(work);
         tokio::spawn(async move {
             // a panic in the work must not leave the count up (shutdown would wait for ever)
             if std::panic::AssertUnwindSafe(work)
@@ -279,6 +305,11 @@ impl Cache {
                 format!("no upstream or namespace named {namespace:?}"),
             )
         })
+    }
+
+    /// Whether a namespace is an upstream's (by its name or an alias).
+    pub fn is_upstream(&self, namespace: &str) -> bool {
+        self.upstreams.contains_key(namespace) || self.aliases.contains_key(namespace)
     }
 
     /// The canonical name of a namespace (resolving aliases), if it is configured.
@@ -404,6 +435,7 @@ impl Cache {
     ) -> Result<ServedManifest> {
         let key = (upstream.name.clone(), repo.clone(), tag.clone());
         let (record, tag_status) = self.resolve_tag(upstream, key).await?;
+        self.metrics.cache.outcome(metrics::Kind::Tag, tag_status);
         let (bytes, status) = self
             .manifest_by_digest(upstream, repo, &record.digest, true)
             .await?;
@@ -546,6 +578,7 @@ impl Cache {
                         .await?
                         .ok_or_else(|| manifest_unknown(&repo2, &d))?;
                     if !digest_matches(&fetched, &d) {
+                        up.count(metrics::UpstreamOutcome::DigestMismatch);
                         return Err(RegistryError::new(
                             Code::DigestInvalid,
                             http::StatusCode::BAD_GATEWAY,
@@ -1059,8 +1092,11 @@ impl Cache {
                 if !this.pins.claim(&digest) {
                     continue;
                 }
+                let size = this.lru.size_of(&digest);
                 let deleted = this.store.delete_blob(&digest).await;
                 if deleted.is_ok() {
+                    this.metrics.cache.evictions.inc();
+                    this.metrics.cache.evicted_bytes.inc_by(size);
                     this.lru.remove(&digest);
                     this.manifests.invalidate(&digest).await;
                 }

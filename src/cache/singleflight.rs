@@ -61,6 +61,8 @@ where
                     inflight: Arc::clone(&self.inflight),
                     key: Some(key.clone()),
                 };
+                // run under the id of the request that started it
+                let work = crate::request_id::carried(work);
                 let task = tokio::spawn(async move {
                     let _forget = forget;
                     work.await

@@ -10,20 +10,120 @@ use futures_util::Stream;
 use http::{Method, StatusCode};
 use http_body::{Frame, SizeHint};
 
+use crate::cache::CacheStatus;
+use crate::metrics::{Kind, Metrics, ROUTES};
+use crate::request_id::RequestId;
 use crate::store::ByteStream;
+use std::sync::Arc;
 
-/// What the access log says about one request.
+/// What the access log says about one request, and what its end counts.
 pub struct RequestLog {
+    /// The request's id.
+    pub id: RequestId,
     /// The request method.
     pub method: Method,
     /// The request path.
     pub path: String,
+    /// The route, an index into [`ROUTES`].
+    pub route: usize,
+    /// The namespace, repository and reference (tag or digest) named, where the route names them.
+    pub namespace: String,
+    /// See `namespace`.
+    pub repository: String,
+    /// See `namespace`.
+    pub reference: String,
+    /// Whether the namespace is an upstream's.
+    pub upstream: bool,
+    /// The client's address.
+    pub client: String,
+    /// The signed-in user.
+    pub user: Option<String>,
+    /// The client's User-Agent.
+    pub user_agent: Option<String>,
     /// The response status.
     pub status: StatusCode,
     /// Cache outcome, where one applies.
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheStatus>,
     /// When the request arrived.
     pub started: Instant,
+    /// Where the request's end is counted.
+    pub metrics: Arc<Metrics>,
+}
+
+impl RequestLog {
+    /// The record of a request just arrived.
+    pub fn new(
+        id: RequestId,
+        method: Method,
+        path: String,
+        started: Instant,
+        metrics: Arc<Metrics>,
+    ) -> RequestLog {
+        RequestLog {
+            id,
+            method,
+            path,
+            route: ROUTES.len() - 1,
+            namespace: String::new(),
+            repository: String::new(),
+            reference: String::new(),
+            upstream: false,
+            client: String::new(),
+            user: None,
+            user_agent: None,
+            status: StatusCode::OK,
+            cache: None,
+            started,
+            metrics,
+        }
+    }
+
+    /// The kind of content the route serves, for the cache's counts.
+    pub fn kind(&self) -> Option<Kind> {
+        match ROUTES[self.route] {
+            "blob" => Some(Kind::Blob),
+            "manifest" => Some(Kind::Manifest),
+            _ => None,
+        }
+    }
+
+    fn write(&self, sent: u64, failed: bool) {
+        let took = self.started.elapsed();
+        let outcome = if failed { "aborted" } else { "done" };
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %self.id,
+            client = %self.client,
+            user = self.user.as_deref().unwrap_or("-"),
+            user_agent = self.user_agent.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            route = ROUTES[self.route],
+            namespace = or_dash(&self.namespace),
+            repository = or_dash(&self.repository),
+            reference = or_dash(&self.reference),
+            status = self.status.as_u16(),
+            bytes = sent,
+            cache = self.cache.map_or("-", CacheStatus::as_str),
+            upstream = if self.upstream { self.namespace.as_str() } else { "-" },
+            ms = took.as_secs_f64() * 1000.0,
+            outcome,
+            "request"
+        );
+        let http = &self.metrics.http;
+        http.ended(&self.method, self.route, self.status.as_u16(), took);
+        if let Some(status) = self.cache {
+            self.metrics.cache.served(status == CacheStatus::Miss, sent);
+        }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
 }
 
 enum Inner {
@@ -140,18 +240,7 @@ impl http_body::Body for Body {
 impl Drop for Body {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            let outcome = if self.failed { "aborted" } else { "done" };
-            tracing::info!(
-                target: "portcullis::access",
-                method = %log.method,
-                path = %log.path,
-                status = log.status.as_u16(),
-                bytes = self.sent,
-                cache = log.cache.unwrap_or("-"),
-                ms = log.started.elapsed().as_secs_f64() * 1000.0,
-                outcome,
-                "request"
-            );
+            log.write(self.sent, self.failed);
         }
     }
 }

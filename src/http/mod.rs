@@ -17,9 +17,13 @@ use crate::error::{Code, RegistryError, Result};
 use crate::policy::Policies;
 use crate::push::uploads::{self, Uploads};
 use crate::registry::{Caller, Registry};
+use crate::request_id::RequestId;
 use crate::store::ByteStream;
 use body::{Body, RequestLog};
 use route::{Name, Route};
+
+/// The header carrying a request's id, both ways (and to upstreams).
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// The header every registry response carries.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
@@ -87,6 +91,11 @@ impl Api {
         self.cache.settle().await
     }
 
+    /// Every metric of the process.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.cache.metrics()
+    }
+
     /// The policy engine (for reloads).
     pub fn policies(&self) -> &Arc<Policies> {
         self.registry.policies()
@@ -132,69 +141,112 @@ impl Api {
         self.registry.scope(&name.namespace, &name.repo)
     }
 
-    /// Answers one request; never fails (errors become OCI error responses).
+    /// Answers one request; never fails (errors become OCI error responses). The request's id
+    /// (its client's `X-Request-Id` when well-formed) is echoed, logged and carried by the work
+    /// done for it.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        // a body left unread (a request refused before it was read) is read and discarded, so
-        // that the client, still sending, gets the answer rather than a reset connection
-        let idle = self.body_timeout;
-        let req = req.map(|b| body::Drained::new(b, idle));
-        let reply = match self.dispatch(req).await {
-            Ok(r) => r,
-            Err(e) => error_response(&e, &method).into(),
-        };
-        let Reply {
-            mut response,
-            cache,
-        } = reply;
-        response
-            .headers_mut()
-            .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
-        response.headers_mut().insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        let status = response.status();
-        let log = RequestLog {
-            method,
-            path,
-            status,
-            cache: cache.map(CacheStatus::as_str),
-            started,
-        };
-        response.map(|b| b.logged(log))
+        use tracing::Instrument;
+        let id = RequestId::from_header(req.headers().get(X_REQUEST_ID).map(|v| v.as_bytes()));
+        let span = tracing::info_span!("request", request_id = %id);
+        id.clone()
+            .scope(self.answer(req, id).instrument(span))
+            .await
     }
 
-    async fn dispatch<B>(&self, req: Request<B>) -> Result<Reply>
+    async fn answer<B>(&self, req: Request<B>, id: RequestId) -> Response<Body>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
-        let ns = query_param(req.uri().query(), "ns");
-        let read = matches!(*req.method(), Method::GET | Method::HEAD);
-        let route = route::parse(req.uri().path(), ns.as_deref())
-            .map_err(|e| impossible_manifest(e, read, req.uri().path()))?;
-        let client = req
-            .extensions()
-            .get::<crate::server::ClientAddr>()
-            .map(|c| c.0.to_string())
-            .unwrap_or_default();
-        let user = self.authorize(&req, &route, &client).await?;
-        let caller = Caller {
-            client,
-            user: user.clone(),
+        let started = Instant::now();
+        let metrics = self.cache.metrics();
+        metrics.http.started();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut caller = Caller {
+            client: req
+                .extensions()
+                .get::<crate::server::ClientAddr>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default(),
+            user: None,
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
+        // a body left unread (a request refused before it was read) is read and discarded, so
+        // that the client, still sending, gets the answer rather than a reset connection
+        let idle = self.body_timeout;
+        let req = req.map(|b| body::Drained::new(b, idle));
+        let read = matches!(method, Method::GET | Method::HEAD);
+        let ns = query_param(req.uri().query(), "ns");
+        let route =
+            route::parse(&path, ns.as_deref()).map_err(|e| impossible_manifest(e, read, &path));
+        let mut log = RequestLog::new(
+            id.clone(),
+            method.clone(),
+            path,
+            started,
+            Arc::clone(metrics),
+        );
+        if let Ok(route) = &route {
+            log.route = route.index();
+            if let Some((name, reference)) = route.target() {
+                log.upstream = self.cache.is_upstream(&name.namespace);
+                log.namespace = name.namespace.clone();
+                log.repository = name.repo.to_string();
+                log.reference = reference;
+            }
+        }
+        let reply = match route {
+            Ok(route) => match self.authorize(&req, &route, &caller.client).await {
+                Ok(user) => {
+                    caller.user = user;
+                    log.user.clone_from(&caller.user);
+                    self.dispatch(req, route, &caller).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let Reply {
+            mut response,
+            cache,
+        } = match reply {
+            Ok(r) => r,
+            Err(e) => error_response(&e, &method).into(),
+        };
+        let headers = response.headers_mut();
+        headers.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        if let (Some(status), Some(kind)) = (cache, log.kind()) {
+            metrics.cache.outcome(kind, status);
+        }
+        log.status = response.status();
+        log.cache = cache;
+        log.client = caller.client;
+        log.user_agent = caller.user_agent;
+        response.map(|b| b.logged(log))
+    }
+
+    async fn dispatch<B>(&self, req: Request<B>, route: Route, caller: &Caller) -> Result<Reply>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let user = caller.user.clone();
         let method = req.method().clone();
         let method = &method;
         let read = method == Method::GET || method == Method::HEAD;
@@ -706,7 +758,7 @@ fn impossible_manifest(e: RegistryError, read: bool, path: &str) -> RegistryErro
 /// The OCI error response for an error.
 pub fn error_response(e: &RegistryError, method: &Method) -> Response<Body> {
     if e.status.is_server_error() {
-        tracing::warn!(code = e.code.as_str(), status = e.status.as_u16(), message = %e.message, "request failed");
+        tracing::warn!(code = e.code.as_str(), status = e.status.as_u16(), error = %e.message, "request failed");
     }
     let mut r = json(e.status, Bytes::from(e.body()), method);
     if e.status == StatusCode::UNAUTHORIZED {

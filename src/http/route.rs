@@ -38,6 +38,40 @@ pub enum Route {
     Signatures { name: Name, digest: Digest },
 }
 
+impl Route {
+    /// The route's index in [`crate::metrics::ROUTES`].
+    pub fn index(&self) -> usize {
+        let label = match self {
+            Route::Base => "base",
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::Upload { .. } => "upload",
+            Route::Tags { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+            Route::Signatures { .. } => "signatures",
+        };
+        crate::metrics::ROUTES
+            .iter()
+            .position(|r| *r == label)
+            .unwrap_or(crate::metrics::ROUTES.len() - 1)
+    }
+
+    /// The repository a route names, and the reference (tag, digest or upload id) within it.
+    pub fn target(&self) -> Option<(&Name, String)> {
+        match self {
+            Route::Base | Route::Health | Route::Ready => None,
+            Route::Manifest { name, reference } => Some((name, reference.to_string())),
+            Route::Blob { name, digest }
+            | Route::Referrers { name, digest }
+            | Route::Signatures { name, digest } => Some((name, digest.to_string())),
+            Route::Upload { name, id } => Some((name, id.clone().unwrap_or_default())),
+            Route::Tags { name } => Some((name, String::new())),
+        }
+    }
+}
+
 fn name_invalid(msg: &str) -> RegistryError {
     RegistryError::of(Code::NameInvalid, msg.to_string())
 }

@@ -112,7 +112,9 @@ impl Audit {
         took: Duration,
         cpu: Option<Duration>,
     ) {
+        let id = crate::request_id::current();
         let line = Line {
+            request_id: id.as_ref().map(|id| id.as_str()),
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -145,6 +147,8 @@ impl Audit {
 #[derive(serde::Serialize)]
 struct Line<'a> {
     time: f64,
+    /// The id of the request that asked (null when no request did, e.g. `policy test`).
+    request_id: Option<&'a str>,
     client: &'a str,
     user: Option<&'a str>,
     operation: &'a str,

@@ -27,6 +27,7 @@ use crate::auth::glob_match;
 use crate::cache::Cache;
 use crate::config::{Config, PolicyConfig, PolicyMode};
 use crate::error::{Code, RegistryError, Result};
+use crate::metrics::{Failure, Metrics, PolicyMetrics};
 use crate::verify::{TrustStore, Verifier};
 pub use audit::Audit;
 pub use budget::Budget;
@@ -86,6 +87,7 @@ struct Loaded {
     settings: String,
     settings_hash: String,
     pre: PolicyPre<State>,
+    metrics: PolicyMetrics,
 }
 
 /// The policies of one configuration, compiled and validated.
@@ -181,12 +183,20 @@ pub fn load_set(
     engine: &Engine,
     configs: &[PolicyConfig],
     cache_dir: &Path,
+    metrics: Option<&Metrics>,
 ) -> anyhow::Result<PolicySet> {
     let mut policies = Vec::new();
     for c in configs {
         let settings =
             serde_json::to_string(&c.settings).context("settings are not representable as JSON")?;
-        policies.push(Arc::new(load_one(engine, c.clone(), settings, cache_dir)?));
+        let counted = metrics.map(|m| m.policy(&c.name)).unwrap_or_default();
+        policies.push(Arc::new(load_one(
+            engine,
+            c.clone(),
+            settings,
+            cache_dir,
+            counted,
+        )?));
     }
     Ok(PolicySet { policies })
 }
@@ -196,6 +206,7 @@ fn load_one(
     config: PolicyConfig,
     settings: String,
     cache_dir: &Path,
+    metrics: PolicyMetrics,
 ) -> anyhow::Result<Loaded> {
     let context = || format!("policy {:?} ({})", config.name, config.module.display());
     let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
@@ -214,6 +225,7 @@ fn load_one(
         settings,
         settings_hash,
         pre,
+        metrics,
     };
     let (meta, valid) = loaded.validate(engine).with_context(context)?;
     if let Err(message) = valid {
@@ -288,7 +300,13 @@ impl Standalone {
             memory: crate::config::ByteSize(64 << 20),
             settings: toml::Table::new(),
         };
-        let loaded = load_one(&engine, config, settings.to_string(), &cache_dir)?;
+        let loaded = load_one(
+            &engine,
+            config,
+            settings.to_string(),
+            &cache_dir,
+            PolicyMetrics::default(),
+        )?;
         let (subject, attachments) = test_subject(request)?;
         let request = convert::request(&subject, &attachments);
         Ok(Standalone {
@@ -323,7 +341,7 @@ impl Standalone {
             ),
             Err(e) => format!(
                 "decision: reject: {}",
-                fail_closed(&self.loaded.config.name, &e)
+                fail_closed(&self.loaded.config.name, &e).1
             ),
         };
         let calls = ctx.calls.lock().expect("calls lock").clone();
@@ -465,7 +483,7 @@ impl Policies {
             .unwrap_or(64 << 20);
         let engine = engine(host.concurrency, max_memory)?;
         let cache_dir = config.storage.path.join(&host.compiled_cache);
-        let set = load_set(&engine, &config.policies, &cache_dir)?;
+        let set = load_set(&engine, &config.policies, &cache_dir, Some(cache.metrics()))?;
         Ok(Arc::new(Policies {
             engine,
             set: RwLock::new(Arc::new(set)),
@@ -503,7 +521,12 @@ impl Policies {
             max_memory <= self.max_memory,
             "a policy's memory grew beyond what the running engine allows; restart to apply"
         );
-        let set = load_set(&self.engine, &config.policies, &self.cache_dir)?;
+        let set = load_set(
+            &self.engine,
+            &config.policies,
+            &self.cache_dir,
+            Some(self.cache.metrics()),
+        )?;
         let trust = trust_store(config)?;
         // the audit file is opened afresh, so that a rotated log is written anew
         self.audit.reopen(&config.policy_host.audit)?;
@@ -568,6 +591,11 @@ impl Policies {
             let started = Instant::now();
             let (outcome, cpu) = self.decide(policy, subject, &attachments).await;
             let outcome = explain_unresolved(outcome, unresolved.as_deref());
+            policy.metrics.decided(
+                matches!(outcome, Outcome::Reject(_)),
+                policy.config.mode == PolicyMode::Warn,
+                cpu.is_none(),
+            );
             self.audit.record(
                 subject,
                 &policy.config.name,
@@ -622,17 +650,16 @@ impl Policies {
             );
         };
         let (engine, loaded) = (self.engine.clone(), Arc::clone(policy));
-        let (decision, cpu) = match tokio::task::spawn_blocking(move || {
-            loaded.evaluate(&engine, ctx, &request)
-        })
-        .await
-        {
+        let started = Instant::now();
+        let ran =
+            tokio::task::spawn_blocking(move || loaded.evaluate(&engine, ctx, &request)).await;
+        policy.metrics.latency.observe(started.elapsed());
+        let (decision, cpu) = match ran {
             Ok((Ok(d), cpu)) => (d, cpu),
             Ok((Err(e), cpu)) => {
-                return (
-                    Outcome::Reject(bounded(fail_closed(&policy.config.name, &e))),
-                    cpu,
-                )
+                let (kind, reason) = fail_closed(&policy.config.name, &e);
+                policy.metrics.failed(kind);
+                return (Outcome::Reject(bounded(reason)), cpu);
             }
             Err(e) => {
                 return (
@@ -691,21 +718,24 @@ fn explain_unresolved(outcome: Outcome, unresolved: Option<&str>) -> Outcome {
     }
 }
 
-/// The rejection reason for a module that failed: trap, timeout or memory.
-fn fail_closed(name: &str, e: &wasmtime::Error) -> String {
+/// How a module failed (trap, timeout or memory) and the rejection reason for it.
+fn fail_closed(name: &str, e: &wasmtime::Error) -> (Failure, String) {
     let text = format!("{e:#}");
-    let why = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+    let (kind, why) = if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         match trap {
-            wasmtime::Trap::Interrupt => "exceeded its timeout".to_string(),
-            other => format!("trapped: {other}"),
+            wasmtime::Trap::Interrupt => (Failure::Timeout, "exceeded its timeout".to_string()),
+            other => (Failure::Trap, format!("trapped: {other}")),
         }
     } else if text.contains("memory") {
-        format!("exceeded its memory limit: {text}")
+        (
+            Failure::Memory,
+            format!("exceeded its memory limit: {text}"),
+        )
     } else {
-        format!("failed: {text}")
+        (Failure::Trap, format!("failed: {text}"))
     };
     tracing::warn!(policy = %name, error = %text, "policy failed; rejecting");
-    format!("policy module {why}")
+    (kind, format!("policy module {why}"))
 }
 
 /// The most memory cached decisions may take (keys and reasons).

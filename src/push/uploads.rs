@@ -211,7 +211,10 @@ impl Uploads {
         let spool = self.cache.store().spool_dir().join(id);
         tokio::task::spawn_blocking({
             let (data, spool) = (data.clone(), spool.clone());
-            move || std::fs::hard_link(&data, &spool).or_else(|_| std::fs::copy(&data, &spool).map(drop))
+            move || {
+                std::fs::hard_link(&data, &spool)
+                    .or_else(|_| std::fs::copy(&data, &spool).map(drop))
+            }
         })
         .await
         .map_err(RegistryError::internal)??;
@@ -569,7 +572,10 @@ mod tests {
         let (data, stored) = (dir.path().join("data"), dir.path().join("blob"));
         std::fs::write(&data, b"all of it").unwrap();
         std::fs::hard_link(&data, &stored).unwrap();
-        open_unshared(&data).unwrap().write_all(b" and more").unwrap();
+        open_unshared(&data)
+            .unwrap()
+            .write_all(b" and more")
+            .unwrap();
         assert_eq!(std::fs::read(&stored).unwrap(), b"all of it");
         assert_eq!(std::fs::read(&data).unwrap(), b"all of it and more");
     }

@@ -11,6 +11,7 @@ use http::{header, HeaderMap, Method, StatusCode};
 use crate::config::UpstreamConfig;
 use crate::error::{Code, RegistryError, Result};
 use crate::manifest::{self, MAX_MANIFEST_SIZE};
+use crate::metrics::{UpstreamMetrics, UpstreamOutcome};
 use crate::names::{Digest, RepoName};
 use crate::store::ByteStream;
 use auth::{Challenge, Token};
@@ -55,6 +56,7 @@ pub struct Upstream {
     signatures_offered: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
     /// How long that answer is trusted (the cache's `tag_ttl`).
     recheck: Duration,
+    metrics: UpstreamMetrics,
 }
 
 /// The most pages of an upstream tag list followed.
@@ -101,6 +103,7 @@ impl Upstream {
             timeout: config.timeout.0,
             signatures_offered: std::sync::Mutex::new(None),
             recheck: Duration::from_secs(300),
+            metrics: UpstreamMetrics::default(),
         })
     }
 
@@ -108,6 +111,17 @@ impl Upstream {
     pub fn rechecking(mut self, every: Duration) -> Upstream {
         self.recheck = every;
         self
+    }
+
+    /// Counts this upstream's requests, their latency and token fetches in `metrics`.
+    pub fn counted(mut self, metrics: UpstreamMetrics) -> Upstream {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts an outcome found after the answer (content that did not match its digest).
+    pub fn count(&self, outcome: UpstreamOutcome) {
+        self.metrics.outcome(outcome);
     }
 
     /// The registry host (with a port when not the default), as image names write it.
@@ -167,6 +181,7 @@ impl Upstream {
         let digest = Digest::sha256_of(&bytes);
         if let Some(announced) = announced.filter(|a| a.starts_with("sha256:")) {
             if announced != digest.to_string() {
+                self.count(UpstreamOutcome::DigestMismatch);
                 return Err(RegistryError::new(
                     Code::DigestInvalid,
                     StatusCode::BAD_GATEWAY,
@@ -379,7 +394,12 @@ impl Upstream {
             if let Some(a) = &auth {
                 req = req.header(header::AUTHORIZATION, a);
             }
+            if let Some(id) = crate::request_id::current() {
+                req = req.header("x-request-id", id.as_str());
+            }
+            let sent = Instant::now();
             let result = tokio::time::timeout(self.timeout, req.send()).await;
+            self.metrics.latency.observe(sent.elapsed());
             let resp = match result {
                 Err(_) => Err(RegistryError::upstream_timeout(format!(
                     "upstream {} did not answer in time",
@@ -388,6 +408,11 @@ impl Upstream {
                 Ok(Err(e)) => Err(transport_error(&self.name, &e)),
                 Ok(Ok(r)) => Ok(r),
             };
+            self.metrics.outcome(match &resp {
+                Err(e) if e.status == StatusCode::GATEWAY_TIMEOUT => UpstreamOutcome::Timeout,
+                Err(_) => UpstreamOutcome::Error,
+                Ok(r) => outcome_of(r.status(), absent),
+            });
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) if attempt < self.retries => {
@@ -525,6 +550,7 @@ impl Upstream {
             }
             None => {}
         }
+        self.metrics.tokens.inc();
         let resp = tokio::time::timeout(self.timeout, req.send())
             .await
             .map_err(|_| {
@@ -548,6 +574,19 @@ impl Upstream {
         auth::parse_token(&body).ok_or_else(|| {
             RegistryError::upstream(format!("token endpoint of {} sent no token", self.name))
         })
+    }
+}
+
+/// How an upstream's answer is counted.
+fn outcome_of(status: StatusCode, absent: Absent) -> UpstreamOutcome {
+    match status {
+        s if s.is_success() => UpstreamOutcome::Ok,
+        StatusCode::NOT_FOUND => UpstreamOutcome::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => UpstreamOutcome::RateLimited,
+        // a first 401 is the challenge of a registry with token auth, answered at once
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UpstreamOutcome::Denied,
+        s if absent == Absent::AnyClientError && s.is_client_error() => UpstreamOutcome::NotFound,
+        _ => UpstreamOutcome::Error,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::attachments::{AttachmentSet, Attachments, Kind};
 use crate::cache::Cache;
 use crate::error::{Code, RegistryError, Result};
 use crate::manifest::Manifest;
+use crate::metrics::VerifyMethod;
 use crate::names::{Digest, Reference, RepoName};
 pub use identity::{ImageRef, SignedIdentity};
 pub use keyless::{Identity, TrustRoot};
@@ -495,6 +496,16 @@ impl Verifier {
             }
         }
         let ok = missing.is_empty();
+        let method = if !bundles.is_empty() {
+            VerifyMethod::Bundle
+        } else if !req.attestations.is_empty() {
+            VerifyMethod::Attestation
+        } else if !req.identities.is_empty() {
+            VerifyMethod::Keyless
+        } else {
+            VerifyMethod::Key
+        };
+        self.cache.metrics().verify.verdict(ok, method);
         let reason = if ok {
             format!(
                 "verified by {}",

@@ -196,6 +196,17 @@ impl Drop for Registry {
 }
 
 /// The portcullis binary under test, with its log in `dir/proxy.log`.
+/// The address a proxy's start-up line names: the text banner, or the JSON log event.
+fn listening_address(line: &str) -> Option<String> {
+    if let Some(addr) = line.strip_prefix("portcullis listening on ") {
+        return Some(addr.to_string());
+    }
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    (event["message"] == "portcullis listening")
+        .then(|| event["addr"].as_str().map(str::to_string))
+        .flatten()
+}
+
 pub struct Proxy {
     pub dir: PathBuf,
     pub addr: String,
@@ -307,10 +318,7 @@ impl Proxy {
         let mut addr = None;
         wait_for("the proxy to listen", Duration::from_secs(20), || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            addr = text[start as usize..].lines().find_map(|l| {
-                l.strip_prefix("portcullis listening on ")
-                    .map(str::to_string)
-            });
+            addr = text[start as usize..].lines().find_map(listening_address);
             addr.is_some()
         });
         self.addr = addr.unwrap();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::config::{Config, LogFormat};
+use portcullis::request_id::WithRequestId;
 
 /// A caching pull-through OCI registry proxy.
 #[derive(Parser)]
@@ -117,6 +118,7 @@ fn keep_freed_memory() {}
 
 /// Logs to stderr at `RUST_LOG`'s levels (default info), as text or one JSON object a line.
 fn init_logging(format: LogFormat) {
+    portcullis::http::body::log_every_field(format == LogFormat::Json);
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
@@ -125,12 +127,14 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .map_event_format(|f| WithRequestId::new(f, false))
             .init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(false)
+            .map_event_format(|f| WithRequestId::new(f, true))
             .init(),
     }
 }

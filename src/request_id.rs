@@ -7,7 +7,14 @@ use std::sync::{Arc, OnceLock};
 
 /// One request's id.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(Id);
+
+/// A made-up id is kept as its number (no allocation per request), a client's as its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Id {
+    Made([u8; 16]),
+    Given(Arc<str>),
+}
 
 /// The longest incoming id kept; a longer one is replaced.
 const MAX_LEN: usize = 128;
@@ -21,9 +28,9 @@ impl RequestId {
     /// else a new one.
     pub fn from_header(value: Option<&[u8]>) -> RequestId {
         match value {
-            Some(v) if well_formed(v) => {
-                RequestId(Arc::from(std::str::from_utf8(v).unwrap_or_default()))
-            }
+            Some(v) if well_formed(v) => RequestId(Id::Given(Arc::from(
+                std::str::from_utf8(v).unwrap_or_default(),
+            ))),
             _ => RequestId::new(),
         }
     }
@@ -35,15 +42,21 @@ impl RequestId {
         let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // an odd multiplier spreads consecutive numbers over the whole range
-        RequestId(Arc::from(format!(
-            "{:016x}",
-            base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        )))
+        let n = base ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut hex = [0u8; 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(Id::Made(hex))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // only hex digits were written
+            Id::Made(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            Id::Given(text) => text,
+        }
     }
 
     /// Runs `work` with this id as the current one.
@@ -60,13 +73,12 @@ impl Default for RequestId {
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
-/// `work` carrying the current request's id and log span, for a task spawned on its behalf.
+/// `work` carrying the current request's id, for a task spawned on its behalf.
 pub fn carried<F: std::future::Future>(work: F) -> impl std::future::Future<Output = F::Output> {
-    use tracing::Instrument;
     let id = current();
     async move {
         match id {
@@ -74,7 +86,51 @@ pub fn carried<F: std::future::Future>(work: F) -> impl std::future::Future<Outp
             None => work.await,
         }
     }
-    .instrument(tracing::Span::current())
+}
+
+/// A log line format that names the request being answered: `request_id=<id> ` before a text
+/// line, a `"request_id"` member first in a JSON one. The id comes from the task, so no span is
+/// made per request.
+pub struct WithRequestId<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<F> WithRequestId<F> {
+    /// Wraps a line format (`json`: it writes one JSON object per line).
+    pub fn new(inner: F, json: bool) -> Self {
+        WithRequestId { inner, json }
+    }
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithRequestId<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(id) = current() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if !self.json {
+            write!(writer, "request_id={id} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        let inner = tracing_subscriber::fmt::format::Writer::new(&mut line);
+        self.inner.format_event(ctx, inner, event)?;
+        // the id is made of letters, digits and -_.: only: nothing to escape
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"request_id\":\"{id}\",{rest}"),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// The id of the request the current task works for, if any.

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::liar::{Behaviour, Liar};
 use common::*;
 
 /// A Prometheus server on a loopback port scraping `target` every second, with the example
@@ -158,10 +159,14 @@ fn prometheus_scrapes_what_pulls_refusals_and_failures_did() {
             "[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n\
              [[upstream]]\nname = \"up\"\nurl = \"{}\"\n\
              [[policy]]\nname = \"deny-tags\"\nmodule = \"{}\"\nscope = [\"up/obs/*\"]\nsettings = {{ tags = [\"blocked\"] }}\n\
-             [[policy]]\nname = \"trap\"\nmodule = \"{}\"\nscope = [\"up/traps/*\"]\n",
+             [[policy]]\nname = \"trap\"\nmodule = \"{}\"\nscope = [\"up/traps/*\"]\n\
+             [[policy]]\nname = \"spin\"\nmodule = \"{}\"\nscope = [\"up/spins/*\"]\ntimeout = \"50ms\"\n\
+             [[policy]]\nname = \"hog\"\nmodule = \"{}\"\nscope = [\"up/hogs/*\"]\nmemory = \"8MiB\"\n",
             reg.url(),
             deny.display(),
-            trap.display()
+            trap.display(),
+            policy_module("tests/policies", "spin").display(),
+            policy_module("tests/policies", "hog").display(),
         ),
     );
     let metrics = metrics_address(&proxy);
@@ -194,12 +199,18 @@ fn prometheus_scrapes_what_pulls_refusals_and_failures_did() {
         "{}",
         refused.stderr
     );
-    reg.push(&img, "traps/app:v1");
-    let trapped = skopeo_pull(
-        &format!("{}/up/traps/app:v1", proxy.addr),
-        &t.path().join("trapped"),
-    );
-    assert!(trapped.stderr.contains("policy trap"), "{}", trapped.stderr);
+    for (repo, policy) in [("traps", "trap"), ("spins", "spin"), ("hogs", "hog")] {
+        reg.push(&img, &format!("{repo}/app:v1"));
+        let failed = skopeo_pull(
+            &format!("{}/up/{repo}/app:v1", proxy.addr),
+            &t.path().join(repo),
+        );
+        assert!(
+            failed.stderr.contains(&format!("policy {policy}")),
+            "{}",
+            failed.stderr
+        );
+    }
 
     let cache = |kind: &str, outcome: &str| {
         format!("portcullis_cache_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}")
@@ -214,10 +225,12 @@ fn prometheus_scrapes_what_pulls_refusals_and_failures_did() {
         "sum(portcullis_policy_evaluations_total{policy=\"deny-tags\",decision=\"reject\",mode=\"enforce\"})",
         1.0,
     );
-    prometheus.wait_value(
-        "portcullis_policy_failures_total{policy=\"trap\",kind=\"trap\"}",
-        1.0,
-    );
+    for (policy, kind) in [("trap", "trap"), ("spin", "timeout"), ("hog", "memory")] {
+        prometheus.wait_value(
+            &format!("portcullis_policy_failures_total{{policy=\"{policy}\",kind=\"{kind}\"}}"),
+            1.0,
+        );
+    }
     let admitted = prometheus
         .value("sum(portcullis_policy_evaluations_total{policy=\"deny-tags\",decision=\"admit\"})")
         .unwrap();
@@ -370,7 +383,7 @@ fn request_ids_follow_a_request_through_json_logs_the_audit_log_and_the_upstream
     let proxy = Proxy::start(
         &dir,
         &format!(
-            "[log]\nformat = \"json\"\n[storage]\npath = \"data\"\n\
+            "[log]\nformat = \"json\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n\
              [auth]\nhtpasswd = \"htpasswd\"\n\
              [policies]\naudit = \"audit.log\"\n\
              [[upstream]]\nname = \"up\"\nurl = \"{}\"\n\
@@ -481,16 +494,26 @@ fn request_ids_follow_a_request_through_json_logs_the_audit_log_and_the_upstream
     for field in ["timestamp", "client", "user_agent", "bytes", "cache", "ms"] {
         assert!(!access[field].is_null(), "{field} in {access}");
     }
-    // a line logged while answering carries the id in its span
+    // a line logged while answering names the request
     let warning = events
         .iter()
         .find(|e| e["message"] == "failed sign-in")
         .expect("the failed sign-in is logged");
-    assert_eq!(
-        warning["span"]["request_id"], "wrong-password-1",
-        "{warning}"
-    );
+    assert_eq!(warning["request_id"], "wrong-password-1", "{warning}");
     assert_eq!(warning["user"], "ci");
+
+    // the failed sign-in is counted
+    let metrics = events
+        .iter()
+        .find(|e| e["message"] == "metrics listening")
+        .and_then(|e| e["addr"].as_str())
+        .expect("the metrics address is logged")
+        .to_string();
+    let (_, scraped) = scrape(&metrics, None);
+    assert_eq!(
+        sample(&scraped, "portcullis_auth_failures_total"),
+        Some(1.0)
+    );
 
     // no secret anywhere: passwords, the credentials header, its base64
     let audit = std::fs::read_to_string(&audit).unwrap();
@@ -506,7 +529,7 @@ fn request_ids_follow_a_request_through_json_logs_the_audit_log_and_the_upstream
         "Basic ".to_string(),
         "authorization".to_string(),
     ] {
-        for (name, text) in [("log", &log), ("audit log", &audit)] {
+        for (name, text) in [("log", &log), ("audit log", &audit), ("metrics", &scraped)] {
             assert!(
                 !text.to_lowercase().contains(&secret.to_lowercase()),
                 "{secret} in the {name}"
@@ -535,6 +558,82 @@ fn the_example_prometheus_configuration_and_rules_pass_promtool() {
             "promtool {args:?}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One sample's value in a scrape (None: no such line).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn upstream_outcomes_tokens_and_sign_in_failures_are_counted_and_no_token_is_logged() {
+    let t = tempfile::tempdir().unwrap();
+    let liar = Liar::start();
+    liar.require_token();
+    let good = image::noise("counted", 5000);
+    liar.blob(&sha256(&good), Behaviour::Good(good.clone()));
+    let real = image::noise("real", 5000);
+    liar.blob(
+        &sha256(&real),
+        Behaviour::Wrong(image::noise("forged", 5000)),
+    );
+    let proxy = Proxy::for_upstream(
+        &t.path().join("proxy"),
+        "liar",
+        &liar.url(),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let blob = |digest: &str| {
+        http()
+            .get(format!("{}/v2/liar/r/blobs/{digest}", proxy.url()))
+            .send()
+            .unwrap()
+    };
+    let r = blob(&sha256(&good));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), good.as_slice());
+    let _ = blob(&sha256(&real)).bytes();
+    assert_eq!(blob(&sha256(b"absent")).status(), 404);
+    let (_, text) = scrape(&metrics_address(&proxy), None);
+    let upstream = |outcome: &str| {
+        sample(
+            &text,
+            &format!(
+                "portcullis_upstream_requests_total{{upstream=\"liar\",outcome=\"{outcome}\"}}"
+            ),
+        )
+        .unwrap_or_else(|| panic!("{outcome} counted: {text}"))
+    };
+    assert_eq!(upstream("digest_mismatch"), 1.0);
+    assert!(
+        upstream("ok") >= 2.0,
+        "the good blob and the forged one's answer"
+    );
+    assert!(upstream("not_found") >= 1.0);
+    assert_eq!(upstream("denied"), 1.0, "the one token challenge");
+    assert_eq!(
+        sample(
+            &text,
+            "portcullis_upstream_token_fetches_total{upstream=\"liar\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "portcullis_cache_requests_total{kind=\"blob\",outcome=\"miss\"}"
+        ),
+        Some(2.0),
+        "the good blob and the forged one (its answer began before the mismatch showed)"
+    );
+    assert_eq!(liar.hits("/token"), 1);
+    for (name, text) in [("log", proxy.log()), ("metrics", text)] {
+        assert!(
+            !text.contains("good-token"),
+            "the upstream's token in the {name}"
         );
     }
 }

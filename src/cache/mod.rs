@@ -252,7 +252,7 @@ impl Cache {
         use std::sync::atomic::Ordering;
         self.background.running.fetch_add(1, Ordering::SeqCst);
         let this = self.self_arc();
-        // the work goes on under the id (and log span) of the request that started it
+        // the work goes on under the id of the request that started it
         let work = crate::request_id::carried(work);
         tokio::spawn(async move {
             // a panic in the work must not leave the count up (shutdown would wait for ever)

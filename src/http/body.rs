@@ -90,6 +90,33 @@ impl RequestLog {
     fn write(&self, sent: u64, failed: bool) {
         let took = self.started.elapsed();
         let outcome = if failed { "aborted" } else { "done" };
+        if every_field() {
+            self.write_every_field(sent, outcome, took);
+        } else {
+            // text lines: the path names the route, namespace, repository and reference
+            tracing::info!(
+                target: "portcullis::access",
+                request_id = %self.id,
+                client = %self.client,
+                user = self.user.as_deref().unwrap_or("-"),
+                method = %self.method,
+                path = %self.path,
+                status = self.status.as_u16(),
+                bytes = sent,
+                cache = self.cache.map_or("-", CacheStatus::as_str),
+                ms = took.as_secs_f64() * 1000.0,
+                outcome,
+                "request"
+            );
+        }
+        let http = &self.metrics.http;
+        http.ended(&self.method, self.route, self.status.as_u16(), took);
+        if let Some(status) = self.cache {
+            self.metrics.cache.served(status == CacheStatus::Miss, sent);
+        }
+    }
+
+    fn write_every_field(&self, sent: u64, outcome: &str, took: std::time::Duration) {
         tracing::info!(
             target: "portcullis::access",
             request_id = %self.id,
@@ -110,12 +137,20 @@ impl RequestLog {
             outcome,
             "request"
         );
-        let http = &self.metrics.http;
-        http.ended(&self.method, self.route, self.status.as_u16(), took);
-        if let Some(status) = self.cache {
-            self.metrics.cache.served(status == CacheStatus::Miss, sent);
-        }
     }
+}
+
+static EVERY_FIELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes every field on access lines (for JSON logs: route, namespace, repository, reference,
+/// upstream and user agent besides what text lines have).
+pub fn log_every_field(on: bool) {
+    EVERY_FIELD.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether access lines carry every field.
+pub fn every_field() -> bool {
+    EVERY_FIELD.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn or_dash(s: &str) -> &str {

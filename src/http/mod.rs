@@ -149,12 +149,8 @@ impl Api {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
-        use tracing::Instrument;
         let id = RequestId::from_header(req.headers().get(X_REQUEST_ID).map(|v| v.as_bytes()));
-        let span = tracing::info_span!("request", request_id = %id);
-        id.clone()
-            .scope(self.answer(req, id).instrument(span))
-            .await
+        id.clone().scope(Box::pin(self.answer(req, id))).await
     }
 
     async fn answer<B>(&self, req: Request<B>, id: RequestId) -> Response<Body>
@@ -197,7 +193,9 @@ impl Api {
         );
         if let Ok(route) = &route {
             log.route = route.index();
-            if let Some((name, reference)) = route.target() {
+            // what only JSON lines write is not gathered for text ones
+            let target = body::every_field().then(|| route.target()).flatten();
+            if let Some((name, reference)) = target {
                 log.upstream = self.cache.is_upstream(&name.namespace);
                 log.namespace = name.namespace.clone();
                 log.repository = name.repo.to_string();

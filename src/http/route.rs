@@ -152,13 +152,18 @@ fn split_tail(path: &str, n: usize) -> Option<(&str, Vec<&str>)> {
     (!name.is_empty()).then_some((name, tail))
 }
 
-/// Parses `<namespace>/<repo>`, or the whole name as the repo when `ns` is given.
+/// Parses `<namespace>/<repo>`, or the whole name as the repo when `ns` is given (containerd's
+/// mirror form); a first segment equal to `ns` is the namespace written out again (containerd's
+/// `override_path` form: `/v2/docker.io/library/alpine/...?ns=docker.io`).
 fn parse_name(name: &str, ns: Option<&str>) -> Result<Name> {
     if name.len() > MAX_NAME_LEN {
         return Err(name_invalid("repository name too long"));
     }
     let (namespace, repo) = match ns {
-        Some(host) => (host, name),
+        Some(host) => match name.split_once('/') {
+            Some((first, rest)) if first == host => (host, rest),
+            _ => (host, name),
+        },
         None => name.split_once('/').ok_or_else(|| {
             RegistryError::of(
                 Code::NameUnknown,
@@ -284,6 +289,25 @@ mod tests {
             ),
             ("docker.io", "library/alpine", "library/alpine")
         );
+        // override_path: the namespace is written out in the path as well
+        let r = parse(
+            "/v2/docker.io/library/alpine/manifests/latest",
+            Some("docker.io"),
+        )
+        .unwrap();
+        let Route::Manifest { name, .. } = r else {
+            panic!()
+        };
+        assert_eq!(
+            (name.namespace.as_str(), name.repo.as_str()),
+            ("docker.io", "library/alpine")
+        );
+        // another first segment stays part of the repository
+        let r = parse("/v2/quay.io/x/manifests/latest", Some("docker.io")).unwrap();
+        let Route::Manifest { name, .. } = r else {
+            panic!()
+        };
+        assert_eq!(name.repo.as_str(), "quay.io/x");
     }
 
     #[test]

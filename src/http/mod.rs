@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::attachments::Attachments;
 use crate::auth::{Access, Auth};
@@ -221,13 +221,18 @@ impl Api {
             Err(e) => error_response(&e, &method).into(),
         };
         let headers = response.headers_mut();
-        headers.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        // room for the three made at once (a map growing on every response costs)
+        headers.reserve(3);
+        headers.insert(
+            HeaderName::from_static(API_VERSION.0),
+            HeaderValue::from_static(API_VERSION.1),
+        );
         headers.insert(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
         if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-            headers.insert(X_REQUEST_ID, v);
+            headers.insert(HeaderName::from_static(X_REQUEST_ID), v);
         }
         if let (Some(status), Some(kind)) = (cache, log.kind()) {
             metrics.cache.outcome(kind, status);

@@ -59,9 +59,10 @@ fn client_configs_point_at_the_proxy() {
         conf["registry"][0]["location"].as_str(),
         Some("127.0.0.1:5000/docker.io")
     );
-    let hosts: toml::Value =
-        toml::from_str(&std::fs::read_to_string(root().join("examples/hosts.toml")).unwrap())
-            .unwrap();
+    let hosts: toml::Value = toml::from_str(
+        &std::fs::read_to_string(root().join("examples/containerd/docker.io/hosts.toml")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         hosts["host"]["http://127.0.0.1:5000"]["capabilities"][0].as_str(),
         Some("pull")

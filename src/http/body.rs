@@ -22,7 +22,7 @@ pub struct RequestLog {
     pub id: RequestId,
     /// The request method.
     pub method: Method,
-    /// The request path.
+    /// The request path, with its query.
     pub path: String,
     /// The route, an index into [`ROUTES`].
     pub route: usize,

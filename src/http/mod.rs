@@ -184,10 +184,15 @@ impl Api {
         let ns = query_param(req.uri().query(), "ns");
         let route =
             route::parse(&path, ns.as_deref()).map_err(|e| impossible_manifest(e, read, &path));
+        // the query too: containerd names the registry in it (?ns=)
+        let logged_path = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
         let mut log = RequestLog::new(
             id.clone(),
             method.clone(),
-            path,
+            logged_path,
             started,
             Arc::clone(metrics),
         );

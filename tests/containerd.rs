@@ -1,0 +1,167 @@
+//! containerd (Debian's, on a socket and root of its own) pulling through the proxy with the
+//! `hosts.toml` examples, the mirror form and the path-prefixed `override_path` form.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+
+/// A containerd with its own root, state and socket, without the CRI plugin.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+                 [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = socket.display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd runs (tests/setup.sh installs it)");
+        let c = Containerd { child, socket };
+        wait_for("containerd to serve", Duration::from_secs(20), || {
+            c.ctr(&["version"]).status.success()
+        });
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("ctr runs")
+    }
+
+    /// Pulls `image` into containerd namespace `ns` with the hosts directory `hosts`.
+    fn pull(&self, ns: &str, hosts: &Path, image: &str) -> Result<(), String> {
+        let hosts = hosts.display().to_string();
+        let out = self.ctr(&[
+            "--namespace",
+            ns,
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            &hosts,
+            image,
+        ]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An example `hosts.toml` as shipped, its proxy address replaced by `addr`, under
+/// `<dir>/docker.io/hosts.toml`.
+fn hosts_dir(dir: &Path, example: &str, addr: &str) -> PathBuf {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(example))
+        .unwrap()
+        .replace("127.0.0.1:5000", addr);
+    std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+    std::fs::write(dir.join("docker.io/hosts.toml"), text).unwrap();
+    dir.to_path_buf()
+}
+
+/// How many blob GETs of `repo` the proxy answered with 200, as its access log says.
+fn blobs_served(proxy: &Proxy, path: &str) -> usize {
+    proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("path={path}/blobs/")) && l.contains("status=200"))
+        .count()
+}
+
+#[test]
+fn containerd_pulls_through_both_hosts_toml_forms_and_the_prefixed_one_from_cache_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "containerd",
+            layers: &[4096, 200_000],
+            tag: "v1",
+        },
+    );
+    reg.push(&img, "library/demo:v1");
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "docker.io", &reg.url(), "");
+    let containerd = Containerd::start(&t.path().join("containerd"));
+    let image = "docker.io/library/demo:v1";
+    let blobs = img.blobs().len();
+
+    // the mirror form: /v2/library/demo/...?ns=docker.io
+    let mirror = hosts_dir(
+        &t.path().join("hosts-mirror"),
+        "examples/containerd/docker.io/hosts.toml",
+        &proxy.addr,
+    );
+    containerd.pull("mirror", &mirror, image).unwrap();
+    assert_eq!(
+        blobs_served(&proxy, "/v2/library/demo"),
+        blobs,
+        "the proxy served every blob"
+    );
+
+    // the path-prefixed form: /v2/docker.io/library/demo/...?ns=docker.io, with the upstream
+    // stopped: containerd's silent fallback to Docker Hub cannot make this pass
+    reg.stop();
+    let prefixed = hosts_dir(
+        &t.path().join("hosts-prefixed"),
+        "examples/containerd/override-path/docker.io/hosts.toml",
+        &proxy.addr,
+    );
+    // a second containerd: its content store is empty, so it fetches every blob
+    let containerd = Containerd::start(&t.path().join("containerd2"));
+    containerd
+        .pull("prefixed", &prefixed, image)
+        .unwrap_or_else(|e| panic!("pull with override_path from the cache alone: {e}"));
+    assert_eq!(
+        blobs_served(&proxy, "/v2/docker.io/library/demo"),
+        blobs,
+        "the proxy served every blob again, under the prefixed path"
+    );
+    let listed = containerd.ctr(&["--namespace", "prefixed", "images", "ls", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(image),
+        "containerd has the image"
+    );
+}

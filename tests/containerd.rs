@@ -91,14 +91,18 @@ impl Drop for Containerd {
 }
 
 /// An example `hosts.toml` as shipped, its proxy address replaced by `addr`, under
-/// `<dir>/docker.io/hosts.toml`.
-fn hosts_dir(dir: &Path, example: &str, addr: &str) -> PathBuf {
+/// `<dir>/<host>/hosts.toml`.
+fn hosts_dir_for(dir: &Path, host: &str, example: &str, addr: &str) -> PathBuf {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(example))
         .unwrap()
         .replace("127.0.0.1:5000", addr);
-    std::fs::create_dir_all(dir.join("docker.io")).unwrap();
-    std::fs::write(dir.join("docker.io/hosts.toml"), text).unwrap();
+    std::fs::create_dir_all(dir.join(host)).unwrap();
+    std::fs::write(dir.join(host).join("hosts.toml"), text).unwrap();
     dir.to_path_buf()
+}
+
+fn hosts_dir(dir: &Path, example: &str, addr: &str) -> PathBuf {
+    hosts_dir_for(dir, "docker.io", example, addr)
 }
 
 /// How many blob GETs of `repo` the proxy answered with 200, as its access log says.
@@ -163,5 +167,96 @@ fn containerd_pulls_through_both_hosts_toml_forms_and_the_prefixed_one_from_cach
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains(image),
         "containerd has the image"
+    );
+}
+
+#[test]
+fn containerd_sends_every_registry_through_the_proxy_with_the_default_hosts_toml() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "containerd-default",
+            layers: &[10_000],
+            tag: "v1",
+        },
+    );
+    reg.push(&img, "team/demo:v1");
+    // quay.io stands for any registry: the proxy's upstream of that name is the test registry
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "quay.io", &reg.url(), "");
+    let containerd = Containerd::start(&t.path().join("containerd"));
+    let hosts = hosts_dir_for(
+        &t.path().join("hosts"),
+        "_default",
+        "examples/containerd/_default/hosts.toml",
+        &proxy.addr,
+    );
+    containerd
+        .pull("default", &hosts, "quay.io/team/demo:v1")
+        .unwrap_or_else(|e| panic!("pull through _default: {e}"));
+    let served = proxy
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("path=/v2/team/demo/blobs/")
+                && l.contains("ns=quay.io")
+                && l.contains("status=200")
+        })
+        .count();
+    assert_eq!(served, img.blobs().len(), "the proxy served every blob");
+}
+
+#[test]
+fn containerd_pulls_over_https_trusting_the_proxy_s_private_ca() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "containerd-tls",
+            layers: &[10_000],
+            tag: "v1",
+        },
+    );
+    reg.push(&img, "library/secure:v1");
+    let pki = tls::make_pki(&t.path().join("pki"));
+    let proxy = Proxy::start_with_server(
+        &t.path().join("proxy"),
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
+    );
+    let containerd = Containerd::start(&t.path().join("containerd"));
+    let dir = t.path().join("certs.d");
+    let hosts = hosts_dir(
+        &dir,
+        "examples/containerd/tls/docker.io/hosts.toml",
+        &proxy.addr,
+    );
+    let file = hosts.join("docker.io/hosts.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("/etc/containerd/certs.d", &dir.display().to_string());
+    std::fs::write(&file, text).unwrap();
+    std::fs::copy(&pki.ca, dir.join("docker.io/ca.pem")).unwrap();
+    containerd
+        .pull("tls", &hosts, "docker.io/library/secure:v1")
+        .unwrap_or_else(|e| panic!("pull over https: {e}"));
+    let served = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("path=/v2/library/secure/blobs/") && l.contains("status=200"))
+        .count();
+    assert_eq!(
+        served,
+        img.blobs().len(),
+        "the proxy served every blob over https"
     );
 }

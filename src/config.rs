@@ -282,6 +282,9 @@ pub struct ServerConfig {
     /// whose TLS is terminated in front of it (without it, users need `tls_cert`).
     #[serde(default)]
     pub insecure_auth: bool,
+    /// `default_upstream = "docker.io"`: a path whose first segment names no namespace goes to
+    /// this upstream, whole (Docker's `registry-mirrors` ask `/v2/library/alpine/...`).
+    pub default_upstream: Option<String>,
 }
 
 /// `[storage]` settings.
@@ -463,6 +466,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             insecure_auth: false,
+            default_upstream: None,
         }
     }
 }
@@ -724,6 +728,14 @@ impl Config {
 
 impl Config {
     fn validate_server_and_auth(&mut self) -> Result<(), (String, String)> {
+        if let Some(name) = &self.server.default_upstream {
+            if !self.upstreams.iter().any(|u| &u.name == name) {
+                return Err((
+                    "server.default_upstream".into(),
+                    format!("names no [[upstream]]: {name:?}"),
+                ));
+            }
+        }
         if self.server.max_connections == Some(0) {
             return Err(("server.max_connections".into(), "must be at least 1".into()));
         }

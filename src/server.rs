@@ -91,7 +91,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Api>> {
             policies,
             config.storage.allow_delete,
         )
-        .with_body_timeout(config.server.body_timeout.0),
+        .with_body_timeout(config.server.body_timeout.0)
+        .with_default_upstream(config.server.default_upstream.clone()),
     ))
 }
 

@@ -109,6 +109,21 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
         ),
         ("[server\nlisten=1", "-", "parse error"),
         (
+            "[server]\ndefault_upstream = \"docker.io\"\n[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\n",
+            "server.default_upstream",
+            "names no [[upstream]]",
+        ),
+        (
+            "[metrics]\nlisten = \"everywhere\"\n",
+            "metrics.listen",
+            "invalid socket address",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "log.format",
+            "unknown variant",
+        ),
+        (
             "[trust.none]\n",
             "trust.none",
             "names no keys, no trusted_root and no ca_certs",

@@ -1044,3 +1044,45 @@ fn access_times_kept_on_disk_order_evictions_after_a_restart() {
         "the blob read after the first restart is kept: its access time survived the second"
     );
 }
+
+#[test]
+fn docker_mirror_paths_without_a_namespace_go_to_the_default_upstream() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "mirror", &[5000, 70_000], "v1");
+    reg.push(&img, "library/demo:v1");
+    let proxy = Proxy::start_with_server(
+        &t.path().join("proxy"),
+        "default_upstream = \"docker.io\"\n",
+        &format!(
+            "[storage]\npath = \"data\"\n[[local]]\nname = \"internal\"\n\
+             [[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\n",
+            reg.url()
+        ),
+    );
+    // as Docker's registry-mirrors ask: /v2/library/demo/..., no namespace segment
+    let out = t.path().join("pulled");
+    skopeo_pull(&format!("{}/library/demo:v1", proxy.addr), &out).success();
+    for d in img.blobs() {
+        assert_eq!(pulled_blob(&out, &d), img.blob(&d), "blob {d} differs");
+    }
+    assert!(
+        proxy.log().contains("path=/v2/library/demo/manifests/v1"),
+        "asked at the root"
+    );
+    // the namespaced form still works, and a known namespace stays itself
+    let named = t.path().join("named");
+    skopeo_pull(&format!("{}/docker.io/library/demo:v1", proxy.addr), &named).success();
+    let r = http()
+        .get(format!(
+            "{}/v2/internal/library/demo/manifests/v1",
+            proxy.url()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), error_code(&r.text().unwrap()).as_str()),
+        (404, "MANIFEST_UNKNOWN"),
+        "internal/... is the local namespace, not the default upstream's"
+    );
+}

@@ -36,6 +36,7 @@ pub struct Api {
     auth: Arc<Auth>,
     registry: Registry,
     body_timeout: std::time::Duration,
+    default_upstream: Option<String>,
 }
 
 /// What a handler produced, before the access-log wrapper.
@@ -77,6 +78,7 @@ impl Api {
             auth,
             registry,
             body_timeout: std::time::Duration::from_secs(60),
+            default_upstream: None,
         }
     }
 
@@ -84,6 +86,30 @@ impl Api {
     pub fn with_body_timeout(mut self, timeout: std::time::Duration) -> Api {
         self.body_timeout = timeout;
         self
+    }
+
+    /// Sends paths whose first segment names no namespace to this upstream.
+    pub fn with_default_upstream(mut self, upstream: Option<String>) -> Api {
+        self.default_upstream = upstream;
+        self
+    }
+
+    /// The namespace a request names: containerd's `?ns=`, else the default upstream's when
+    /// the path's first segment names no namespace (Docker's mirror convention), else none
+    /// (the first segment is the namespace).
+    fn namespace_of(&self, path: &str, query: Option<&str>) -> Option<String> {
+        if let Some(ns) = query_param(query, "ns") {
+            return Some(ns);
+        }
+        let default = self.default_upstream.as_ref()?;
+        let rest = path
+            .strip_prefix("/v2/")
+            .or_else(|| path.strip_prefix("/extensions/v2/"))?;
+        let first = rest.split('/').next().unwrap_or_default();
+        self.cache
+            .canonical_namespace(first)
+            .is_none()
+            .then(|| default.clone())
     }
 
     /// Waits until the work the cache started after its answers has ended (for shutdown).
@@ -181,7 +207,7 @@ impl Api {
         let idle = self.body_timeout;
         let req = req.map(|b| body::Drained::new(b, idle));
         let read = matches!(method, Method::GET | Method::HEAD);
-        let ns = query_param(req.uri().query(), "ns");
+        let ns = self.namespace_of(&path, req.uri().query());
         let route =
             route::parse(&path, ns.as_deref()).map_err(|e| impossible_manifest(e, read, &path));
         // the query too: containerd names the registry in it (?ns=)

@@ -260,3 +260,64 @@ fn containerd_pulls_over_https_trusting_the_proxy_s_private_ca() {
         "the proxy served every blob over https"
     );
 }
+
+#[test]
+fn a_containerd_pull_leaves_the_signature_for_cosign_with_the_upstream_gone() {
+    let t = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(&t.path().join("upstream"));
+    let img = build_image(
+        &t.path().join("img"),
+        &ImageSpec {
+            seed: "containerd-signed",
+            layers: &[10_000],
+            tag: "v1",
+        },
+    );
+    reg.push(&img, "library/signed:v1");
+    let keys = t.path().join("keys");
+    cosign_keys(&keys);
+    cosign_sign(
+        &keys,
+        &format!("{}/library/signed@{}", reg.host(), img.digest),
+    );
+    let proxy = Proxy::for_upstream(&t.path().join("proxy"), "docker.io", &reg.url(), "");
+    let containerd = Containerd::start(&t.path().join("containerd"));
+    let hosts = hosts_dir(
+        &t.path().join("hosts"),
+        "examples/containerd/docker.io/hosts.toml",
+        &proxy.addr,
+    );
+    containerd
+        .pull("signed", &hosts, "docker.io/library/signed:v1")
+        .unwrap();
+    // the proxy fetches the signature on its own: its manifest, then its payload
+    let sig_tag = format!("{}.sig", img.digest.replace(':', "-"));
+    reg.count_settled("GET", &format!("/manifests/{sig_tag}"), 1);
+    let sig: serde_json::Value = http()
+        .get(format!(
+            "{}/v2/library/signed/manifests/{sig_tag}",
+            reg.url()
+        ))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let payload = sig["layers"][0]["digest"].as_str().unwrap().to_string();
+    wait_for(
+        "the signature's payload cached",
+        Duration::from_secs(10),
+        || proxy.cached(&payload),
+    );
+    reg.stop();
+    let out = cosign_verify(
+        &keys,
+        "cosign.pub",
+        &format!("{}/docker.io/library/signed@{}", proxy.addr, img.digest),
+    );
+    assert!(
+        out.ok,
+        "cosign verify through the proxy with the upstream gone: {}",
+        out.stderr
+    );
+}

@@ -438,6 +438,7 @@ fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
                 tracing::warn!("SIGHUP: running on built-in defaults, nothing to reload");
                 continue;
             };
+            tell_systemd(&[sd_notify::NotifyState::Reloading]);
             let api = Arc::clone(&api);
             let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let config = Config::load(&path)?;
@@ -451,8 +452,26 @@ fn spawn_reloader(api: Arc<portcullis::http::Api>, path: Option<PathBuf>) {
                 }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
             }
+            tell_systemd(&[sd_notify::NotifyState::Ready]);
         }
     });
+}
+
+/// Tells systemd (a `Type=notify` service) how the proxy is; nothing without `NOTIFY_SOCKET`.
+fn tell_systemd(state: &[sd_notify::NotifyState]) {
+    let mut states = state.to_vec();
+    if state
+        .iter()
+        .any(|s| matches!(s, sd_notify::NotifyState::Reloading))
+    {
+        // systemd wants to know when a reload began
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+    }
+    if let Err(e) = sd_notify::notify(&states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -490,12 +509,21 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             ));
         }
         spawn_reloader(Arc::clone(&api), config_path);
+        // ready: listening, and the store takes writes
+        api.store_ready()
+            .await
+            .context("the store cannot be written")?;
+        tell_systemd(&[sd_notify::NotifyState::Ready]);
         let limits = portcullis::server::Limits::of(&config.server);
         tracing::info!(
             max_connections = limits.max_connections,
             "connection limits"
         );
-        portcullis::server::run(listener, api, tls, limits, shutdown_signal()).await;
+        let stopping = async {
+            shutdown_signal().await;
+            tell_systemd(&[sd_notify::NotifyState::Stopping]);
+        };
+        portcullis::server::run(listener, api, tls, limits, stopping).await;
         Ok(())
     })
 }

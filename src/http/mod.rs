@@ -88,6 +88,11 @@ impl Api {
         self
     }
 
+    /// Whether the store takes writes (readiness).
+    pub async fn store_ready(&self) -> std::io::Result<()> {
+        self.cache.store().ready().await
+    }
+
     /// Sends paths whose first segment names no namespace to this upstream.
     pub fn with_default_upstream(mut self, upstream: Option<String>) -> Api {
         self.default_upstream = upstream;

@@ -66,7 +66,8 @@ enum Command {
         /// A predicate type (or cosign's short name, e.g. slsaprovenance) that must be attested.
         #[arg(long = "attestation")]
         attestations: Vec<String>,
-        /// How many distinct keys must have signed.
+        /// How many distinct signers must have signed: keys and keyless identities (by subject)
+        /// count alike.
         #[arg(long, default_value_t = 1)]
         threshold: usize,
         /// signedIdentity type: matchRepository, matchRepoDigestOrExact.
@@ -389,11 +390,50 @@ fn htpasswd(user: &str, cost: u32) -> anyhow::Result<()> {
         "the user name must be non-empty and hold no ':'"
     );
     let mut password = String::new();
+    let _quiet = Quiet::stdin();
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\r', '\n']);
     anyhow::ensure!(!password.is_empty(), "no password on standard input");
     println!("{user}:{}", bcrypt::hash(password, cost)?);
     Ok(())
+}
+
+/// Turns off a terminal's echo on standard input while it lives (nothing when stdin is not a
+/// terminal), so a typed password is not shown.
+struct Quiet(Option<libc::termios>);
+
+impl Quiet {
+    fn stdin() -> Quiet {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Quiet(None);
+        }
+        eprint!("password: ");
+        // SAFETY: tcgetattr/tcsetattr on standard input with a termios of the right layout
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return Quiet(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            t.c_lflag |= libc::ECHONL;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return Quiet(None);
+            }
+            Quiet(Some(saved))
+        }
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the attributes read above
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
+        }
+    }
 }
 
 /// Validates what loading cannot: every upstream client can be built (CA files parse).

@@ -259,3 +259,32 @@ fn htpasswd_prints_a_bcrypt_line_the_proxy_accepts() {
     let (ok, _, stderr) = portcullis(&["check", "--config", "t.toml"], t.path());
     assert!(!ok && stderr.contains("server.tls_key"), "{stderr}");
 }
+
+#[test]
+fn htpasswd_does_not_echo_a_password_typed_at_a_terminal() {
+    // `script` runs the command on a terminal of its own and copies what it shows
+    let mut child = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!("{} htpasswd ci", env!("CARGO_BIN_EXE_portcullis")))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    // typed once the prompt is up, as a person would
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed-Pa55word\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("ci:$2"), "the htpasswd line: {shown}");
+    assert!(
+        !shown.contains("typed-Pa55word"),
+        "the password was echoed: {shown}"
+    );
+}

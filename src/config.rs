@@ -12,9 +12,9 @@ use serde::Deserialize;
 /// The configuration built into the binary: the root `proxy.toml` of the source tree.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../proxy.toml");
 
-/// A configuration problem, naming the file, the key and what is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key}: {problem}")]
+/// A configuration problem, naming the file (with the line and column, and toml's caret
+/// diagnostic, when the problem has a place in the text), the key and what is wrong.
+#[derive(Debug)]
 pub struct ConfigError {
     /// The configuration file (or "<embedded defaults>").
     pub file: String,
@@ -22,6 +22,39 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong with it.
     pub problem: String,
+    /// Line and column (from 1) of the problem, and the lines of text pointing at it.
+    pub place: Option<(usize, usize, String)>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.place {
+            Some((line, column, snippet)) => write!(
+                f,
+                "{}:{line}:{column}: {}: {}\n{snippet}",
+                self.file, self.key, self.problem
+            ),
+            None => write!(f, "{}: {}: {}", self.file, self.key, self.problem),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a toml error is: line and column from 1, and toml's own lines pointing at it.
+fn place_of(e: &toml::de::Error, text: &str) -> Option<(usize, usize, String)> {
+    let start = e.span()?.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    // toml writes "TOML parse error at ...", the caret lines, then the message
+    let full = e.to_string();
+    let snippet: Vec<&str> = full
+        .lines()
+        .skip(1)
+        .take_while(|l| l.contains('|'))
+        .collect();
+    Some((line, column, snippet.join("\n")))
 }
 
 /// The whole `proxy.toml`.
@@ -567,9 +600,13 @@ impl Config {
             file: file.to_string(),
             key,
             problem,
+            place: None,
         };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| err("-".into(), one_line(&e.to_string())))?;
+        let placed = |key: String, e: &toml::de::Error| ConfigError {
+            place: place_of(e, text),
+            ..err(key, one_line(e.message()))
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| placed("-".into(), &e))?;
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." || key.is_empty() {
@@ -577,7 +614,7 @@ impl Config {
             } else {
                 key
             };
-            err(key, one_line(&e.inner().to_string()))
+            placed(key, e.inner())
         })?;
         config.resolve_paths(base);
         config
@@ -593,6 +630,7 @@ impl Config {
             file: file.clone(),
             key: "-".into(),
             problem: format!("cannot read: {e}"),
+            place: None,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {

@@ -107,7 +107,7 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
             "upstream[0].ca_file",
             "cannot read",
         ),
-        ("[server\nlisten=1", "-", "parse error"),
+        ("[server\nlisten=1", "-", "unclosed table"),
         (
             "[server]\ndefault_upstream = \"docker.io\"\n[[upstream]]\nname = \"quay.io\"\nurl = \"https://quay.io\"\n",
             "server.default_upstream",
@@ -162,6 +162,18 @@ fn broken_configs_name_the_file_the_key_and_the_problem() {
         assert!(stderr.contains(key), "names the key {key}: {stderr}");
         assert!(stderr.contains(problem), "says {problem}: {stderr}");
     }
+    // a problem with a place in the text: line and column, and toml's caret under it
+    std::fs::write(t.path().join("caret.toml"), "[cache]\ntag_ttl = \"soon\"\n").unwrap();
+    let (ok, _, stderr) = portcullis(&["check", "--config", "caret.toml"], t.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("caret.toml:2:11: cache.tag_ttl: invalid duration \"soon\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 | tag_ttl = \"soon\"\n  |           ^^^^^^"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = portcullis(&["check", "--config", "/nonexistent/proxy.toml"], t.path());
     assert!(
         !ok && stderr.contains("/nonexistent/proxy.toml") && stderr.contains("cannot read"),

@@ -70,9 +70,14 @@ enum Command {
         /// count alike.
         #[arg(long, default_value_t = 1)]
         threshold: usize,
-        /// signedIdentity type: matchRepository, matchRepoDigestOrExact.
-        #[arg(long, default_value = "matchRepository")]
+        /// How a signature's claimed reference must match the image (containers-policy.json's
+        /// signedIdentity types that take no parameter).
+        #[arg(long, default_value = "matchRepository",
+              value_parser = ["matchRepository", "matchRepoDigestOrExact"])]
         identity: String,
+        /// `text` (a line per signature) or `json` (the verdict as one JSON object).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
         #[command(flatten)]
         keyless: KeylessArgs,
     },
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
             attestations,
             threshold,
             identity,
+            output,
             keyless,
         } => {
             let args = VerifyArgs {
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
                 attestations,
                 threshold,
                 identity,
+                json: output == "json",
             };
             match load(config).and_then(|c| verify(c, args)) {
                 Ok(true) => Ok(()),
@@ -275,6 +282,7 @@ struct VerifyArgs {
     attestations: Vec<String>,
     threshold: usize,
     identity: String,
+    json: bool,
 }
 
 /// Runs the proxy's verification for one image and prints each signature's verdict.
@@ -308,6 +316,18 @@ fn verify(config: Config, args: VerifyArgs) -> anyhow::Result<bool> {
             .verify(&ns, &repo, &requested, &served.digest, &requirement)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        if args.json {
+            let out = serde_json::json!({
+                "image": format!("{ns}/{repo}@{}", served.digest),
+                "verified": verdict.ok,
+                "reason": verdict.reason,
+                "signatures": verdict.signatures,
+                "attestations": verdict.attestations,
+                "statements": verdict.statements,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(verdict.ok);
+        }
         println!("{ns}/{repo}@{}", served.digest);
         for v in verdict.signatures.iter().chain(verdict.attestations.iter()) {
             let mark = if v.verified { "ok  " } else { "FAIL" };

@@ -114,6 +114,41 @@ fn cosign_signatures_verify_natively_and_failures_say_why() {
     assert!(!ok);
     assert!(out.contains("no signatures found"), "{out}");
     let _ = unsigned;
+
+    // the verdict as JSON, for scripts
+    let (ok, out) = s.verify(
+        "up/demo/app:v1",
+        &["--key", &cosign_pub, "--output", "json"],
+    );
+    assert!(ok, "{out}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(verdict["verified"], true);
+    assert_eq!(verdict["image"], format!("up/demo/app@{}", img.digest));
+    assert_eq!(verdict["signatures"][0]["verified"], true);
+    assert!(verdict["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("verified by"));
+    let (ok, out) = s.verify(
+        "up/demo/unsigned:v1",
+        &["--key", &cosign_pub, "--output", "json"],
+    );
+    assert!(!ok);
+    let verdict: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(verdict["verified"], false);
+    assert_eq!(verdict["reason"], "no signatures found");
+    // --identity takes only what it knows, and says which
+    let (ok, out) = s.verify(
+        "up/demo/app:v1",
+        &["--key", &cosign_pub, "--identity", "matchAnything"],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("matchRepository") && out.contains("matchRepoDigestOrExact"),
+        "{out}"
+    );
 }
 
 #[test]

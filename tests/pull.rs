@@ -1086,3 +1086,36 @@ fn docker_mirror_paths_without_a_namespace_go_to_the_default_upstream() {
         "internal/... is the local namespace, not the default upstream's"
     );
 }
+
+#[test]
+fn containerd_prefixed_paths_may_write_the_namespace_under_an_alias() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("upstream"));
+    let img = image(&t.path().join("img"), "alias", &[3000], "v1");
+    reg.push(&img, "library/demo:v1");
+    let proxy = Proxy::start(
+        &t.path().join("proxy"),
+        &format!(
+            "[storage]\npath = \"data\"\n[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\naliases = [\"index.docker.io\"]\n",
+            reg.url()
+        ),
+    );
+    for path in [
+        "/v2/docker.io/library/demo/manifests/v1?ns=docker.io",
+        "/v2/index.docker.io/library/demo/manifests/v1?ns=docker.io",
+        "/v2/docker.io/library/demo/manifests/v1?ns=index.docker.io",
+        "/v2/library/demo/manifests/v1?ns=index.docker.io",
+    ] {
+        let r = http()
+            .get(format!("{}{path}", proxy.url()))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            img.digest.as_str(),
+            "{path}"
+        );
+    }
+}

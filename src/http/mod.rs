@@ -103,14 +103,24 @@ impl Api {
     /// the path's first segment names no namespace (Docker's mirror convention), else none
     /// (the first segment is the namespace).
     fn namespace_of(&self, path: &str, query: Option<&str>) -> Option<String> {
+        let rest = path
+            .strip_prefix("/v2/")
+            .or_else(|| path.strip_prefix("/extensions/v2/"));
+        let first = rest.and_then(|r| r.split('/').next()).unwrap_or_default();
         if let Some(ns) = query_param(query, "ns") {
+            // containerd's override_path form may write the namespace out under another of its
+            // names (an alias): it is the namespace all the same
+            let canonical = self.cache.canonical_namespace(first).map(str::to_string);
+            if first != ns
+                && canonical.is_some()
+                && canonical.as_deref() == self.cache.canonical_namespace(&ns)
+            {
+                return Some(first.to_string());
+            }
             return Some(ns);
         }
         let default = self.default_upstream.as_ref()?;
-        let rest = path
-            .strip_prefix("/v2/")
-            .or_else(|| path.strip_prefix("/extensions/v2/"))?;
-        let first = rest.split('/').next().unwrap_or_default();
+        rest?;
         self.cache
             .canonical_namespace(first)
             .is_none()

@@ -105,13 +105,22 @@ fn hosts_dir(dir: &Path, example: &str, addr: &str) -> PathBuf {
     hosts_dir_for(dir, "docker.io", example, addr)
 }
 
-/// How many blob GETs of `repo` the proxy answered with 200, as its access log says.
-fn blobs_served(proxy: &Proxy, path: &str) -> usize {
+/// How many blob GETs under `path` (with `query` in them) the proxy answered with 200, as its
+/// access log says.
+fn blobs_served_with(proxy: &Proxy, path: &str, query: &str) -> usize {
     proxy
         .log()
         .lines()
-        .filter(|l| l.contains(&format!("path={path}/blobs/")) && l.contains("status=200"))
+        .filter(|l| {
+            l.contains(&format!("path={path}/blobs/"))
+                && l.contains(query)
+                && l.contains("status=200")
+        })
         .count()
+}
+
+fn blobs_served(proxy: &Proxy, path: &str) -> usize {
+    blobs_served_with(proxy, path, "")
 }
 
 #[test]
@@ -195,16 +204,11 @@ fn containerd_sends_every_registry_through_the_proxy_with_the_default_hosts_toml
     containerd
         .pull("default", &hosts, "quay.io/team/demo:v1")
         .unwrap_or_else(|e| panic!("pull through _default: {e}"));
-    let served = proxy
-        .log()
-        .lines()
-        .filter(|l| {
-            l.contains("path=/v2/team/demo/blobs/")
-                && l.contains("ns=quay.io")
-                && l.contains("status=200")
-        })
-        .count();
-    assert_eq!(served, img.blobs().len(), "the proxy served every blob");
+    assert_eq!(
+        blobs_served_with(&proxy, "/v2/team/demo", "ns=quay.io"),
+        img.blobs().len(),
+        "the proxy served every blob"
+    );
 }
 
 #[test]
@@ -249,13 +253,8 @@ fn containerd_pulls_over_https_trusting_the_proxy_s_private_ca() {
     containerd
         .pull("tls", &hosts, "docker.io/library/secure:v1")
         .unwrap_or_else(|e| panic!("pull over https: {e}"));
-    let served = proxy
-        .log()
-        .lines()
-        .filter(|l| l.contains("path=/v2/library/secure/blobs/") && l.contains("status=200"))
-        .count();
     assert_eq!(
-        served,
+        blobs_served(&proxy, "/v2/library/secure"),
         img.blobs().len(),
         "the proxy served every blob over https"
     );

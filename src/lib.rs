@@ -16,6 +16,7 @@
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`metrics`]: one registry of counters and histograms, handed to the services.
 //! - [`request_id`]: each request's id, carried by the work done for it.
+//! - [`clients`]: the client files (registries.conf, policy.json, hosts.toml, daemon.json).
 //! - [`server`]: serving the API on a listener with graceful shutdown.
 
 // the request future (a task-local scope around an instrumented answer) nests deeply
@@ -24,6 +25,7 @@
 pub mod attachments;
 pub mod auth;
 pub mod cache;
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -86,6 +86,32 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Write the client files for this proxy: registries.conf, registries.d, policy.json,
+    /// containerd hosts.toml, Docker daemon.json (printed, or written under --out).
+    ClientConfig {
+        /// Configuration file (default: ./proxy.toml, else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The proxy as clients reach it, HOST:PORT (default: `[server] listen`).
+        #[arg(long)]
+        proxy: Option<String>,
+        /// The proxy serves HTTPS (the default when `[server] tls_cert` is set).
+        #[arg(long)]
+        tls: bool,
+        /// A CA certificate (PEM) clients must trust for the proxy's HTTPS; implies --tls.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// `mirror` (clients fall back to the registry itself) or `location` (no fallback).
+        #[arg(long, value_enum, default_value_t)]
+        form: portcullis::clients::Form,
+        /// Where policy.json finds its keys on the clients (default: DIR/keys with --out,
+        /// else /etc/containers/keys).
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// Write the files under this directory instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print an htpasswd line (bcrypt) for a user; the password is read from standard input.
     Htpasswd {
         /// The user name.
@@ -164,6 +190,27 @@ fn main() -> ExitCode {
             })
         }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
+        Command::ClientConfig {
+            config,
+            proxy,
+            tls,
+            ca,
+            form,
+            keys_dir,
+            out,
+        } => load(config).and_then(|c| {
+            client_config(
+                &c,
+                ClientConfigArgs {
+                    proxy,
+                    tls,
+                    ca,
+                    form,
+                    keys_dir,
+                    out,
+                },
+            )
+        }),
         Command::Policy {
             command:
                 PolicyCommand::Test {
@@ -207,6 +254,60 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+struct ClientConfigArgs {
+    proxy: Option<String>,
+    tls: bool,
+    ca: Option<PathBuf>,
+    form: portcullis::clients::Form,
+    keys_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+/// Generates the client files; prints them (each under a `==> path <==` line) or writes them.
+fn client_config(config: &Config, args: ClientConfigArgs) -> anyhow::Result<()> {
+    let out = match &args.out {
+        Some(dir) => Some(std::path::absolute(dir)?),
+        None => None,
+    };
+    let ca = match &args.ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca {}", p.display()))?),
+        None => None,
+    };
+    let options = portcullis::clients::Options {
+        proxy: args
+            .proxy
+            .unwrap_or_else(|| config.server.listen.to_string()),
+        tls: args.tls || ca.is_some() || config.server.tls_cert.is_some(),
+        ca,
+        form: args.form,
+        keys_dir: args.keys_dir.unwrap_or_else(|| match &out {
+            Some(dir) => dir.join("keys"),
+            None => PathBuf::from("/etc/containers/keys"),
+        }),
+    };
+    let files = portcullis::clients::generate(config, &options).map_err(anyhow::Error::msg)?;
+    for f in &files.files {
+        match &out {
+            Some(dir) => {
+                let path = dir.join(&f.path);
+                std::fs::create_dir_all(path.parent().expect("under the output directory"))?;
+                std::fs::write(&path, &f.contents)
+                    .with_context(|| format!("{}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => println!(
+                "==> {} <==\n{}",
+                f.path.display(),
+                String::from_utf8_lossy(&f.contents)
+            ),
+        }
+    }
+    for note in &files.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(())
 }
 
 /// Keyless signer constraints, named as cosign names them.

@@ -232,7 +232,7 @@ pub fn fd_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// What a connection is doing, for closing it once idle and dropping it once stalled: counters

@@ -546,7 +546,7 @@ fn the_example_prometheus_configuration_and_rules_pass_promtool() {
         ["check", "rules", "alerts.yml"],
     ] {
         let out = Command::new("promtool")
-            .args(&args)
+            .args(args)
             .current_dir(&examples)
             .output()
             .expect("promtool runs");

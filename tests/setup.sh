@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 (idempotent; quick when everything is present):
 # podman, skopeo, docker-registry, nginx, wrk, curl, debootstrap, prometheus (and promtool),
-# containerd (and ctr; the tests start their own, the package's service is not used) from apt; cosign from Debian 13's
+# containerd (and ctr) and docker.io (dockerd; the tests start their own daemons, the packages'
+# services are not used) from apt; cosign from Debian 13's
 # package (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; a minimal Debian 13 tree
 # with its skopeo (sigstore enabled, unlike Debian 12's) in $PORTCULLIS_TOOLS/trixie; the
 # wasm32-wasip2 Rust target.
@@ -13,7 +14,8 @@ sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 missing=()
 for pair in podman:podman skopeo:skopeo docker-registry:docker-registry nginx:nginx wrk:wrk \
             curl:curl setsid:util-linux dpkg-deb:dpkg debootstrap:debootstrap \
-            prometheus:prometheus promtool:prometheus containerd:containerd ctr:containerd; do
+            prometheus:prometheus promtool:prometheus containerd:containerd ctr:containerd \
+            dockerd:docker.io docker:docker.io; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

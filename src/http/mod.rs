@@ -305,7 +305,7 @@ impl Api {
                     .await
             }
             Route::Manifest { name, reference } if method == Method::PUT => {
-                self.put_manifest(req, &name, &reference, &caller).await
+                self.put_manifest(req, &name, &reference, caller).await
             }
             Route::Blob { name, digest } if method == Method::DELETE => {
                 self.registry
@@ -335,7 +335,7 @@ impl Api {
                 let accept = header_values(req.headers(), header::ACCEPT);
                 let m = self
                     .registry
-                    .pull_manifest(&caller, &name.namespace, &name.repo, &reference, &accept)
+                    .pull_manifest(caller, &name.namespace, &name.repo, &reference, &accept)
                     .await?;
                 let r = Response::builder()
                     .status(StatusCode::OK)

@@ -2,6 +2,7 @@
 //! OCI image layouts built from scratch, and the real clients (skopeo, podman).
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod front;
 pub mod image;
 pub mod keyless;

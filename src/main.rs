@@ -112,6 +112,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Exit 0 when the proxy answers its health endpoint with 200 (a container health check).
+    Health {
+        /// The endpoint to ask (default: /healthz on the configuration's `[server] listen`).
+        url: Option<String>,
+        /// Configuration file (default: ./proxy.toml, else the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print an htpasswd line (bcrypt) for a user; the password is read from standard input.
     Htpasswd {
         /// The user name.
@@ -190,6 +198,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Htpasswd { user, cost } => htpasswd(&user, cost),
+        Command::Health { url, config } => match url {
+            Some(url) => health(&url, false),
+            None => load(config).and_then(|c| health(&own_health_url(&c), true)),
+        },
         Command::ClientConfig {
             config,
             proxy,
@@ -254,6 +266,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The proxy's own `/healthz`, on loopback when it listens on every address.
+fn own_health_url(config: &Config) -> String {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{addr}/healthz")
+}
+
+/// Asks `url` once, with a 3 s timeout; an error unless it answers 2xx. `own` skips the check
+/// of the certificate: the proxy's own listener is asked whether it answers, not who it is.
+fn health(url: &str, own: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .tls_danger_accept_invalid_certs(own)
+            .build()?;
+        let status = client.get(url).send().await?.status();
+        anyhow::ensure!(status.is_success(), "{url}: {status}");
+        Ok(())
+    })
 }
 
 struct ClientConfigArgs {

@@ -4,7 +4,8 @@
 # containerd (and ctr) and docker.io (dockerd; the tests start their own daemons, the packages'
 # services are not used) from apt; cosign from Debian 13's
 # package (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; a minimal Debian 13 tree
-# with its skopeo (sigstore enabled, unlike Debian 12's) in $PORTCULLIS_TOOLS/trixie; the
+# with its skopeo (sigstore enabled, unlike Debian 12's) in $PORTCULLIS_TOOLS/trixie; a Debian 12
+# base image tarball for the container image test; the
 # wasm32-wasip2 Rust target.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -55,6 +56,21 @@ if [ ! -x "$tools/trixie/usr/bin/skopeo" ]; then
     trixie "$tools/trixie.tmp" "$(mirror)" > "$tools/debootstrap.log" 2>&1 ||
     { echo "setup: debootstrap failed; see $tools/debootstrap.log" >&2; exit 1; }
   mv "$tools/trixie.tmp" "$tools/trixie"
+fi
+
+# A Debian 12 (bookworm) base image, made by debootstrap from the machine's mirror, for the
+# container image test: tagged in the test's podman storage as the Containerfile's base
+# (docker.io/library/debian:bookworm-slim), which cannot be pulled here
+if [ ! -s "$tools/bookworm-base.tar" ]; then
+  echo "setup: bootstrapping a minimal Debian 12 (bookworm) base image into $tools/bookworm-base.tar"
+  mkdir -p "$tools"; rm -rf "$tools/bookworm.tmp"
+  $sudo debootstrap --variant=minbase bookworm "$tools/bookworm.tmp" "$(mirror)" \
+    > "$tools/debootstrap-bookworm.log" 2>&1 ||
+    { echo "setup: debootstrap failed; see $tools/debootstrap-bookworm.log" >&2; exit 1; }
+  $sudo rm -rf "$tools/bookworm.tmp/var/cache/apt/archives/"*.deb "$tools/bookworm.tmp/var/lib/apt/lists/"*
+  $sudo tar -C "$tools/bookworm.tmp" -cf "$tools/bookworm-base.tar.tmp" .
+  mv "$tools/bookworm-base.tar.tmp" "$tools/bookworm-base.tar"
+  $sudo rm -rf "$tools/bookworm.tmp"
 fi
 
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then

@@ -198,12 +198,16 @@ impl Attachments {
         }
         let this = Arc::clone(self);
         let k = key.clone();
+        // boxed: resolving asks the upstream, and would otherwise deepen every request's future
         self.flights
-            .run(key, async move {
-                let set = Arc::new(this.resolve_now(&k.0, &k.1, &k.2).await?);
-                this.sets.insert(k, Arc::clone(&set)).await;
-                Ok(set)
-            })
+            .run(
+                key,
+                Box::pin(async move {
+                    let set = Arc::new(this.resolve_now(&k.0, &k.1, &k.2).await?);
+                    this.sets.insert(k, Arc::clone(&set)).await;
+                    Ok(set)
+                }),
+            )
             .await
     }
 

@@ -16,6 +16,7 @@
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`metrics`]: one registry of counters and histograms, handed to the services.
 //! - [`request_id`]: each request's id, carried by the work done for it.
+//! - [`logging`]: log lines to standard error, written in batches by busy worker threads.
 //! - [`clients`]: the client files (registries.conf, policy.json, hosts.toml, daemon.json).
 //! - [`server`]: serving the API on a listener with graceful shutdown.
 
@@ -29,6 +30,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod names;

@@ -163,7 +163,7 @@ fn init_logging(format: LogFormat) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(portcullis::logging::Stderr);
     match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -684,6 +684,8 @@ fn tell_systemd(state: &[sd_notify::NotifyState]) {
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(portcullis::logging::worker_parks)
+        .on_thread_stop(portcullis::logging::thread_stops)
         .build()?;
     runtime.block_on(async move {
         let api = portcullis::server::build(&config).await?;

@@ -407,7 +407,7 @@ impl Cache {
                 let pushed = self.records.tag(&name, repo, tag).await?;
                 match (pushed, upstream) {
                     (Some(d), Some(up)) if is_attachment_tag(tag.as_str()) => {
-                        self.merged_attachment(&up, repo, tag, d).await
+                        Box::pin(self.merged_attachment(&up, repo, tag, d)).await
                     }
                     (Some(d), _) => {
                         let bytes = self
@@ -520,7 +520,7 @@ impl Cache {
             .then(|| Manifest::parse(&m.bytes).ok())
             .flatten();
         if let Some(d) = child.as_ref().and_then(platform_fallback) {
-            let c = self.manifest(ns, repo, &Reference::Digest(d)).await?;
+            let c = Box::pin(self.manifest(ns, repo, &Reference::Digest(d))).await?;
             if manifest::accepts(accept, &c.media_type) {
                 return Ok(c);
             }
@@ -559,10 +559,11 @@ impl Cache {
         }
         let (up, repo2, d) = (Arc::clone(upstream), repo.clone(), digest.clone());
         let this = self.self_arc();
+        // boxed: the upstream path is rare and would otherwise deepen every request's future
         self.manifest_flights
             .run(
                 (up.name.clone(), repo.clone(), digest.clone()),
-                async move {
+                Box::pin(async move {
                     // a run that finished between the caller's look-up and this one kept it already
                     if this
                         .links
@@ -588,7 +589,7 @@ impl Cache {
                     this.keep_manifest(&d, &fetched.bytes).await;
                     this.link(&up.name, &repo2, Kind::Manifest, &d);
                     Ok((fetched.bytes, CacheStatus::Miss))
-                },
+                }),
             )
             .await
     }

@@ -301,22 +301,25 @@ impl Api {
         let read = method == Method::GET || method == Method::HEAD;
         match route {
             Route::Upload { name, id } => {
-                self.upload(req, &name, id.as_deref(), user.as_deref())
-                    .await
+                Box::pin(self.upload(req, &name, id.as_deref(), user.as_deref())).await
             }
             Route::Manifest { name, reference } if method == Method::PUT => {
-                self.put_manifest(req, &name, &reference, caller).await
+                Box::pin(self.put_manifest(req, &name, &reference, caller)).await
             }
             Route::Blob { name, digest } if method == Method::DELETE => {
-                self.registry
-                    .delete_blob(&name.namespace, &name.repo, &digest)
-                    .await?;
+                Box::pin(
+                    self.registry
+                        .delete_blob(&name.namespace, &name.repo, &digest),
+                )
+                .await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
             }
             Route::Manifest { name, reference } if method == Method::DELETE => {
-                self.registry
-                    .delete_manifest(&name.namespace, &name.repo, &reference)
-                    .await?;
+                Box::pin(
+                    self.registry
+                        .delete_manifest(&name.namespace, &name.repo, &reference),
+                )
+                .await?;
                 Ok(empty(StatusCode::ACCEPTED).into())
             }
             Route::Base if read => {
@@ -330,7 +333,7 @@ impl Api {
             Route::Health if read => {
                 Ok(json(StatusCode::OK, Bytes::from_static(b"{}"), method).into())
             }
-            Route::Ready if read => self.ready(method).await,
+            Route::Ready if read => Box::pin(self.ready(method)).await,
             Route::Manifest { name, reference } if read => {
                 let accept = header_values(req.headers(), header::ACCEPT);
                 let m = self
@@ -353,20 +356,30 @@ impl Api {
                     cache: Some(m.status),
                 })
             }
-            Route::Blob { name, digest } if read => self.blob(&req, &name, &digest).await,
-            Route::Tags { name } if read => self.tags(&req, &name).await,
-            Route::Referrers { name, digest } if read => self.referrers(&req, &name, &digest).await,
+            Route::Blob { name, digest } if read => Box::pin(self.blob(&req, &name, &digest)).await,
+            Route::Tags { name } if read => Box::pin(self.tags(&req, &name)).await,
+            Route::Referrers { name, digest } if read => {
+                Box::pin(self.referrers(&req, &name, &digest)).await
+            }
             Route::Signatures { name, digest } if method == Method::PUT => {
                 let body = read_body(req.into_body(), 1 << 20, self.body_timeout).await?;
-                uploads::put_signature(&self.cache, &name.namespace, &name.repo, &digest, body)
-                    .await?;
+                Box::pin(uploads::put_signature(
+                    &self.cache,
+                    &name.namespace,
+                    &name.repo,
+                    &digest,
+                    body,
+                ))
+                .await?;
                 Ok(empty(StatusCode::CREATED).into())
             }
             Route::Signatures { name, digest } if read => {
-                let list = self
-                    .cache
-                    .atomic_signatures(&name.namespace, &name.repo, &digest)
-                    .await?;
+                let list = Box::pin(self.cache.atomic_signatures(
+                    &name.namespace,
+                    &name.repo,
+                    &digest,
+                ))
+                .await?;
                 Ok(json(StatusCode::OK, list, method).into())
             }
             _ => Err(RegistryError::of(

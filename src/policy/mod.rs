@@ -628,7 +628,8 @@ impl Policies {
         if let Some(o) = self.decisions.get(&key) {
             return (o, None);
         }
-        let (outcome, cpu) = self.evaluate(policy, subject, attachments).await;
+        // boxed: an evaluation's state is large, and a cached decision should not carry it
+        let (outcome, cpu) = Box::pin(self.evaluate(policy, subject, attachments)).await;
         self.decisions.insert(key, outcome.clone());
         (outcome, Some(cpu))
     }

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::sigs::{p256_key, push_cimage_signature, Spoil};
+use common::sigs::{p256_key, push_cimage_signature, push_payload_signature, Encoding, Spoil};
 use common::*;
 
 struct Setup {
@@ -151,6 +151,71 @@ fn cosign_signatures_verify_natively_and_failures_say_why() {
     );
 }
 
+/// One signed payload naming two images: `critical` names one, `Critical` the other. Go's JSON
+/// reader (cosign's, containers/image's) matches keys without regard to case and keeps the last;
+/// a strict reader keeps the exact one. Whichever the order, the proxy refuses the payload.
+#[test]
+fn a_payload_with_case_variant_keys_is_refused_in_either_order() {
+    let s = setup();
+    let dir = s.t.path().join("p256");
+    let k = p256_key(&dir, "k", 7);
+    let claim = |name: &str, digest: &str| {
+        format!(
+            r#"{{"identity":{{"docker-reference":"{}/{name}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}}"#,
+            s.reg.host()
+        )
+    };
+    for (order, a, b) in [(1, "ci/one-a", "ci/one-b"), (2, "ci/two-a", "ci/two-b")] {
+        let (img_a, img_b) = (
+            s.image(a, &format!("{a}-img")),
+            s.image(b, &format!("{b}-img")),
+        );
+        let (ca, cb) = (claim(a, &img_a.digest), claim(b, &img_b.digest));
+        // order 1: Go reads the last, `Critical` (b); order 2: Go reads `critical` (a), last
+        let payload = if order == 1 {
+            format!(r#"{{"critical":{ca},"Critical":{cb},"optional":null}}"#)
+        } else {
+            format!(r#"{{"Critical":{cb},"critical":{ca},"optional":null}}"#)
+        };
+        push_payload_signature(&s.reg, a, &img_a.digest, &payload, &k, Encoding::Der);
+        push_payload_signature(&s.reg, b, &img_b.digest, &payload, &k, Encoding::Der);
+
+        // what cosign makes of it: a signature for b in order 1, for a in order 2
+        let cosign_reads = |name: &str, digest: &str| {
+            let mut args = vec!["verify", "--key", "p256/k.pub", "--insecure-ignore-tlog"];
+            args.extend(COSIGN_LOCAL);
+            let reference = format!("{}/{name}@{digest}", s.reg.host());
+            args.push(&reference);
+            cosign(s.t.path(), &args).ok
+        };
+        let go_reads = if order == 1 { (b, &img_b) } else { (a, &img_a) };
+        let go_ignores = if order == 1 { (a, &img_a) } else { (b, &img_b) };
+        assert!(
+            cosign_reads(go_reads.0, &go_reads.1.digest),
+            "order {order}: cosign reads {}",
+            go_reads.0
+        );
+        assert!(
+            !cosign_reads(go_ignores.0, &go_ignores.1.digest),
+            "order {order}: cosign ignores {}",
+            go_ignores.0
+        );
+
+        // the proxy takes neither reading
+        for (name, img) in [(a, &img_a), (b, &img_b)] {
+            let (ok, out) = s.verify(
+                &format!("up/{name}@{}", img.digest),
+                &["--key", &key(&dir, "k.pub")],
+            );
+            assert!(
+                !ok,
+                "order {order}: {name} verified from an ambiguous payload: {out}"
+            );
+            assert!(out.contains("appears twice"), "order {order}: {out}");
+        }
+    }
+}
+
 #[test]
 fn containers_image_signatures_tampering_and_thresholds() {
     let s = setup();
@@ -283,6 +348,102 @@ fn attestations_verify_with_their_predicate_type() {
         out.contains("no verified https://cyclonedx.org/bom attestation"),
         "{out}"
     );
+}
+
+/// A signature written as `r||s` (as some KMS and HSM signers give it) verifies as cosign
+/// verifies it; the same bytes over another payload do not.
+#[test]
+fn p1363_encoded_signatures_verify_as_cosign_verifies_them() {
+    let s = setup();
+    let dir = s.t.path().join("p256");
+    let k = p256_key(&dir, "k", 9);
+    let img = s.image("ci/kms", "kms");
+    let reference = format!("{}/ci/kms", s.reg.host());
+    let payload = common::keyless::payload(&reference, &img.digest);
+    push_payload_signature(&s.reg, "ci/kms", &img.digest, &payload, &k, Encoding::P1363);
+    let mut args = vec!["verify", "--key", "p256/k.pub", "--insecure-ignore-tlog"];
+    args.extend(COSIGN_LOCAL);
+    let at = format!("{reference}@{}", img.digest);
+    args.push(&at);
+    let cosign_says = cosign(s.t.path(), &args);
+    assert!(
+        cosign_says.ok,
+        "cosign accepts r||s: {}",
+        cosign_says.stderr
+    );
+    let (ok, out) = s.verify("up/ci/kms:v1", &["--key", &key(&dir, "k.pub")]);
+    assert!(ok, "r||s: {out}");
+
+    // the same encoding by another key: refused by both
+    let other = p256_key(&dir, "other", 10);
+    let img2 = s.image("ci/kms2", "kms2");
+    let reference2 = format!("{}/ci/kms2", s.reg.host());
+    let payload2 = common::keyless::payload(&reference2, &img2.digest);
+    push_payload_signature(
+        &s.reg,
+        "ci/kms2",
+        &img2.digest,
+        &payload2,
+        &other,
+        Encoding::P1363,
+    );
+    let (ok, out) = s.verify("up/ci/kms2:v1", &["--key", &key(&dir, "k.pub")]);
+    assert!(!ok, "another key's r||s signature verified: {out}");
+}
+
+/// Attested and not signed: what cosign verify-attestation accepts, an attestation requirement
+/// accepts; a signature requirement still refuses it.
+#[test]
+fn an_attestation_requirement_does_not_also_want_a_signature() {
+    let s = setup();
+    let img = s.image("demo/attested", "attested");
+    let up = format!("{}/demo/attested@{}", s.reg.host(), img.digest);
+    std::fs::write(
+        s.keys.join("predicate.json"),
+        r#"{"builder":{"id":"https://ci.example/builder"},"buildType":"t"}"#,
+    )
+    .unwrap();
+    let mut attest = vec![
+        "attest",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "--type",
+        "slsaprovenance",
+        "--predicate",
+        "predicate.json",
+    ];
+    attest.extend(COSIGN_LOCAL);
+    attest.push(&up);
+    cosign(&s.keys, &attest).success();
+    let mut check = vec![
+        "verify-attestation",
+        "--key",
+        "cosign.pub",
+        "--insecure-ignore-tlog",
+        "--type",
+        "slsaprovenance",
+    ];
+    check.extend(COSIGN_LOCAL);
+    check.push(&up);
+    assert!(cosign(&s.keys, &check).ok, "cosign accepts the attestation");
+    assert!(
+        !cosign_verify(&s.keys, "cosign.pub", &up).ok,
+        "cosign finds no signature"
+    );
+
+    let cosign_pub = key(&s.keys, "cosign.pub");
+    let (ok, out) = s.verify(
+        "up/demo/attested:v1",
+        &["--key", &cosign_pub, "--attestation", "slsaprovenance"],
+    );
+    assert!(ok, "an attested, unsigned image: {out}");
+    let (ok, out) = s.verify("up/demo/attested:v1", &["--key", &cosign_pub]);
+    assert!(
+        !ok,
+        "a signature requirement passed without a signature: {out}"
+    );
+    assert!(out.contains("no signatures found"), "{out}");
 }
 
 #[test]
@@ -641,6 +802,42 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
         ],
     );
     assert!(!out.ok, "cosign refuses the bad SET too");
+
+    // the log entry holds another valid signature by the same certificate: cosign compares the
+    // logged signature with the layer's, and so does the proxy
+    let relogged = s.image("ci/relogged", "relogged");
+    push_keyless_signature(
+        &s.reg,
+        "ci/relogged",
+        &relogged.digest,
+        &ours,
+        &signer,
+        Entry::OtherSignature,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/relogged:v1",
+        &[&["--trust", "ours-root"][..], &exact].concat(),
+    );
+    assert!(
+        !ok && out.contains("the log entry holds another signature"),
+        "another logged signature: {out}"
+    );
+    let reference = format!("{}/ci/relogged@{}", s.reg.host(), relogged.digest);
+    let out = cosign_with(
+        &s.t.path().join("cosign-home"),
+        &env,
+        &[
+            "verify",
+            "--insecure-ignore-sct",
+            "--certificate-identity",
+            SUBJECT,
+            "--certificate-oidc-issuer",
+            ISSUER,
+            "--allow-http-registry",
+            &reference,
+        ],
+    );
+    assert!(!out.ok, "cosign refuses another logged signature too");
 }
 
 #[test]

@@ -593,6 +593,7 @@ pub fn certify(
     e: &Evidence<'_>,
     roots: &[Arc<TrustRoot>],
     signed_sha256: &[String],
+    signature_b64: &str,
 ) -> Result<Certified, String> {
     let entry = e
         .entry
@@ -603,7 +604,7 @@ pub fn certify(
     }
     let mut why = Vec::new();
     for root in roots {
-        match certify_with(e, entry, root, signed_sha256) {
+        match certify_with(e, entry, root, signed_sha256, signature_b64) {
             Ok(c) => return Ok(c),
             Err(reason) => why.push(if roots.len() > 1 {
                 format!("{}: {reason}", root.name)
@@ -620,6 +621,7 @@ fn certify_with(
     entry: &LogEntry,
     root: &TrustRoot,
     signed_sha256: &[String],
+    signature_b64: &str,
 ) -> Result<Certified, String> {
     let log = root
         .logs
@@ -639,7 +641,7 @@ fn certify_with(
         .map_err(|_| {
             "the transparency log entry's SET does not verify with the log key".to_string()
         })?;
-    check_body(&entry.body, &e.certificate, signed_sha256)?;
+    check_body(&entry.body, &e.certificate, signed_sha256, signature_b64)?;
     let cert = Certificate::from_der(&e.certificate)
         .map_err(|err| format!("the certificate does not parse: {err}"))?;
     check_validity(&cert, entry.integrated_time)?;
@@ -701,33 +703,42 @@ fn check_chain(e: &Evidence<'_>, root: &TrustRoot, t: i64) -> Result<(), String>
     ))
 }
 
-/// Checks that a log entry body (hashedrekord, intoto or dsse) names one of `hashes` and the
-/// signing certificate.
-fn check_body(body_b64: &str, cert: &CertificateDer<'_>, hashes: &[String]) -> Result<(), String> {
+/// Checks that a log entry body (hashedrekord, intoto or dsse) names one of `hashes`, the
+/// signing certificate and (hashedrekord, dsse) the very signature being verified, as cosign
+/// compares them: another valid signature by the same key, logged, does not stand for this one.
+fn check_body(
+    body_b64: &str,
+    cert: &CertificateDer<'_>,
+    hashes: &[String],
+    signature_b64: &str,
+) -> Result<(), String> {
     let body = B64
         .decode(body_b64)
         .map_err(|_| "the log entry body is not base64".to_string())?;
     let body: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| "the log entry body is not JSON".to_string())?;
     let spec = &body["spec"];
-    let (hash, keys): (Option<&str>, Vec<&serde_json::Value>) = match body["kind"].as_str() {
+    let listed = |list: &serde_json::Value, field: &str| -> Vec<serde_json::Value> {
+        list.as_array()
+            .map(|a| a.iter().map(|s| s[field].clone()).collect())
+            .unwrap_or_default()
+    };
+    // (hash, keys, logged signatures: None where the kind's encoding is not compared)
+    let (hash, keys, logged) = match body["kind"].as_str() {
         Some("hashedrekord") => (
             spec["data"]["hash"]["value"].as_str(),
-            vec![&spec["signature"]["publicKey"]["content"]],
+            vec![spec["signature"]["publicKey"]["content"].clone()],
+            Some(vec![spec["signature"]["content"].clone()]),
         ),
         Some("intoto") => (
             spec["content"]["payloadHash"]["value"].as_str(),
-            spec["content"]["envelope"]["signatures"]
-                .as_array()
-                .map(|a| a.iter().map(|s| &s["publicKey"]).collect())
-                .unwrap_or_default(),
+            listed(&spec["content"]["envelope"]["signatures"], "publicKey"),
+            None,
         ),
         Some("dsse") => (
             spec["payloadHash"]["value"].as_str(),
-            spec["signatures"]
-                .as_array()
-                .map(|a| a.iter().map(|s| &s["verifier"]).collect())
-                .unwrap_or_default(),
+            listed(&spec["signatures"], "verifier"),
+            Some(listed(&spec["signatures"], "signature")),
         ),
         other => return Err(format!("unsupported log entry kind {other:?}")),
     };
@@ -744,6 +755,16 @@ fn check_body(body_b64: &str, cert: &CertificateDer<'_>, hashes: &[String]) -> R
         });
     if !names_cert {
         return Err("the log entry names another certificate".into());
+    }
+    if let Some(logged) = logged {
+        let ours = B64.decode(signature_b64).ok();
+        let same = logged
+            .iter()
+            .filter_map(|s| s.as_str())
+            .any(|s| ours.is_some() && B64.decode(s).ok() == ours);
+        if !same {
+            return Err("the log entry holds another signature than this one".into());
+        }
     }
     Ok(())
 }

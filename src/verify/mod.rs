@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod identity;
 pub mod keyless;
+pub mod strict;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -88,10 +89,44 @@ impl TrustedKey {
     }
 
     fn verifies(&self, signature_b64: &str, message: &[u8]) -> bool {
-        self.key
-            .verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message)
-            .is_ok()
+        verifies(&self.key, signature_b64, message)
     }
+}
+
+/// Whether a base64 signature verifies with `key`: ASN.1 DER as cosign writes it, or, for
+/// ECDSA, the fixed-size `r||s` (IEEE P1363) some KMS and HSM signers give.
+fn verifies(key: &CosignVerificationKey, signature_b64: &str, message: &[u8]) -> bool {
+    if key
+        .verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message)
+        .is_ok()
+    {
+        return true;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(signature_b64)
+        .ok()
+        .and_then(|raw| p1363_to_der(&raw))
+        .is_some_and(|der| key.verify_signature(Signature::Raw(&der), message).is_ok())
+}
+
+/// An ECDSA P-256 or P-384 signature given as `r||s`, in DER (a sequence of two integers).
+fn p1363_to_der(raw: &[u8]) -> Option<Vec<u8>> {
+    if raw.len() != 64 && raw.len() != 96 {
+        return None;
+    }
+    let integer = |x: &[u8]| {
+        let first = x.iter().position(|&b| b != 0).unwrap_or(x.len() - 1);
+        let x = &x[first..];
+        let pad = usize::from(x[0] & 0x80 != 0);
+        let mut out = vec![0x02, (x.len() + pad) as u8];
+        out.extend(std::iter::repeat_n(0u8, pad));
+        out.extend_from_slice(x);
+        out
+    };
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let body = [integer(r), integer(s)].concat();
+    // at most 2 x (2 + 49) bytes: the short length form
+    Some([vec![0x30, body.len() as u8], body].concat())
 }
 
 /// What must hold for a manifest to be admitted.
@@ -148,11 +183,10 @@ impl Requirement {
             }
             _ => return Err("signature does not verify with any trusted key".into()),
         };
-        let signer = keyless::certify(&evidence, &self.roots, hashes)?;
-        signer
-            .key
-            .verify_signature(Signature::Base64Encoded(signature_b64.as_bytes()), message)
-            .map_err(|_| "signature does not verify with its certificate's key".to_string())?;
+        let signer = keyless::certify(&evidence, &self.roots, hashes, signature_b64)?;
+        if !verifies(&signer.key, signature_b64, message) {
+            return Err("signature does not verify with its certificate's key".into());
+        }
         let mut why = Vec::new();
         for id in &self.identities {
             match id.accepts(&signer) {
@@ -466,7 +500,9 @@ impl Verifier {
             .filter_map(|v| v.signer.clone())
             .collect();
         let mut missing = Vec::new();
-        if signers.len() < threshold {
+        // a requirement that names attestations asks for them alone (as cosign
+        // verify-attestation does): their signers count, not the image's signatures
+        if req.attestations.is_empty() && signers.len() < threshold {
             let reasons: BTreeSet<&str> = signatures
                 .iter()
                 .filter(|v| !v.verified)
@@ -693,9 +729,9 @@ fn check_signature(
     };
     let signer_name = signer;
     let signer = Some(signer_name.as_str());
-    let payload: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
+    let payload = match strict::parse(&layer.bytes) {
         Ok(v) => v,
-        Err(e) => return verdict(layer, signer, false, format!("payload is not JSON: {e}")),
+        Err(e) => return verdict(layer, signer, false, format!("payload refused: {e}")),
     };
     let critical = &payload["critical"];
     if critical["type"] != "cosign container image signature" {
@@ -764,9 +800,9 @@ fn check_attestation(
     if let Some(refusal) = &layer.refusal {
         return fail(None, refusal.clone());
     }
-    let envelope: serde_json::Value = match serde_json::from_slice(&layer.bytes) {
+    let envelope = match strict::parse(&layer.bytes) {
         Ok(v) => v,
-        Err(e) => return fail(None, format!("envelope is not JSON: {e}")),
+        Err(e) => return fail(None, format!("envelope refused: {e}")),
     };
     let payload_type = envelope["payloadType"].as_str().unwrap_or("");
     let Some(payload) = envelope["payload"]
@@ -813,9 +849,9 @@ fn check_statement(
     if payload_type != INTOTO_PAYLOAD {
         return fail(format!("payload type is {payload_type}, not in-toto"));
     }
-    let statement: serde_json::Value = match serde_json::from_slice(payload) {
+    let statement = match strict::parse(payload) {
         Ok(v) => v,
-        Err(e) => return fail(format!("statement is not JSON: {e}")),
+        Err(e) => return fail(format!("statement refused: {e}")),
     };
     let hex = digest.hex();
     let alg = digest.algorithm().as_str();
@@ -1056,6 +1092,21 @@ pub fn upstream_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn p1363_signatures_become_der() {
+        let mut raw = vec![0u8; 64];
+        raw[0] = 0x80; // r: high bit set, needs a zero byte in front
+        raw[63] = 0x01; // s: 31 leading zero bytes dropped
+        let der = p1363_to_der(&raw).unwrap();
+        assert_eq!(&der[..4], &[0x30, 2 + 33 + 2 + 1, 0x02, 33]);
+        assert_eq!(der[4], 0x00);
+        assert_eq!(&der[der.len() - 3..], &[0x02, 1, 0x01]);
+        assert!(
+            p1363_to_der(&[1u8; 70]).is_none(),
+            "DER-sized input is left alone"
+        );
+    }
 
     #[test]
     fn pae_matches_the_dsse_spec_example() {

@@ -71,6 +71,8 @@ pub enum Entry {
     BadSet,
     /// Integrated an hour before the certificate became valid.
     BeforeValidity,
+    /// The entry logs another valid signature by the same key (ECDSA signs anew each time).
+    OtherSignature,
 }
 
 impl Sigstore {
@@ -336,7 +338,13 @@ pub fn push_keyless_signatures(
         .iter()
         .map(|signer| {
             let sig = B64.encode(signer.key.sign(payload.as_bytes()).unwrap());
-            let bundle = sigstore.cosign_bundle(signer, payload.as_bytes(), &sig, entry);
+            let logged = if entry == Entry::OtherSignature {
+                B64.encode(signer.key.sign(payload.as_bytes()).unwrap())
+            } else {
+                sig.clone()
+            };
+            assert!(entry != Entry::OtherSignature || logged != sig, "ECDSA signs anew");
+            let bundle = sigstore.cosign_bundle(signer, payload.as_bytes(), &logged, entry);
             serde_json::json!({
                 "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": d, "size": payload.len(),
                 "annotations": {

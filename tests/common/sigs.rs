@@ -44,8 +44,7 @@ pub fn push_cimage_signature(
     } else {
         image_digest.to_string()
     };
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
+    let mut signed = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let payload = format!(
             r#"{{"critical":{{"identity":{{"docker-reference":"{identity}"}},"image":{{"docker-manifest-digest":"{named}"}},"type":"cosign container image signature"}},"optional":{{"creator":"test","timestamp":{}}}}}"#,
@@ -58,6 +57,50 @@ pub fn push_cimage_signature(
         } else {
             payload
         };
+        signed.push((stored, sig_b64));
+    }
+    push_signature_manifest(reg, repo, image_digest, &signed);
+}
+
+/// How an ECDSA signature is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// ASN.1 DER, as cosign writes it.
+    Der,
+    /// `r||s`, fixed size (IEEE P1363), as some KMS and HSM signers give it.
+    P1363,
+}
+
+/// Pushes `sha256-<hex>.sig` for `image_digest` in `repo`: one simple-signing layer holding
+/// `payload` exactly as given, signed by `key` (for payloads and encodings cosign does not
+/// write itself).
+pub fn push_payload_signature(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    payload: &str,
+    key: &p256::ecdsa::SigningKey,
+    encoding: Encoding,
+) {
+    let sig: p256::ecdsa::Signature = key.sign(payload.as_bytes());
+    let bytes = match encoding {
+        Encoding::Der => sig.to_der().as_bytes().to_vec(),
+        Encoding::P1363 => sig.to_bytes().to_vec(),
+    };
+    let sig_b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    push_signature_manifest(reg, repo, image_digest, &[(payload.to_string(), sig_b64)]);
+}
+
+/// Pushes the signature manifest of `(payload, base64 signature)` layers.
+fn push_signature_manifest(
+    reg: &Registry,
+    repo: &str,
+    image_digest: &str,
+    signed: &[(String, String)],
+) {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (stored, sig_b64) in signed {
         let d = push_blob(reg, repo, stored.as_bytes());
         diff_ids.push(format!("\"{d}\""));
         layers.push(format!(

@@ -79,6 +79,18 @@ pub fn generate(config: &Config, options: &Options) -> Result<ClientFiles, Strin
         hosts_toml(config, up, options, &mut out);
     }
     daemon_json(config, options, &mut out);
+    if config
+        .policies
+        .iter()
+        .any(|p| p.mode == PolicyMode::Enforce)
+    {
+        out.notes.push(
+            "containerd/*/hosts.toml, daemon.json: containerd and Docker ask the registry itself \
+             when the proxy refuses an image (403), and have no signature policy of their own: \
+             nodes that must not get past the policies need the registry out of their reach"
+                .into(),
+        );
+    }
     Ok(out)
 }
 
@@ -99,10 +111,11 @@ fn check_proxy(proxy: &str) -> Result<(), String> {
 }
 
 /// The registry host clients write in image names for an upstream: its name when that is a
-/// host, else the first alias that is, else its URL's host and port.
+/// host, else the first alias that is, else its URL's host and port (Docker Hub's hosts as
+/// `docker.io`, which is how clients write it).
 pub fn registry_host(up: &UpstreamConfig) -> String {
     let is_host = |n: &&String| n.contains('.') || n.contains(':') || n.as_str() == "localhost";
-    std::iter::once(&up.name)
+    let host = std::iter::once(&up.name)
         .chain(&up.aliases)
         .find(is_host)
         .cloned()
@@ -110,7 +123,11 @@ pub fn registry_host(up: &UpstreamConfig) -> String {
             (Some(h), Some(p)) => format!("{h}:{p}"),
             (Some(h), None) => h.to_string(),
             (None, _) => up.name.clone(),
-        })
+        });
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
+        _ => host,
+    }
 }
 
 fn quoted(s: &str) -> String {
@@ -179,13 +196,17 @@ fn registries_d(config: &Config, o: &Options) -> String {
     s
 }
 
-/// The client-side scopes (`policy.json` keys) a policy scope glob covers, or why none.
+/// The client-side scopes (`policy.json` keys) a policy scope glob covers, or why none. An
+/// upstream's images are named by the registry's host (signatures name it); a hosted
+/// namespace's by the proxy's address (signed there).
 fn client_scopes(glob: &str, config: &Config, o: &Options) -> Result<Vec<String>, String> {
     let (ns, repo) = match glob.split_once('/') {
         Some((ns, repo)) => (ns, Some(repo)),
-        None => (glob, None),
+        None if glob == "*" => (glob, None),
+        None => return Err("matches no repository (scopes are <namespace>/<repository>)".into()),
     };
     let repo = match repo {
+        Some("") => return Err("matches no repository (the repository is empty)".into()),
         None | Some("*") => None,
         Some(r) if !r.contains('*') => Some(r.to_string()),
         Some(r) if r.ends_with("/*") && !r[..r.len() - 2].contains('*') => {
@@ -207,18 +228,15 @@ fn client_scopes(glob: &str, config: &Config, o: &Options) -> Result<Vec<String>
     };
     let mut scopes = Vec::new();
     for ns in namespaces {
-        let mut bases = vec![format!("{}/{ns}", o.proxy)];
-        match config.upstream(ns) {
-            Some(up) => bases.insert(0, registry_host(up)),
-            None if config.is_local(ns) => {}
+        let base = match config.upstream(ns) {
+            Some(up) => registry_host(up),
+            None if config.is_local(ns) => format!("{}/{ns}", o.proxy),
             None => return Err(format!("names no upstream or local namespace {ns:?}")),
-        }
-        for base in bases {
-            scopes.push(match &repo {
-                Some(r) => format!("{base}/{r}"),
-                None => base,
-            });
-        }
+        };
+        scopes.push(match &repo {
+            Some(r) => format!("{base}/{r}"),
+            None => base,
+        });
     }
     Ok(scopes)
 }
@@ -245,11 +263,11 @@ fn policy_json(config: &Config, o: &Options, out: &mut ClientFiles) -> Result<()
         .filter(|p| p.mode == PolicyMode::Enforce)
     {
         let requirement = match signature_requirement(p, config, o, out) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
+            Ok(r) => r,
             Err(e) => {
                 out.notes.push(format!(
-                    "policy.json: policy {:?} is not in it: {e}",
+                    "policy.json: policy {:?} is not in it: {e}; the proxy enforces it, clients \
+                     do not (a mirror's client may take what it refuses from the registry itself)",
                     p.name
                 ));
                 continue;
@@ -264,7 +282,8 @@ fn policy_json(config: &Config, o: &Options, out: &mut ClientFiles) -> Result<()
                     }
                 }),
                 Err(e) => out.notes.push(format!(
-                    "policy.json: policy {:?}, scope {glob:?}: {e}; the proxy enforces it, clients do not",
+                    "policy.json: policy {:?}, scope {glob:?}: {e}; the proxy enforces it, \
+                     clients do not",
                     p.name
                 )),
             }
@@ -273,7 +292,7 @@ fn policy_json(config: &Config, o: &Options, out: &mut ClientFiles) -> Result<()
     let policy = json!({
         "default": [{"type": "insecureAcceptAnything"}],
         "transports": {
-            "docker": scopes,
+            "docker": with_broader(&scopes),
             "docker-daemon": {"": [{"type": "insecureAcceptAnything"}]},
         },
     });
@@ -282,22 +301,42 @@ fn policy_json(config: &Config, o: &Options, out: &mut ClientFiles) -> Result<()
     Ok(())
 }
 
-/// The `sigstoreSigned` requirement of one policy, `None` when it asks for no signature.
+/// Each scope with the requirements of every scope covering it as well: policy.json applies
+/// only the most specific scope that matches, where the proxy applies every policy in scope.
+fn with_broader(scopes: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, Vec<Value>> {
+    let covers = |broad: &str, narrow: &str| {
+        narrow
+            .strip_prefix(broad)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    scopes
+        .keys()
+        .map(|narrow| {
+            let mut reqs: Vec<Value> = Vec::new();
+            let covering = scopes.iter().filter(|(broad, _)| covers(broad, narrow));
+            for r in covering.flat_map(|(_, list)| list) {
+                if !reqs.contains(r) {
+                    reqs.push(r.clone());
+                }
+            }
+            (narrow.clone(), reqs)
+        })
+        .collect()
+}
+
+/// The `sigstoreSigned` requirement of one policy, or why it has none.
 fn signature_requirement(
     p: &crate::config::PolicyConfig,
     config: &Config,
     o: &Options,
     out: &mut ClientFiles,
-) -> Result<Option<Value>, String> {
-    let settings = Value::Object(
-        p.settings
-            .clone()
-            .into_iter()
-            .map(|(k, v)| (k, toml_to_json(v)))
-            .collect(),
-    );
+) -> Result<Value, String> {
+    let settings = p.settings.clone().into_iter();
+    let settings = Value::Object(settings.map(|(k, v)| (k, toml_to_json(v))).collect());
     let Ok(s) = serde_json::from_value::<SignatureSettings>(settings) else {
-        return Ok(None); // not a signature policy's settings (deny-tags, attestations, ...)
+        return Err(
+            "its settings are not a signature policy's (trust, keys, issuer, subject)".into(),
+        );
     };
     if s.threshold > 1 {
         out.notes.push(format!(
@@ -318,14 +357,15 @@ fn signature_requirement(
             let re = s.subject_regexp.as_deref().unwrap_or_default();
             format!("subject_regexp {re:?}: policy.json matches an exact subjectEmail only")
         })?;
+        if !subject.contains('@') || subject.contains("://") {
+            return Err(format!(
+                "subject {subject:?} is no email address, and policy.json matches subjectEmail only"
+            ));
+        }
         let (name, trust) = trust.ok_or("a keyless policy needs a named trust for policy.json")?;
         let (ca, rekor) = keyless_material(name, trust)?;
-        let ca_path = key_file(o, out, &format!("{name}-fulcio.pem"), ca);
-        let rekor_paths: Vec<String> = rekor
-            .into_iter()
-            .enumerate()
-            .map(|(i, pem)| key_file(o, out, &format!("{name}-rekor-{i}.pub"), pem))
-            .collect();
+        let ca_path = key_file(o, out, ca);
+        let rekor_paths: Vec<String> = rekor.into_iter().map(|pem| key_file(o, out, pem)).collect();
         let mut r = json!({
             "type": "sigstoreSigned",
             "fulcio": {"caPath": ca_path, "oidcIssuer": issuer, "subjectEmail": subject},
@@ -335,7 +375,7 @@ fn signature_requirement(
             [one] => r["rekorPublicKeyPath"] = json!(one),
             many => r["rekorPublicKeyPaths"] = json!(many),
         }
-        return Ok(Some(r));
+        return Ok(r);
     }
     let mut keys: Vec<String> = Vec::new();
     if let Some((name, trust)) = trust {
@@ -344,37 +384,33 @@ fn signature_requirement(
                 "[trust.{name}] has no keys, and policy.json cannot accept any keyless signer"
             ));
         }
-        for (i, path) in trust.keys.iter().enumerate() {
+        for path in &trust.keys {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            keys.push(key_file(o, out, &format!("{name}-{i}.pub"), pem));
+            keys.push(key_file(o, out, pem));
         }
     }
-    for (i, pem) in s.keys.iter().enumerate() {
-        keys.push(key_file(
-            o,
-            out,
-            &format!("{}-{i}.pub", p.name),
-            pem.clone().into_bytes(),
-        ));
-    }
-    if keys.is_empty() {
-        return Ok(None);
+    for pem in &s.keys {
+        keys.push(key_file(o, out, pem.clone().into_bytes()));
     }
     let mut r = json!({"type": "sigstoreSigned", "signedIdentity": identity});
     match keys.as_slice() {
+        [] => return Err("it names no key and no keyless identity".into()),
         [one] => r["keyPath"] = json!(one),
         many => r["keyPaths"] = json!(many),
     }
-    Ok(Some(r))
+    Ok(r)
 }
 
-/// Adds `keys/<name>` once and returns the path `policy.json` gives for it.
-fn key_file(o: &Options, out: &mut ClientFiles, name: &str, pem: Vec<u8>) -> String {
-    let rel = PathBuf::from("keys").join(name);
+/// Adds `keys/<16 hex digits of its SHA-256>.pem` once (named by content, so no two trust
+/// entries or policies can claim one name) and returns the path `policy.json` gives for it.
+fn key_file(o: &Options, out: &mut ClientFiles, pem: Vec<u8>) -> String {
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&pem));
+    let name = format!("{}.pem", &hash[..16]);
+    let rel = PathBuf::from("keys").join(&name);
     if !out.files.iter().any(|f| f.path == rel) {
         out.add(rel, pem);
     }
-    o.keys_dir.join(name).display().to_string()
+    o.keys_dir.join(&name).display().to_string()
 }
 
 fn toml_to_json(v: toml::Value) -> Value {
@@ -556,18 +592,23 @@ mod tests {
     #[test]
     fn scopes_map_trailing_globs_and_refuse_the_rest() {
         let (c, o) = (config(""), options());
+        let scopes = |g: &str| client_scopes(g, &c, &o);
+        assert_eq!(scopes("docker.io/myorg/*").unwrap(), ["docker.io/myorg"]);
+        assert_eq!(scopes("up/a/b").unwrap(), ["127.0.0.1:5001/a/b"]);
+        assert_eq!(scopes("team/app").unwrap(), ["proxy.example:5000/team/app"]);
         assert_eq!(
-            client_scopes("docker.io/myorg/*", &c, &o).unwrap(),
-            ["docker.io/myorg", "proxy.example:5000/docker.io/myorg"]
+            scopes("*").unwrap(),
+            ["docker.io", "127.0.0.1:5001", "proxy.example:5000/team"]
         );
-        assert_eq!(
-            client_scopes("team/app", &c, &o).unwrap(),
-            ["proxy.example:5000/team/app"]
-        );
-        assert_eq!(client_scopes("*", &c, &o).unwrap().len(), 5);
-        assert!(client_scopes("docker.io/my*/app", &c, &o).is_err());
-        assert!(client_scopes("*/app", &c, &o).is_err());
-        assert!(client_scopes("nowhere/app", &c, &o).is_err());
+        for unsupported in [
+            "docker.io/my*/app",
+            "*/app",
+            "nowhere/app",
+            "docker.io",
+            "docker.io/",
+        ] {
+            assert!(scopes(unsupported).is_err(), "{unsupported}");
+        }
     }
 
     #[test]
@@ -622,24 +663,65 @@ mod tests {
              [[policy]]\nname = \"sig\"\nmodule = \"/m.wasm\"\nscope = [\"docker.io/myorg/*\", \"up/*/x\"]\n\
              [policy.settings]\ntrust = \"rel\"\n\
              [[policy]]\nname = \"tags\"\nmodule = \"/m.wasm\"\nscope = [\"*\"]\n[policy.settings]\ndeny = [\"latest\"]\n\
-             [[policy]]\nname = \"watch\"\nmodule = \"/m.wasm\"\nscope = [\"*\"]\nmode = \"warn\"\n[policy.settings]\ntrust = \"rel\"\n",
+             [[policy]]\nname = \"watch\"\nmodule = \"/m.wasm\"\nscope = [\"*\"]\nmode = \"warn\"\n[policy.settings]\ntrust = \"rel\"\n\
+             [[policy]]\nname = \"gh\"\nmodule = \"/m.wasm\"\nscope = [\"*\"]\n[policy.settings]\n\
+             issuer = \"https://token.actions.githubusercontent.com\"\nsubject = \"https://github.com/o/r/.github/workflows/w.yml@refs/heads/main\"\ntrust = \"rel\"\n",
             dir.path().join("k.pub").display()
         )
         .replace("/m.wasm", &dir.path().join("m.wasm").display().to_string()));
         let f = generate(&c, &options()).unwrap();
         let policy: Value = serde_json::from_str(file(&f, "policy.json")).unwrap();
         let docker = policy["transports"]["docker"].as_object().unwrap();
-        assert_eq!(docker.len(), 2, "{docker:?}");
+        assert_eq!(docker.keys().collect::<Vec<_>>(), ["docker.io/myorg"]);
         let r = &docker["docker.io/myorg"][0];
-        assert_eq!(r["keyPath"], "/etc/containers/keys/rel-0.pub");
+        let path = r["keyPath"].as_str().unwrap();
+        let name = path.strip_prefix("/etc/containers/keys/").unwrap();
+        assert_eq!(file(&f, &format!("keys/{name}")), KEY);
         assert_eq!(r["signedIdentity"]["type"], "matchRepository");
-        assert_eq!(file(&f, "keys/rel-0.pub"), KEY);
+        let noted = |what: &str| f.notes.iter().any(|n| n.contains(what));
+        assert!(noted("up/*/x"), "{:?}", f.notes);
         assert!(
-            f.notes.iter().any(|n| n.contains("up/*/x")),
-            "{:?}",
-            f.notes
+            noted("policy \"tags\" is not in it"),
+            "a policy clients do not apply is noted"
         );
-        assert!(f.notes.iter().any(|n| n.contains("daemon.json")));
+        assert!(noted("is no email address"), "{:?}", f.notes);
+        assert!(!noted("\"watch\""), "a warn-mode policy refuses nothing");
+        assert!(noted("daemon.json: not written"));
+        assert!(noted("containerd and Docker ask the registry itself"));
+    }
+
+    #[test]
+    fn a_scope_carries_the_requirements_of_the_scopes_covering_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.pub"), KEY).unwrap();
+        std::fs::write(dir.path().join("m.wasm"), "").unwrap();
+        let c = config(&format!(
+            "[trust.rel]\nkeys = [\"{0}\"]\n\
+             [[policy]]\nname = \"all\"\nmodule = \"{1}\"\nscope = [\"*\"]\n[policy.settings]\ntrust = \"rel\"\n\
+             [[policy]]\nname = \"inline\"\nmodule = \"{1}\"\nscope = [\"docker.io/myorg/*\"]\n\
+             [policy.settings]\nkeys = [\"\"\"{2}\"\"\"]\n",
+            dir.path().join("k.pub").display(),
+            dir.path().join("m.wasm").display(),
+            KEY.trim_end(),
+        ));
+        let f = generate(&c, &options()).unwrap();
+        let policy: Value = serde_json::from_str(file(&f, "policy.json")).unwrap();
+        let docker = &policy["transports"]["docker"];
+        assert_eq!(docker["docker.io"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            docker["docker.io/myorg"].as_array().unwrap().len(),
+            2,
+            "the broader scope's requirement applies too: {docker}"
+        );
+        assert!(docker["docker.io/myorgx"].is_null());
+    }
+
+    #[test]
+    fn docker_hub_is_written_docker_io() {
+        let text = "[storage]\npath = \"/tmp/x\"\n[[upstream]]\nname = \"hub\"\n\
+                    url = \"https://registry-1.docker.io\"\naliases = [\"index.docker.io\"]\n";
+        let c = Config::from_toml_str(text, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(registry_host(&c.upstreams[0]), "docker.io");
     }
 
     #[test]

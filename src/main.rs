@@ -321,6 +321,9 @@ fn client_config(config: &Config, args: ClientConfigArgs) -> anyhow::Result<()> 
         Some(p) => Some(std::fs::read(p).with_context(|| format!("--ca {}", p.display()))?),
         None => None,
     };
+    if args.keys_dir.as_ref().is_some_and(|d| d.is_relative()) {
+        anyhow::bail!("--keys-dir must be an absolute path: policy.json names the files by it");
+    }
     let options = portcullis::clients::Options {
         proxy: args
             .proxy

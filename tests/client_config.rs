@@ -396,7 +396,12 @@ fn containerd_and_skopeo_trust_the_private_ca_the_generated_files_name() {
         ],
     );
     assert!(!out.ok, "an unknown CA was trusted");
-    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("certificate signed by unknown authority"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -843,7 +843,7 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
 #[test]
 fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
     use base64::Engine;
-    use common::keyless::{push_bundle_referrers, statement, BundleSpec, Entry};
+    use common::keyless::{push_bundle_referrers, statement, BundleSpec, Entry, Proof};
     use p256::ecdsa::signature::Signer as _;
     let (s, ours, _) = keyless_setup();
     let signer = ours.issue(SUBJECT, ISSUER);
@@ -926,6 +926,50 @@ fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
     );
     let (ok, out) = s.verify("up/ci/bundled-bad:v1", &exact);
     assert!(!ok && out.contains("SET does not verify"), "{out}");
+
+    // a log entry with an inclusion proof: checked against the log's signed checkpoint
+    for (name, proof, refusal) in [
+        ("ci/proof-good", Proof::Good, None),
+        (
+            "ci/proof-badsig",
+            Proof::BadCheckpoint,
+            Some("checkpoint is not signed by the transparency log"),
+        ),
+        (
+            "ci/proof-other",
+            Proof::ForAnotherEntry,
+            Some("does not lead to its root hash"),
+        ),
+        (
+            "ci/proof-size",
+            Proof::OtherTreeInCheckpoint,
+            Some("checkpoint names another tree"),
+        ),
+    ] {
+        let img = s.image(name, name);
+        let bundle = ours.dsse_bundle_with(
+            &signer,
+            statement(&img.digest, "https://sigstore.dev/cosign/sign/v1").as_bytes(),
+            Entry::Good,
+            proof,
+        );
+        push_bundle_referrers(
+            &s.reg,
+            name,
+            &img.digest,
+            img.manifest.len(),
+            &[BundleSpec {
+                json: &bundle,
+                content: "dsse-envelope",
+                predicate: "https://sigstore.dev/cosign/sign/v1",
+            }],
+        );
+        let (ok, out) = s.verify(&format!("up/{name}:v1"), &exact);
+        match refusal {
+            None => assert!(ok, "{name}: {out}"),
+            Some(why) => assert!(!ok && out.contains(why), "{name}: {out}"),
+        }
+    }
 
     // key-based: a message signature over the image manifest
     let dir = s.t.path().join("p256");

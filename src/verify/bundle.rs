@@ -6,7 +6,7 @@ use base64::Engine;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
-use super::keyless::{Evidence, LogEntry};
+use super::keyless::{Evidence, InclusionProof, LogEntry};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -80,7 +80,40 @@ struct TlogEntry {
     log_id: LogId,
     integrated_time: Number,
     inclusion_promise: Option<Promise>,
+    inclusion_proof: Option<Proof>,
     canonicalized_body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Proof {
+    log_index: Number,
+    root_hash: String,
+    tree_size: Number,
+    #[serde(default)]
+    hashes: Vec<String>,
+    checkpoint: Checkpoint,
+}
+
+#[derive(Deserialize)]
+struct Checkpoint {
+    envelope: String,
+}
+
+fn proof(p: &Proof) -> Result<InclusionProof, String> {
+    let b64 = |s: &String| {
+        B64.decode(s)
+            .map_err(|_| "an inclusion proof hash is not base64".to_string())
+    };
+    let unsigned =
+        |n: &Number| u64::try_from(n.value()?).map_err(|_| "a negative number".to_string());
+    Ok(InclusionProof {
+        log_index: unsigned(&p.log_index)?,
+        root_hash: b64(&p.root_hash)?,
+        tree_size: unsigned(&p.tree_size)?,
+        hashes: p.hashes.iter().map(b64).collect::<Result<_, _>>()?,
+        checkpoint: p.checkpoint.envelope.clone(),
+    })
 }
 
 /// Protobuf JSON writes 64-bit integers as strings.
@@ -159,6 +192,7 @@ fn entry(t: &TlogEntry) -> Result<Option<LogEntry>, String> {
         set: B64
             .decode(&promise.signed_entry_timestamp)
             .map_err(|_| "the SET is not base64".to_string())?,
+        proof: t.inclusion_proof.as_ref().map(proof).transpose()?,
     }))
 }
 

@@ -464,6 +464,106 @@ pub struct LogEntry {
     pub log_id: String,
     /// The signed entry timestamp (DER signature).
     pub set: Vec<u8>,
+    /// The entry's inclusion proof with a signed checkpoint, when the bundle carries one.
+    pub proof: Option<InclusionProof>,
+}
+
+/// A Merkle inclusion proof (RFC 9162) of a log entry, and the log's signed checkpoint of the
+/// tree it was made for.
+#[derive(Debug, Clone)]
+pub struct InclusionProof {
+    /// The entry's index in the tree.
+    pub log_index: u64,
+    /// The tree's root hash.
+    pub root_hash: Vec<u8>,
+    /// The tree's size.
+    pub tree_size: u64,
+    /// The sibling hashes, leaf to root.
+    pub hashes: Vec<Vec<u8>>,
+    /// The checkpoint: a signed note naming the tree size and root hash.
+    pub checkpoint: String,
+}
+
+/// The root a proof leads to from `leaf` (RFC 9162, 2.1.3.2), or `None` when it cannot hold.
+fn root_from_proof(index: u64, size: u64, leaf: [u8; 32], proof: &[Vec<u8>]) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    if index >= size {
+        return None;
+    }
+    let (mut f, mut s, mut r) = (index, size - 1, leaf);
+    for p in proof {
+        if s == 0 {
+            return None;
+        }
+        let mut h = sha2::Sha256::new();
+        h.update([1u8]);
+        if f & 1 == 1 || f == s {
+            h.update(p);
+            h.update(r);
+            if f & 1 == 0 {
+                while f & 1 == 0 && f != 0 {
+                    f >>= 1;
+                    s >>= 1;
+                }
+            }
+        } else {
+            h.update(r);
+            h.update(p);
+        }
+        r = h.finalize().into();
+        f >>= 1;
+        s >>= 1;
+    }
+    (s == 0).then_some(r)
+}
+
+/// Checks an entry's inclusion proof: its leaf (the entry's body) leads to the root the log's
+/// checkpoint names, for the tree size it names, and the checkpoint is signed by the log's key.
+fn check_inclusion(
+    entry: &LogEntry,
+    proof: &InclusionProof,
+    key: &CosignVerificationKey,
+) -> Result<(), String> {
+    use sha2::Digest;
+    let body = B64
+        .decode(&entry.body)
+        .map_err(|_| "the log entry body is not base64".to_string())?;
+    let leaf: [u8; 32] = sha2::Sha256::new()
+        .chain_update([0u8])
+        .chain_update(&body)
+        .finalize()
+        .into();
+    let root = root_from_proof(proof.log_index, proof.tree_size, leaf, &proof.hashes)
+        .ok_or("the inclusion proof does not fit its tree")?;
+    if root.as_slice() != proof.root_hash.as_slice() {
+        return Err("the inclusion proof does not lead to its root hash".into());
+    }
+    let (note, signatures) = proof
+        .checkpoint
+        .split_once("\n\n")
+        .ok_or("the checkpoint is not a signed note")?;
+    let mut lines = note.lines();
+    let (_origin, size, root_b64) = (lines.next(), lines.next(), lines.next());
+    if size != Some(proof.tree_size.to_string().as_str())
+        || root_b64.and_then(|r| B64.decode(r).ok()).as_deref() != Some(proof.root_hash.as_slice())
+    {
+        return Err("the checkpoint names another tree than the inclusion proof".into());
+    }
+    let signed = format!("{note}\n");
+    let verified = signatures
+        .lines()
+        .filter_map(|l| l.strip_prefix("\u{2014} "))
+        .any(|l| {
+            let sig = l.rsplit(' ').next().and_then(|b| B64.decode(b).ok());
+            sig.filter(|s| s.len() > 4).is_some_and(|s| {
+                key.verify_signature(Signature::Raw(&s[4..]), signed.as_bytes())
+                    .is_ok()
+            })
+        });
+    if !verified {
+        return Err("the checkpoint is not signed by the transparency log's key".into());
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -510,6 +610,7 @@ impl LogEntry {
             log_index: b.payload.log_index,
             log_id: b.payload.log_id,
             set,
+            proof: None,
         })
     }
 
@@ -641,6 +742,9 @@ fn certify_with(
         .map_err(|_| {
             "the transparency log entry's SET does not verify with the log key".to_string()
         })?;
+    if let Some(proof) = &entry.proof {
+        check_inclusion(entry, proof, &log.key)?;
+    }
     check_body(&entry.body, &e.certificate, signed_sha256, signature_b64)?;
     let cert = Certificate::from_der(&e.certificate)
         .map_err(|err| format!("the certificate does not parse: {err}"))?;
@@ -831,6 +935,58 @@ fn github_claims(cert: &Certificate) -> Vec<(GithubClaim, String)> {
 mod tests {
     use super::*;
 
+    /// RFC 9162's tree hash of leaf hashes, and the inclusion path of leaf `m`.
+    fn tree(leaves: &[[u8; 32]]) -> [u8; 32] {
+        use sha2::Digest;
+        if leaves.len() == 1 {
+            return leaves[0];
+        }
+        let k = leaves.len().next_power_of_two() / 2;
+        sha2::Sha256::new()
+            .chain_update([1u8])
+            .chain_update(tree(&leaves[..k]))
+            .chain_update(tree(&leaves[k..]))
+            .finalize()
+            .into()
+    }
+
+    fn path(m: usize, leaves: &[[u8; 32]]) -> Vec<Vec<u8>> {
+        if leaves.len() == 1 {
+            return Vec::new();
+        }
+        let k = leaves.len().next_power_of_two() / 2;
+        if m < k {
+            [path(m, &leaves[..k]), vec![tree(&leaves[k..]).to_vec()]].concat()
+        } else {
+            [path(m - k, &leaves[k..]), vec![tree(&leaves[..k]).to_vec()]].concat()
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_lead_to_the_root_for_every_leaf_and_size() {
+        for size in 1..=9usize {
+            let leaves: Vec<[u8; 32]> = (0..size).map(|i| [i as u8; 32]).collect();
+            let root = tree(&leaves);
+            for m in 0..size {
+                let proof = path(m, &leaves);
+                let got = root_from_proof(m as u64, size as u64, leaves[m], &proof);
+                assert_eq!(got, Some(root), "leaf {m} of {size}");
+                let other = (m + 1) % size;
+                if other != m {
+                    assert_ne!(
+                        root_from_proof(other as u64, size as u64, leaves[m], &proof),
+                        Some(root)
+                    );
+                }
+                assert_eq!(
+                    root_from_proof(m as u64, m as u64, leaves[m], &proof),
+                    None,
+                    "index beyond the tree"
+                );
+            }
+        }
+    }
+
     #[test]
     fn set_payload_is_canonical_json() {
         let e = LogEntry {
@@ -839,6 +995,7 @@ mod tests {
             log_index: 42,
             log_id: "abcd".into(),
             set: vec![],
+            proof: None,
         };
         assert_eq!(
             String::from_utf8(e.signed_bytes()).unwrap(),

@@ -239,6 +239,56 @@ impl Sigstore {
     /// A v0.3 Sigstore bundle holding a keyless DSSE envelope over `statement`, logged as a
     /// `dsse` entry.
     pub fn dsse_bundle(&self, signer: &Signer, statement: &[u8], entry: Entry) -> String {
+        self.dsse_bundle_with(signer, statement, entry, Proof::None)
+    }
+
+    /// An inclusion proof for the entry `body` (base64) at index 3 of a tree of 6, with the
+    /// log's checkpoint, spoiled as `proof` says.
+    fn inclusion_proof(&self, body_b64: &str, proof: Proof) -> serde_json::Value {
+        let leaf = |bytes: &[u8]| -> [u8; 32] { sha256_bytes(&[&[0u8][..], bytes].concat()) };
+        let mut leaves: Vec<[u8; 32]> = (0..6u8).map(|i| leaf(&[i; 8])).collect();
+        leaves[3] = leaf(&B64.decode(body_b64).unwrap());
+        if proof == Proof::ForAnotherEntry {
+            leaves[3] = leaf(b"another entry");
+        }
+        let root = merkle_root(&leaves);
+        let hashes: Vec<String> = merkle_path(3, &leaves)
+            .iter()
+            .map(|h| B64.encode(h))
+            .collect();
+        let origin = "rekor.sigstore.test - 1";
+        let size = if proof == Proof::OtherTreeInCheckpoint {
+            7
+        } else {
+            6
+        };
+        let note = format!("{origin}\n{size}\n{}\n", B64.encode(root));
+        let sig = if proof == Proof::BadCheckpoint {
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                .unwrap()
+                .sign(note.as_bytes())
+                .unwrap()
+        } else {
+            self.rekor.sign(note.as_bytes()).unwrap()
+        };
+        let signed = B64.encode([&[0xab, 0xcd, 0xef, 0x01][..], &sig].concat());
+        serde_json::json!({
+            "logIndex": "3",
+            "rootHash": B64.encode(root),
+            "treeSize": "6",
+            "hashes": hashes,
+            "checkpoint": {"envelope": format!("{note}\n\u{2014} rekor.sigstore.test {signed}\n")},
+        })
+    }
+
+    /// [`Sigstore::dsse_bundle`] whose log entry carries an inclusion proof as `proof` says.
+    pub fn dsse_bundle_with(
+        &self,
+        signer: &Signer,
+        statement: &[u8],
+        entry: Entry,
+        proof: Proof,
+    ) -> String {
         let payload_type = "application/vnd.in-toto+json";
         let pae = [
             format!(
@@ -262,7 +312,7 @@ impl Sigstore {
         });
         let body = B64.encode(body.to_string());
         let (integrated, index, set) = self.log(&body, signer, entry);
-        serde_json::json!({
+        let mut bundle = serde_json::json!({
             "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
             "verificationMaterial": {
                 "certificate": {"rawBytes": B64.encode(&signer.cert_der)},
@@ -276,8 +326,68 @@ impl Sigstore {
                 }],
             },
             "dsseEnvelope": {"payload": B64.encode(statement), "payloadType": payload_type, "signatures": [{"sig": sig, "keyid": ""}]},
-        })
-        .to_string()
+        });
+        if proof != Proof::None {
+            bundle["verificationMaterial"]["tlogEntries"][0]["inclusionProof"] =
+                self.inclusion_proof(&body, proof);
+        }
+        bundle.to_string()
+    }
+}
+
+/// Whether and how a bundle's log entry carries an inclusion proof.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// No proof (the SET alone).
+    None,
+    /// A correct proof and checkpoint.
+    Good,
+    /// The checkpoint signed by another key.
+    BadCheckpoint,
+    /// A proof computed for another entry at the same index.
+    ForAnotherEntry,
+    /// The checkpoint names a tree of another size.
+    OtherTreeInCheckpoint,
+}
+
+fn sha256_bytes(bytes: &[u8]) -> [u8; 32] {
+    hex::decode(sha256_hex(bytes)).unwrap().try_into().unwrap()
+}
+
+/// RFC 9162's tree hash over leaf hashes.
+fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let k = leaves.len().next_power_of_two() / 2;
+    sha256_bytes(
+        &[
+            &[1u8][..],
+            &merkle_root(&leaves[..k]),
+            &merkle_root(&leaves[k..]),
+        ]
+        .concat(),
+    )
+}
+
+/// RFC 9162's inclusion path of leaf `m`.
+fn merkle_path(m: usize, leaves: &[[u8; 32]]) -> Vec<[u8; 32]> {
+    if leaves.len() == 1 {
+        return Vec::new();
+    }
+    let k = leaves.len().next_power_of_two() / 2;
+    if m < k {
+        [
+            merkle_path(m, &leaves[..k]),
+            vec![merkle_root(&leaves[k..])],
+        ]
+        .concat()
+    } else {
+        [
+            merkle_path(m - k, &leaves[k..]),
+            vec![merkle_root(&leaves[..k])],
+        ]
+        .concat()
     }
 }
 

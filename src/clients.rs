@@ -84,12 +84,15 @@ pub fn generate(config: &Config, options: &Options) -> Result<ClientFiles, Strin
         .iter()
         .any(|p| p.mode == PolicyMode::Enforce)
     {
-        out.notes.push(
-            "containerd/*/hosts.toml, daemon.json: containerd and Docker ask the registry itself \
-             when the proxy refuses an image (403), and have no signature policy of their own: \
-             nodes that must not get past the policies need the registry out of their reach"
-                .into(),
-        );
+        let which = match options.form {
+            Form::Mirror => "containerd/*/hosts.toml (mirror form), daemon.json",
+            Form::Location => "daemon.json",
+        };
+        out.notes.push(format!(
+            "{which}: containerd and Docker ask the registry itself when the proxy refuses an \
+             image (403), and have no signature policy of their own: use --form location for \
+             containerd, and keep the registry out of Docker's reach"
+        ));
     }
     Ok(out)
 }
@@ -497,7 +500,8 @@ fn scheme(o: &Options) -> &'static str {
 }
 
 /// `containerd/<registry>/hosts.toml`: the path-prefixed form, which names the upstream
-/// whatever registry host clients write.
+/// whatever registry host clients write; after it, containerd asks its `server`: the registry
+/// (mirror form) or the proxy again (location form: a refusal is not passed by).
 fn hosts_toml(config: &Config, up: &UpstreamConfig, o: &Options, out: &mut ClientFiles) {
     let host = registry_host(up);
     if config.upstream(&host).map(|u| &u.name) != Some(&up.name) {
@@ -513,17 +517,24 @@ fn hosts_toml(config: &Config, up: &UpstreamConfig, o: &Options, out: &mut Clien
         "containerd hosts.toml",
         &format!("/etc/containerd/certs.d/{host}/hosts.toml"),
     );
+    let proxied = quoted(&format!("{}://{}/v2/{}", scheme(o), o.proxy, up.name));
+    let server = match o.form {
+        // the registry after the proxy: containerd falls back to it when the proxy fails
+        Form::Mirror => up.url.origin().ascii_serialization(),
+        // the proxy again (at its root, naming the registry by ?ns=): nothing else to ask
+        Form::Location => format!("{}://{}", scheme(o), o.proxy),
+    };
+    s.push_str(&format!("server = {}\n", quoted(&server)));
+    let ca = "ca = \"ca.crt\"   # beside this file\n";
+    if o.ca.is_some() && o.form == Form::Location {
+        s.push_str(ca);
+    }
     s.push_str(&format!(
-        "server = {}\n\n",
-        quoted(up.url.origin().ascii_serialization().as_str())
+        "\n[host.{proxied}]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
     ));
-    s.push_str(&format!(
-        "[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
-        quoted(&format!("{}://{}/v2/{}", scheme(o), o.proxy, up.name))
-    ));
-    if let Some(ca) = &o.ca {
-        s.push_str("  ca = \"ca.crt\"   # beside this file\n");
-        out.add(format!("containerd/{host}/ca.crt"), ca.clone());
+    if let Some(pem) = &o.ca {
+        s.push_str(&format!("  {ca}"));
+        out.add(format!("containerd/{host}/ca.crt"), pem.clone());
     }
     out.add(format!("containerd/{host}/hosts.toml"), s);
 }
@@ -763,6 +774,25 @@ mod tests {
         );
         assert!(
             hosts.contains("server = \"http://127.0.0.1:5001\""),
+            "{hosts}"
+        );
+        let location = Options {
+            form: Form::Location,
+            ..options()
+        };
+        let f = generate(&c, &location).unwrap();
+        let hosts: toml::Table = file(&f, "containerd/127.0.0.1:5001/hosts.toml")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            hosts["server"].as_str(),
+            Some("http://proxy.example:5000"),
+            "after the proxy, the proxy again"
+        );
+        assert!(
+            hosts["host"]
+                .get("http://proxy.example:5000/v2/up")
+                .is_some(),
             "{hosts}"
         );
     }

@@ -252,20 +252,56 @@ fn podman_containerd_and_docker_pull_with_the_generated_files_from_the_cache_alo
     let t = tempfile::tempdir().unwrap();
     let mut reg = Registry::start(&t.path().join("upstream"));
     let img = image(t.path(), &reg, "cc-plain", "library/plain:v1");
+    reg.push(&img, "library/plain:blocked");
+    let deny = policy_module("policies", "deny-tags");
     let proxy = Proxy::start_with_server(
         &t.path().join("proxy"),
         "default_upstream = \"up\"\n",
         &format!(
             "[storage]\npath = \"data\"\n[[upstream]]\nname = \"up\"\nurl = \"{}\"\naliases = [\"{}\"]\n\
-             timeout = \"2s\"\nconnect_timeout = \"1s\"\nretries = 1\n",
+             timeout = \"2s\"\nconnect_timeout = \"1s\"\nretries = 1\n\
+             [[policy]]\nname = \"deny-tags\"\nmodule = \"{}\"\nscope = [\"up/*\"]\n\
+             settings = {{ tags = [\"blocked\"] }}\n",
             reg.url(),
-            reg.host()
+            reg.host(),
+            deny.display()
         ),
     );
     let conf = t.path().join("client");
     let notes = client_config(&proxy, &conf, &["--form", "location"]);
     assert!(notes.contains("daemon.json: Docker will get"), "{notes}");
     let reference = format!("{}/library/plain:v1", reg.host());
+
+    // a refused image: containerd's mirror form falls back to the registry and takes it; the
+    // location form has nothing to fall back to
+    let blocked = format!("{}/library/plain:blocked", reg.host());
+    let mirror_conf = t.path().join("client-mirror");
+    client_config(&proxy, &mirror_conf, &[]);
+    let containerd = Containerd::start(&t.path().join("containerd-fallback"));
+    containerd
+        .pull("mirror", &mirror_conf.join("containerd"), &blocked)
+        .expect("the mirror form falls back to the registry past the proxy's refusal");
+    assert!(proxy_answered(
+        &proxy,
+        "/v2/up/library/plain/manifests/blocked?ns=",
+        403
+    ));
+    drop(containerd);
+    let containerd = Containerd::start(&t.path().join("containerd-location"));
+    let refused = containerd.pull("location", &conf.join("containerd"), &blocked);
+    assert!(refused.is_err(), "the location form took a refused image");
+    assert!(
+        proxy_answered(
+            &proxy,
+            &format!(
+                "/v2/library/plain/manifests/blocked?ns={}",
+                reg.host().replace(':', "%3A")
+            ),
+            403
+        ),
+        "containerd asked the proxy again, at its root, and was refused again"
+    );
+    drop(containerd);
 
     // podman with the location form fills the cache
     let registries = conf.join("registries.conf");

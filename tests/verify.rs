@@ -945,6 +945,11 @@ fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
             Proof::OtherTreeInCheckpoint,
             Some("checkpoint names another tree"),
         ),
+        (
+            "ci/proof-extra",
+            Proof::ExtraSignature,
+            Some("not signed by the transparency log's key alone"),
+        ),
     ] {
         let img = s.image(name, name);
         let bundle = ours.dsse_bundle_with(

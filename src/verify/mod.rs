@@ -729,7 +729,7 @@ fn check_signature(
     };
     let signer_name = signer;
     let signer = Some(signer_name.as_str());
-    let payload = match strict::parse(&layer.bytes) {
+    let payload = match strict::parse(&layer.bytes, strict::PAYLOAD) {
         Ok(v) => v,
         Err(e) => return verdict(layer, signer, false, format!("payload refused: {e}")),
     };
@@ -800,7 +800,7 @@ fn check_attestation(
     if let Some(refusal) = &layer.refusal {
         return fail(None, refusal.clone());
     }
-    let envelope = match strict::parse(&layer.bytes) {
+    let envelope = match strict::parse(&layer.bytes, strict::ENVELOPE) {
         Ok(v) => v,
         Err(e) => return fail(None, format!("envelope refused: {e}")),
     };
@@ -849,7 +849,7 @@ fn check_statement(
     if payload_type != INTOTO_PAYLOAD {
         return fail(format!("payload type is {payload_type}, not in-toto"));
     }
-    let statement = match strict::parse(payload) {
+    let statement = match strict::parse(payload, strict::STATEMENT) {
         Ok(v) => v,
         Err(e) => return fail(format!("statement refused: {e}")),
     };

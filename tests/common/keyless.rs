@@ -272,12 +272,20 @@ impl Sigstore {
             self.rekor.sign(note.as_bytes()).unwrap()
         };
         let signed = B64.encode([&[0xab, 0xcd, 0xef, 0x01][..], &sig].concat());
+        let extra = if proof == Proof::ExtraSignature {
+            let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+            let sig = other.sign(note.as_bytes()).unwrap();
+            let line = B64.encode([&[1, 2, 3, 4][..], &sig].concat());
+            format!("\u{2014} witness.test {line}\n")
+        } else {
+            String::new()
+        };
         serde_json::json!({
             "logIndex": "3",
             "rootHash": B64.encode(root),
             "treeSize": "6",
             "hashes": hashes,
-            "checkpoint": {"envelope": format!("{note}\n\u{2014} rekor.sigstore.test {signed}\n")},
+            "checkpoint": {"envelope": format!("{note}\n\u{2014} rekor.sigstore.test {signed}\n{extra}")},
         })
     }
 
@@ -348,6 +356,8 @@ pub enum Proof {
     ForAnotherEntry,
     /// The checkpoint names a tree of another size.
     OtherTreeInCheckpoint,
+    /// A correct checkpoint with a second signature line by another key.
+    ExtraSignature,
 }
 
 fn sha256_bytes(bytes: &[u8]) -> [u8; 32] {

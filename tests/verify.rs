@@ -950,6 +950,11 @@ fn sigstore_bundle_referrers_verify_keyless_and_with_keys() {
             Proof::ExtraSignature,
             Some("not signed by the transparency log's key alone"),
         ),
+        (
+            "ci/proof-none",
+            Proof::None,
+            Some("inclusion proof is missing"),
+        ),
     ] {
         let img = s.image(name, name);
         let bundle = ours.dsse_bundle_with(

@@ -177,10 +177,17 @@ fn der(raw: &Raw) -> Result<CertificateDer<'static>, String> {
         .map_err(|_| "a certificate is not base64".to_string())
 }
 
-fn entry(t: &TlogEntry) -> Result<Option<LogEntry>, String> {
+/// A log entry with an inclusion promise; bundles after v0.1 must carry its inclusion proof too
+/// (as sigstore-go requires: the proof is what a verifier checks against the log's checkpoint).
+fn entry(t: &TlogEntry, needs_proof: bool) -> Result<Option<LogEntry>, String> {
     let Some(promise) = &t.inclusion_promise else {
         return Ok(None);
     };
+    if needs_proof && t.inclusion_proof.is_none() {
+        return Err(
+            "the log entry's inclusion proof is missing (required after bundle v0.1)".into(),
+        );
+    }
     let log_id = B64
         .decode(&t.log_id.key_id)
         .map_err(|_| "the log ID is not base64".to_string())?;
@@ -225,9 +232,10 @@ impl Bundle {
         } else {
             Some(certs.remove(0))
         };
+        let needs_proof = !json.media_type.contains("0.1");
         let mut log_entry = None;
         for t in &m.tlog_entries {
-            if let Some(e) = entry(t)? {
+            if let Some(e) = entry(t, needs_proof)? {
                 log_entry = Some(e);
                 break;
             }
@@ -293,9 +301,24 @@ mod tests {
         let json = r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json",
           "verificationMaterial":{"publicKey":{"hint":"abc"},"tlogEntries":[{"logIndex":"7","logId":{"keyId":"AAE="},
             "kindVersion":{"kind":"dsse","version":"0.0.1"},"integratedTime":"1700000000",
-            "inclusionPromise":{"signedEntryTimestamp":"AQID"},"canonicalizedBody":"e30="}]},
+            "inclusionPromise":{"signedEntryTimestamp":"AQID"},"canonicalizedBody":"e30=",
+            "inclusionProof":{"logIndex":"3","rootHash":"AQID","treeSize":"6","hashes":["AQID"],
+              "checkpoint":{"envelope":"note"}}}]},
           "dsseEnvelope":{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AQID","keyid":""}]}}"#;
         let b = Bundle::parse(json.as_bytes()).unwrap();
+        let proof = b.entry.as_ref().unwrap().proof.as_ref().unwrap();
+        assert_eq!((proof.log_index, proof.tree_size), (3, 6));
+        // after v0.1 a promise alone is not enough; v0.1 bundles may carry it alone
+        let start = json.find(",\n            \"inclusionProof\"").unwrap();
+        let end = json.find("}}}]},").unwrap() + 2;
+        let without = format!("{}{}", &json[..start], &json[end..]);
+        let e = Bundle::parse(without.as_bytes()).unwrap_err();
+        assert!(e.contains("inclusion proof is missing"), "{e}");
+        let v01 = without.replace(
+            "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "application/vnd.dev.sigstore.bundle+json;version=0.1",
+        );
+        assert!(Bundle::parse(v01.as_bytes()).is_ok());
         assert!(b.certificate.is_none());
         let e = b.entry.unwrap();
         assert_eq!(

@@ -239,7 +239,7 @@ impl Sigstore {
     /// A v0.3 Sigstore bundle holding a keyless DSSE envelope over `statement`, logged as a
     /// `dsse` entry.
     pub fn dsse_bundle(&self, signer: &Signer, statement: &[u8], entry: Entry) -> String {
-        self.dsse_bundle_with(signer, statement, entry, Proof::None)
+        self.dsse_bundle_with(signer, statement, entry, Proof::Good)
     }
 
     /// An inclusion proof for the entry `body` (base64) at index 3 of a tree of 6, with the
@@ -346,7 +346,7 @@ impl Sigstore {
 /// Whether and how a bundle's log entry carries an inclusion proof.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Proof {
-    /// No proof (the SET alone).
+    /// No proof (the SET alone), which bundles after v0.1 may not do.
     None,
     /// A correct proof and checkpoint.
     Good,

@@ -438,6 +438,10 @@ fn an_attestation_requirement_does_not_also_want_a_signature() {
         &["--key", &cosign_pub, "--attestation", "slsaprovenance"],
     );
     assert!(ok, "an attested, unsigned image: {out}");
+    assert!(
+        out.contains(&format!("verified by {cosign_pub}")),
+        "names its attester: {out}"
+    );
     let (ok, out) = s.verify("up/demo/attested:v1", &["--key", &cosign_pub]);
     assert!(
         !ok,

@@ -543,9 +543,21 @@ impl Verifier {
         };
         self.cache.metrics().verify.verdict(ok, method);
         let reason = if ok {
+            // who made it pass: the signers, or with attestations asked for, their attesters
+            let by: BTreeSet<&str> = if req.attestations.is_empty() {
+                signers.iter().map(String::as_str).collect()
+            } else {
+                let wanted: Vec<String> =
+                    req.attestations.iter().map(|w| predicate_type(w)).collect();
+                statements
+                    .iter()
+                    .filter(|s| wanted.contains(&s.predicate_type))
+                    .map(|s| s.signer.as_str())
+                    .collect()
+            };
             format!(
                 "verified by {}",
-                signers.iter().cloned().collect::<Vec<_>>().join(", ")
+                by.into_iter().collect::<Vec<_>>().join(", ")
             )
         } else if signatures.is_empty() && attestations.is_empty() {
             "no signatures found".to_string()

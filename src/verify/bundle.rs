@@ -218,6 +218,10 @@ impl Bundle {
             ));
         }
         let m = &json.verification_material;
+        if json.media_type.contains("0.3") && m.x509_certificate_chain.is_some() {
+            // v0.3 carries the leaf alone (as sigstore-go requires); a chain is refused
+            return Err("a v0.3 bundle carries a certificate, not a certificate chain".into());
+        }
         let mut certs = match (&m.certificate, &m.x509_certificate_chain) {
             (Some(c), _) => vec![der(c)?],
             (None, Some(chain)) => chain
@@ -338,5 +342,19 @@ mod tests {
         let md5 = r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{},
           "messageSignature":{"messageDigest":{"algorithm":"MD5","digest":"AA=="},"signature":"AA=="}}"#;
         assert!(Bundle::parse(md5.as_bytes()).unwrap_err().contains("MD5"));
+        let chain = r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json",
+          "verificationMaterial":{"x509CertificateChain":{"certificates":[{"rawBytes":"AQID"}]}},
+          "messageSignature":{"messageDigest":{"algorithm":"SHA2_256","digest":"AA=="},"signature":"AA=="}}"#;
+        assert!(Bundle::parse(chain.as_bytes())
+            .unwrap_err()
+            .contains("not a certificate chain"));
+        let v02 = chain.replace(
+            "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "application/vnd.dev.sigstore.bundle+json;version=0.2",
+        );
+        assert!(
+            Bundle::parse(v02.as_bytes()).is_ok(),
+            "v0.2 may carry a chain"
+        );
     }
 }

@@ -45,7 +45,8 @@ pub struct Auth {
     /// Credentials found wrong lately (by a hash of them), answered without bcrypt.
     failed: moka::sync::Cache<[u8; 32], ()>,
     /// Failed sign-ins per client address and user name, and per address, in the current window.
-    failures: moka::sync::Cache<(IpAddr, Option<String>), Arc<Window>>,
+    /// Keyed by a hash of the user name, so long names cost no more memory than short ones.
+    failures: moka::sync::Cache<(IpAddr, Option<[u8; 32]>), Arc<Window>>,
     checker: Checker,
     metrics: Arc<Metrics>,
 }
@@ -155,7 +156,7 @@ impl Auth {
     /// as anyone.
     fn check_rate(&self, address: IpAddr, user: &str) -> Result<()> {
         for (key, limit) in [
-            ((address, Some(user.to_string())), FAILURES_PER_WINDOW),
+            ((address, Some(user_key(user))), FAILURES_PER_WINDOW),
             ((address, None), ADDRESS_FAILURES_PER_WINDOW),
         ] {
             let Some(w) = self.failures.get(&key) else {
@@ -179,7 +180,7 @@ impl Auth {
 
     /// Counts and logs a failed sign-in (user and client, never the password); the error.
     fn failure(&self, address: IpAddr, client: &str, user: &str, what: &str) -> RegistryError {
-        for key in [(address, Some(user.to_string())), (address, None)] {
+        for key in [(address, Some(user_key(user))), (address, None)] {
             let window = self.failures.get_with(key, || {
                 Arc::new(Window {
                     started: Instant::now(),
@@ -239,6 +240,11 @@ impl Auth {
     }
 }
 
+/// The key of a user name in the failure counts.
+fn user_key(user: &str) -> [u8; 32] {
+    sha2::Sha256::digest(user.as_bytes()).into()
+}
+
 /// The IP address of a client's `ip:port` (failures are counted per address, not per port).
 fn client_address(client: &str) -> IpAddr {
     client
@@ -253,6 +259,8 @@ fn client_address(client: &str) -> IpAddr {
 /// refused for a moment rather than queued without bound.
 struct Checker {
     jobs: std::sync::mpsc::SyncSender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+    /// bcrypt checks asked for so far.
+    asked: std::sync::atomic::AtomicU64,
 }
 
 /// Checks waiting for the bcrypt thread before more are refused.
@@ -274,12 +282,16 @@ impl Checker {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the bcrypt thread; every sign-in will fail");
         }
-        Checker { jobs }
+        Checker {
+            jobs,
+            asked: Default::default(),
+        }
     }
 
     /// Whether `password` matches the bcrypt `hash`.
     async fn verify(&self, password: String, hash: String) -> Result<bool> {
         let (done, answer) = tokio::sync::oneshot::channel();
+        self.asked.fetch_add(1, Ordering::Relaxed);
         if self.jobs.try_send((password, hash, done)).is_err() {
             return Err(RegistryError::of(
                 Code::TooManyRequests,
@@ -415,6 +427,30 @@ mod tests {
                 "{scheme}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_same_wrong_credentials_again_cost_no_bcrypt_check() {
+        let a = auth(vec![], true);
+        let wrong = basic("alice", "wrong");
+        for _ in 0..3 {
+            let e = a
+                .authenticate(Some(&wrong), "10.0.0.1:1")
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::Unauthorized);
+        }
+        assert_eq!(a.checker.asked.load(Ordering::Relaxed), 1);
+        let e = a
+            .authenticate(Some(&basic("alice", "other")), "10.0.0.1:1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::Unauthorized);
+        assert_eq!(
+            a.checker.asked.load(Ordering::Relaxed),
+            2,
+            "other credentials are checked"
+        );
     }
 
     #[tokio::test]

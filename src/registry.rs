@@ -123,7 +123,17 @@ impl Registry {
             ));
         }
         let digest = Digest::sha256_of(&body);
-        let attaches_to = parsed.attaches_to(reference_tag(reference));
+        let mut attaches_to = parsed.attaches_to(reference_tag(reference));
+        // an attachment by its media types is one only if its layers' bytes agree, for the
+        // right to push it as for the policies
+        if attaches_to.is_some()
+            && !self
+                .cache
+                .payloads_are_inert(ns, repo, &digest, &body)
+                .await
+        {
+            attaches_to = None;
+        }
         let overriding = self.proxied_write(caller, ns, repo, reference, attaches_to.is_some())?;
         let decided = Decided {
             reference,

@@ -129,6 +129,10 @@ fn metrics_response<B>(
         *r.status_mut() = status;
         r.headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        r.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        );
         r
     };
     if req.uri().path() != "/metrics" {

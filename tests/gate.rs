@@ -846,6 +846,59 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
         assert_eq!(error_code(&r.text().unwrap()), "DENIED");
     }
 
+    // the same image dressed as a signature of the upstream's image (its tar layer labelled
+    // as a cosign payload, pushed under the signature tag or by digest): an image by its bytes,
+    // so not a write the default allows, with no policy in scope either
+    let layer = &evil.layers[0];
+    let bytes = evil.blob(layer);
+    let r = http()
+        .post(format!(
+            "{}/v2/up/library/alpine/blobs/uploads/?digest={layer}",
+            proxy.url()
+        ))
+        .basic_auth("ci", Some("ci-pass"))
+        .body(bytes.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let config_bytes = evil.blob(&evil.config_digest);
+    let r = http()
+        .post(format!(
+            "{}/v2/up/library/alpine/blobs/uploads/?digest={}",
+            proxy.url(),
+            evil.config_digest
+        ))
+        .basic_auth("ci", Some("ci-pass"))
+        .body(config_bytes.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let dressed = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": evil.config_digest, "size": config_bytes.len()},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": layer, "size": bytes.len()}]})
+    .to_string();
+    let sig_tag = format!("sha256-{}.sig", &real.digest["sha256:".len()..]);
+    let dressed_digest = sha256(dressed.as_bytes());
+    for reference in [sig_tag.as_str(), dressed_digest.as_str()] {
+        let r = http()
+            .put(format!(
+                "{}/v2/up/library/alpine/manifests/{reference}",
+                proxy.url()
+            ))
+            .basic_auth("ci", Some("ci-pass"))
+            .header("content-type", OCI_MANIFEST)
+            .body(dressed.clone())
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().unwrap();
+        assert_eq!(
+            status, 403,
+            "an image dressed as a signature, as {reference}"
+        );
+        assert_eq!(error_code(&body), "DENIED", "{body}");
+    }
+
     // signing a proxied image through the proxy keeps working by default
     let keys = t.path().join("keys");
     cosign_keys(&keys);

@@ -110,6 +110,7 @@ fn scrape(addr: &str, accept: Option<&str>) -> (String, String) {
     }
     let r = req.send().unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     let kind = r.headers()["content-type"].to_str().unwrap().to_string();
     (kind, r.text().unwrap())
 }

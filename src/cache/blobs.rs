@@ -91,7 +91,7 @@ impl Cache {
             return self.pass_through(&upstream, repo, digest, range).await;
         }
         for attempt in 0..2 {
-            let (fill, ours) = self.fill_for(&upstream, repo, digest).await?;
+            let (fill, ours) = self.fill_for(&upstream, repo, digest, attempt == 0).await?;
             // a whole blob is teed from this repository's download; a range, or another
             // repository's download, waits for the blob to be stored
             let stream = ours && range.is_none();
@@ -145,7 +145,7 @@ impl Cache {
             return Err(blob_unknown(digest));
         };
         for attempt in 0..2 {
-            let (fill, ours) = self.fill_for(&upstream, repo, digest).await?;
+            let (fill, ours) = self.fill_for(&upstream, repo, digest, attempt == 0).await?;
             match fill
                 .settle(digest, |state| {
                     matches!(state, FillState::Complete { .. }).then_some(Ok(()))
@@ -260,41 +260,31 @@ impl Cache {
         upstream: &Arc<Upstream>,
         repo: &RepoName,
         digest: &Digest,
+        share: bool,
     ) -> Result<(Arc<Fill>, bool)> {
         let key = (upstream.name.clone(), digest.clone());
+        let fill = Arc::new(Fill::default());
         let joined = {
             let mut fills = self.fills.lock().expect("fills lock");
             match fills.get(&key) {
                 Some(r) if &r.repo == repo => return Ok((Arc::clone(&r.fill), true)),
-                Some(r) => Arc::clone(&r.fill),
+                // after another repository's fill failed: a fetch of our own, unlisted, so a
+                // later fill of that repository cannot fail this request again
+                Some(_) if !share => None,
+                Some(r) => Some(Arc::clone(&r.fill)),
                 None => {
-                    let fill = Arc::new(Fill::default());
-                    fills.insert(
-                        key.clone(),
-                        Running {
-                            repo: repo.clone(),
-                            fill: Arc::clone(&fill),
-                        },
-                    );
-                    drop(fills);
-                    let (this, up, repo, f) = (
-                        self.self_arc(),
-                        Arc::clone(upstream),
-                        repo.clone(),
-                        Arc::clone(&fill),
-                    );
-                    self.spawn_background(async move {
-                        use futures_util::FutureExt;
-                        let run = std::panic::AssertUnwindSafe(this.run_fill(&up, &repo, &key, &f));
-                        if run.catch_unwind().await.is_err() {
-                            // never a stuck fill: its key is free again, its waiters get an error
-                            this.forget_fill(&key, &f);
-                            f.fail(RegistryError::internal("a blob fill panicked"));
-                        }
-                    });
-                    return Ok((fill, true));
+                    let running = Running {
+                        repo: repo.clone(),
+                        fill: Arc::clone(&fill),
+                    };
+                    fills.insert(key.clone(), running);
+                    None
                 }
             }
+        };
+        let Some(joined) = joined else {
+            self.spawn_fill(upstream, repo, key, Arc::clone(&fill));
+            return Ok((fill, true));
         };
         match self.confirm(upstream, repo, Kind::Blob, digest).await? {
             true => Ok((joined, false)),
@@ -302,10 +292,27 @@ impl Cache {
         }
     }
 
+    /// Runs a fill of `key` from `<upstream>/<repo>` in the background.
+    fn spawn_fill(&self, upstream: &Arc<Upstream>, repo: &RepoName, key: FillKey, fill: Arc<Fill>) {
+        let (this, up, repo) = (self.self_arc(), Arc::clone(upstream), repo.clone());
+        self.spawn_background(async move {
+            use futures_util::FutureExt;
+            let run = std::panic::AssertUnwindSafe(this.run_fill(&up, &repo, &key, &fill));
+            if run.catch_unwind().await.is_err() {
+                // never a stuck fill: its key is free again, its waiters get an error
+                this.forget_fill(&key, &fill);
+                fill.fail(RegistryError::internal("a blob fill panicked"));
+            }
+        });
+    }
+
     /// Removes a fill from the ones under way, if it is still the one under its key.
-    fn forget_fill(&self, key: &FillKey, fill: &Arc<Fill>) {
+    fn forget_fill(&self, key: &FillKey, fill: &Fill) {
         let mut fills = self.fills.lock().expect("fills lock");
-        if fills.get(key).is_some_and(|r| Arc::ptr_eq(&r.fill, fill)) {
+        if fills
+            .get(key)
+            .is_some_and(|r| std::ptr::eq(Arc::as_ptr(&r.fill), fill))
+        {
             fills.remove(key);
         }
     }
@@ -321,7 +328,7 @@ impl Cache {
         // stored by a fill that finished between the caller's look-up and this one, perhaps
         // for another repository: this one must hold it too
         if let Ok(Some(size)) = self.store.blob_size(digest).await {
-            self.fills.lock().expect("fills lock").remove(key);
+            self.forget_fill(key, fill);
             match self
                 .blob_belongs(&upstream.name, Some(upstream), repo, digest)
                 .await
@@ -362,7 +369,7 @@ impl Cache {
             },
             other => other,
         };
-        self.fills.lock().expect("fills lock").remove(key);
+        self.forget_fill(key, fill);
         match outcome {
             Ok(Some(size)) => {
                 self.link(&upstream.name, repo, Kind::Blob, digest);

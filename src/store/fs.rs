@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{BlobInfo, ByteStream, Store};
+use super::{too_large, BlobInfo, ByteStream, Store, SMALL_LIMIT};
 use crate::names::Digest;
 
 /// The size of each chunk read from disk and sent to a client.
@@ -216,7 +216,17 @@ impl Store for FsStore {
     }
 
     async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>> {
-        Ok(not_found_is_none(tokio::fs::read(self.blob_path(digest)).await)?.map(Bytes::from))
+        use tokio::io::AsyncReadExt;
+        let Some(file) = not_found_is_none(tokio::fs::File::open(self.blob_path(digest)).await)?
+        else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.take(SMALL_LIMIT + 1).read_to_end(&mut bytes).await?;
+        if bytes.len() as u64 > SMALL_LIMIT {
+            return Err(too_large());
+        }
+        Ok(Some(Bytes::from(bytes)))
     }
 
     async fn ingest(&self, file: &Path, digest: &Digest, durable: bool) -> io::Result<()> {
@@ -378,6 +388,24 @@ mod tests {
         assert_eq!(store.list_blobs().await.unwrap().len(), 1);
         store.delete_blob(&d).await.unwrap();
         assert!(store.read_small(&d).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_blob_is_never_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        for (len, whole) in [(SMALL_LIMIT, true), (SMALL_LIMIT + 1, false)] {
+            let bytes = vec![7u8; len as usize];
+            let d = digest_of(&bytes);
+            let spool = store.spool_dir().join("x");
+            std::fs::write(&spool, &bytes).unwrap();
+            store.ingest(&spool, &d, false).await.unwrap();
+            match store.read_small(&d).await {
+                Ok(Some(b)) => assert!(whole && b.len() as u64 == len),
+                Err(e) => assert!(!whole && e.kind() == io::ErrorKind::InvalidData),
+                Ok(None) => panic!("stored"),
+            }
+        }
     }
 
     #[tokio::test]

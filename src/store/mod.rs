@@ -16,6 +16,17 @@ use futures_util::stream::BoxStream;
 
 use crate::names::Digest;
 
+/// The largest blob read whole into memory (manifests, signature payloads, configs).
+pub const SMALL_LIMIT: u64 = 4 << 20;
+
+/// The error for a blob over [`SMALL_LIMIT`] asked for whole.
+pub fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("larger than {} MiB, not read", SMALL_LIMIT >> 20),
+    )
+}
+
 /// A stream of a blob's bytes in bounded chunks.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
@@ -44,7 +55,8 @@ pub trait Store: Send + Sync + 'static {
         len: Option<u64>,
     ) -> io::Result<Option<ByteStream>>;
 
-    /// Reads a whole small blob (a manifest) into memory, or `None` when absent.
+    /// Reads a whole small blob (a manifest) into memory, or `None` when absent; a blob over
+    /// [`SMALL_LIMIT`] is an `InvalidData` error, read no further.
     async fn read_small(&self, digest: &Digest) -> io::Result<Option<Bytes>>;
 
     /// Moves a local file whose content the caller verified (and made durable) to match

@@ -5,8 +5,9 @@
 # services are not used) from apt; cosign from Debian 13's
 # package (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; a minimal Debian 13 tree
 # with its skopeo (sigstore enabled, unlike Debian 12's) in $PORTCULLIS_TOOLS/trixie; a Debian 12
-# base image tarball for the container image test; the
-# wasm32-wasip2 Rust target.
+# base image tarball for the container image test; componentize-py (Python package index) and
+# componentize-js (npm registry) for the JavaScript and Python policies; the wasm32-wasip2 Rust
+# target.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 tools="${PORTCULLIS_TOOLS:-${HOME:-/root}/.cache/portcullis-tools}"
@@ -16,13 +17,30 @@ missing=()
 for pair in podman:podman skopeo:skopeo docker-registry:docker-registry nginx:nginx wrk:wrk \
             curl:curl setsid:util-linux dpkg-deb:dpkg debootstrap:debootstrap \
             prometheus:prometheus promtool:prometheus containerd:containerd ctr:containerd \
-            dockerd:docker.io docker:docker.io; do
+            dockerd:docker.io docker:docker.io node:nodejs npm:npm python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq >/dev/null
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "setup: installing python3-venv"
+  $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+
+# the JavaScript and Python policy toolchains (policies/build-guests.sh), pinned
+if [ ! -x "$tools/componentize-py/bin/componentize-py" ]; then
+  echo "setup: installing componentize-py into $tools/componentize-py"
+  rm -rf "$tools/componentize-py"
+  python3 -m venv "$tools/componentize-py"
+  "$tools/componentize-py/bin/pip" install -q componentize-py==0.25.1
+fi
+if [ ! -d "$tools/js/node_modules/@bytecodealliance/componentize-js" ]; then
+  echo "setup: installing componentize-js into $tools/js"
+  mkdir -p "$tools/js"
+  npm install --silent --prefix "$tools/js" @bytecodealliance/componentize-js@0.23.0 >/dev/null
 fi
 
 mirror() { # the machine's Debian mirror, from its apt sources

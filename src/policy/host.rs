@@ -95,6 +95,8 @@ pub struct State {
     pub budget: Budget,
     /// Lines logged so far by this evaluation.
     logged: usize,
+    /// The module's WASI (deny by default) and what it wrote to stdout and stderr.
+    pub wasi: super::wasi::Wasi,
 }
 
 impl State {
@@ -105,6 +107,18 @@ impl State {
             ctx,
             budget,
             logged: 0,
+            wasi: Default::default(),
+        }
+    }
+}
+
+impl Drop for State {
+    /// What the module wrote to stdout and stderr goes to the debug log (and `policy test`).
+    fn drop(&mut self) {
+        let output = self.wasi.output.text();
+        if !output.is_empty() {
+            tracing::debug!(target: "portcullis::policy", output = %output.trim_end(), "the policy wrote to stdout or stderr");
+            self.ctx.record(format!("output({})", output.trim_end()));
         }
     }
 }

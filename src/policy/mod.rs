@@ -2,8 +2,8 @@
 //! to admit it, reject it, or have the host verify it natively first.
 //!
 //! Each module is compiled once (cached on disk by module digest and engine), instantiated
-//! from one `InstancePre` into a fresh `Store` per evaluation, with no filesystem, network,
-//! environment or clock, a CPU-time budget (checked at epoch ticks) and a memory cap. A module
+//! from one `InstancePre` into a fresh `Store` per evaluation, with WASI denied by default (no
+//! filesystem, network, environment; clocks and random allowed), a CPU-time budget (checked at epoch ticks) and a memory cap. A module
 //! that traps, times out or runs out of memory fails closed: its decision is a rejection naming
 //! the failure.
 
@@ -12,6 +12,7 @@ mod budget;
 mod convert;
 mod host;
 mod ticker;
+mod wasi;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -121,9 +122,9 @@ pub fn engine(concurrency: u32, max_memory: usize) -> anyhow::Result<Engine> {
     cfg.memory_guard_size(64 << 10);
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.total_component_instances(concurrency)
-        .total_core_instances(concurrency * 8)
-        .total_memories(concurrency * 2)
-        .total_tables(concurrency * 8)
+        .total_core_instances(concurrency * 32)
+        .total_memories(concurrency * 4)
+        .total_tables(concurrency * 32)
         .max_memory_size(max_memory);
     cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg)?;
@@ -169,12 +170,13 @@ pub fn compile(
     Ok((component, digest))
 }
 
-/// A linker with the host interface and traps for anything else the guest imports (the WASI
-/// interfaces Rust's std pulls in): no filesystem, network, environment or clock.
+/// A linker with the host interface, WASI denied by default (see [`wasi`]) and traps for
+/// anything else the guest imports.
 fn linker(engine: &Engine, component: &Component) -> anyhow::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
-    linker.define_unknown_imports_as_traps(component)?;
+    wasi::add_to_linker(&mut linker)?;
+    let _ = component;
     Ok(linker)
 }
 

@@ -317,7 +317,7 @@ impl Proxy {
             .unwrap();
         self.child = Some(child);
         let mut addr = None;
-        wait_for("the proxy to listen", Duration::from_secs(20), || {
+        wait_for("the proxy to listen", Duration::from_secs(180), || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             addr = text[start as usize..].lines().find_map(listening_address);
             addr.is_some()

@@ -1,6 +1,7 @@
 //! Tries what a module must not get, chosen by its settings `{"try": "..."}`: `fs` reads a file,
 //! `env` an environment variable, `clock` the time of day, `net` opens a connection, `recurse`
-//! exhausts its stack; `agent` decides on who asks (rejects a User-Agent holding "blocked").
+//! exhausts its stack, `sleep` sleeps a minute, `print` writes to stdout and stderr; `agent`
+//! decides on who asks (rejects a User-Agent holding "blocked").
 //! Admits when what it tried gave it nothing.
 wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
 
@@ -23,6 +24,15 @@ fn attempt(what: &str, request: &Request) -> Decision {
             } else {
                 Decision::Admit
             }
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            Decision::Reject("slept".into())
+        }
+        "print" => {
+            println!("to stdout from the module");
+            eprintln!("to stderr from the module");
+            Decision::Admit
         }
         "net" => match std::net::TcpStream::connect("127.0.0.1:22") {
             Ok(_) => Decision::Reject("opened a connection".into()),

@@ -1,0 +1,153 @@
+//! The WASI a policy module gets, denied by default: no preopened directories, no environment
+//! or arguments, no sockets or name lookups, an empty stdin; clocks and random allowed;
+//! stdout and stderr kept (bounded) for the proxy's debug log. Waiting never blocks: a poll
+//! answers at once that everything is ready, so a module that sleeps or waits spends its CPU
+//! budget instead of holding a thread.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::host::State;
+
+/// What one evaluation may write to stdout and stderr together; the rest is dropped.
+pub const MAX_OUTPUT: usize = 16 << 10;
+
+/// The bytes a module wrote to stdout and stderr, up to [`MAX_OUTPUT`].
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Output {
+    fn append(&self, bytes: &[u8]) {
+        let mut kept = self.0.lock().expect("output lock");
+        let room = MAX_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// What was written, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("output lock")).into_owned()
+    }
+}
+
+impl OutputStream for Output {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Output {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Output {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for Output {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Output {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// The WASI state of one evaluation, made on the module's first WASI call.
+#[derive(Default)]
+pub struct Wasi {
+    made: Option<(WasiCtx, wasmtime::component::ResourceTable)>,
+    /// What the module wrote.
+    pub output: Output,
+}
+
+impl Wasi {
+    fn view(&mut self) -> WasiCtxView<'_> {
+        let output = self.output.clone();
+        let (ctx, table) = self.made.get_or_insert_with(|| {
+            let mut b = WasiCtxBuilder::new();
+            b.stdout(output.clone())
+                .stderr(output)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_, _| Box::pin(async { false }));
+            (b.build(), wasmtime::component::ResourceTable::new())
+        });
+        WasiCtxView { ctx, table }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.view()
+    }
+}
+
+/// A pollable that is ready at once.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+fn ready(state: &mut State) -> wasmtime::Result<Resource<DynPollable>> {
+    let table = state.ctx().table;
+    let ready = table.push(Ready)?;
+    wasmtime_wasi::p2::subscribe(table, ready)
+}
+
+/// Adds WASI (denied by default, as above) to a policy linker.
+pub fn add_to_linker(linker: &mut Linker<State>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    // a clock's deadline is reached at once: a module that sleeps spends no thread's time
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap("subscribe-duration", |mut store, (_,): (u64,)| {
+        Ok((ready(store.data_mut())?,))
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store, (_,): (u64,)| {
+        Ok((ready(store.data_mut())?,))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The WASI a policy module gets, denied by default: no preopened directories, no environment
 //! or arguments, no sockets or name lookups, an empty stdin; clocks and random allowed;
-//! stdout and stderr kept (bounded) for the proxy's debug log. Waiting never blocks: a poll
+//! stdout and stderr kept (bounded) for the proxy's debug log; at most [`MAX_RESOURCES`] WASI
+//! resources held at once. Waiting never blocks: a poll
 //! answers at once that everything is ready, so a module that sleeps or waits spends its CPU
 //! budget instead of holding a thread.
 
@@ -15,6 +16,10 @@ use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::host::State;
+
+/// The WASI resources (streams, pollables, ...) one evaluation may hold at once: they live in
+/// the host's memory, outside the module's memory cap.
+pub const MAX_RESOURCES: usize = 1024;
 
 /// What one evaluation may write to stdout and stderr together; the rest is dropped.
 pub const MAX_OUTPUT: usize = 16 << 10;
@@ -110,7 +115,9 @@ impl Wasi {
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
                 .socket_addr_check(|_, _| Box::pin(async { false }));
-            (b.build(), wasmtime::component::ResourceTable::new())
+            let mut table = wasmtime::component::ResourceTable::new();
+            table.set_max_capacity(MAX_RESOURCES);
+            (b.build(), table)
         });
         WasiCtxView { ctx, table }
     }

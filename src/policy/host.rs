@@ -117,7 +117,8 @@ impl Drop for State {
     fn drop(&mut self) {
         let output = self.wasi.output.text();
         if !output.is_empty() {
-            tracing::debug!(target: "portcullis::policy", output = %output.trim_end(), "the policy wrote to stdout or stderr");
+            // escaped: the module's text cannot forge log lines
+            tracing::debug!(target: "portcullis::policy", output = ?output.trim_end(), "the policy wrote to stdout or stderr");
             self.ctx.record(format!("output({})", output.trim_end()));
         }
     }

@@ -21,6 +21,9 @@ use super::host::State;
 /// the host's memory, outside the module's memory cap.
 pub const MAX_RESOURCES: usize = 1024;
 
+/// The most random bytes one call may ask for (the host makes them before copying them).
+pub const MAX_RANDOM: u64 = 64 << 10;
+
 /// What one evaluation may write to stdout and stderr together; the rest is dropped.
 pub const MAX_OUTPUT: usize = 16 << 10;
 
@@ -114,6 +117,7 @@ impl Wasi {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .max_random_size(MAX_RANDOM)
                 .socket_addr_check(|_, _| Box::pin(async { false }));
             let mut table = wasmtime::component::ResourceTable::new();
             table.set_max_capacity(MAX_RESOURCES);

@@ -831,7 +831,7 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
         real.digest,
         "every client still gets the upstream's image"
     );
-    for reference in ["latest", evil.digest.as_str()] {
+    let put_as_ci = |reference: &str, body: Vec<u8>| {
         let r = http()
             .put(format!(
                 "{}/v2/up/library/alpine/manifests/{reference}",
@@ -839,11 +839,27 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
             ))
             .basic_auth("ci", Some("ci-pass"))
             .header("content-type", OCI_MANIFEST)
-            .body(evil.manifest.clone())
+            .body(body)
             .send()
             .unwrap();
-        assert_eq!(r.status(), 403, "{reference}");
-        assert_eq!(error_code(&r.text().unwrap()), "DENIED");
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let upload_as_ci = |digest: &str, bytes: Vec<u8>| {
+        let r = http()
+            .post(format!(
+                "{}/v2/up/library/alpine/blobs/uploads/?digest={digest}",
+                proxy.url()
+            ))
+            .basic_auth("ci", Some("ci-pass"))
+            .body(bytes)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    };
+    for reference in ["latest", evil.digest.as_str()] {
+        let (status, body) = put_as_ci(reference, evil.manifest.clone());
+        assert_eq!(status, 403, "{reference}");
+        assert_eq!(error_code(&body), "DENIED");
     }
 
     // the same image dressed as a signature of the upstream's image (its tar layer labelled
@@ -851,28 +867,9 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
     // so not a write the default allows, with no policy in scope either
     let layer = &evil.layers[0];
     let bytes = evil.blob(layer);
-    let r = http()
-        .post(format!(
-            "{}/v2/up/library/alpine/blobs/uploads/?digest={layer}",
-            proxy.url()
-        ))
-        .basic_auth("ci", Some("ci-pass"))
-        .body(bytes.clone())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    upload_as_ci(layer, bytes.clone());
     let config_bytes = evil.blob(&evil.config_digest);
-    let r = http()
-        .post(format!(
-            "{}/v2/up/library/alpine/blobs/uploads/?digest={}",
-            proxy.url(),
-            evil.config_digest
-        ))
-        .basic_auth("ci", Some("ci-pass"))
-        .body(config_bytes.clone())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    upload_as_ci(&evil.config_digest, config_bytes.clone());
     let dressed = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": evil.config_digest, "size": config_bytes.len()},
         "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": layer, "size": bytes.len()}]})
@@ -880,18 +877,7 @@ fn a_signed_in_user_cannot_replace_what_everyone_pulls() {
     let sig_tag = format!("sha256-{}.sig", &real.digest["sha256:".len()..]);
     let dressed_digest = sha256(dressed.as_bytes());
     for reference in [sig_tag.as_str(), dressed_digest.as_str()] {
-        let r = http()
-            .put(format!(
-                "{}/v2/up/library/alpine/manifests/{reference}",
-                proxy.url()
-            ))
-            .basic_auth("ci", Some("ci-pass"))
-            .header("content-type", OCI_MANIFEST)
-            .body(dressed.clone())
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        let body = r.text().unwrap();
+        let (status, body) = put_as_ci(reference, dressed.clone().into_bytes());
         assert_eq!(
             status, 403,
             "an image dressed as a signature, as {reference}"

@@ -841,52 +841,34 @@ fn policy_test_prints_the_decision_without_a_proxy() {
     )
     .unwrap();
     let settings = t.path().join("s.json");
-    std::fs::write(&settings, r#"{"tags":["latest"]}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["policy", "test", &example("deny-tags"), "--settings"])
-        .arg(&settings)
-        .arg("--request")
-        .arg(&request)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let policy_test = |module: &str, with: &str| {
+        std::fs::write(&settings, with).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["policy", "test", module, "--settings"])
+            .arg(&settings)
+            .arg("--request")
+            .arg(&request)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = policy_test(&example("deny-tags"), r#"{"tags":["latest"]}"#);
+    assert!(ok, "{stderr}");
     assert!(
         stdout.contains("decision: reject: the tag \"latest\" is mutable"),
         "{stdout}"
     );
-    std::fs::write(&settings, r#"{"trust":"release-keys"}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args([
-            "policy",
-            "test",
-            &example("require-signature"),
-            "--settings",
-        ])
-        .arg(&settings)
-        .arg("--request")
-        .arg(&request)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, stdout, _) = policy_test(&example("require-signature"), r#"{"trust":"release-keys"}"#);
     assert!(
         stdout.contains("decision: verify: trust=[\"release-keys\"]"),
         "{stdout}"
     );
     // what a module writes to stdout and stderr is kept (the proxy logs it at debug level)
-    std::fs::write(&settings, r#"{"try":"print"}"#).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["policy", "test", &faulty("escape"), "--settings"])
-        .arg(&settings)
-        .arg("--request")
-        .arg(&request)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, stdout, _) = policy_test(&faulty("escape"), r#"{"try":"print"}"#);
     assert!(
         stdout.contains("output(to stdout from the module\\nto stderr from the module)"),
         "{stdout}"

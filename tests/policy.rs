@@ -189,12 +189,32 @@ fn policy(name: &str, module: &str, scope: &str, extra: &str) -> String {
 
 #[test]
 fn require_signature_admits_signed_images_and_refuses_unsigned_ones_with_the_reason() {
-    let s = setup(&policy(
-        "require-signature",
-        &example("require-signature"),
-        "up/*",
-        "[policy.settings]\ntrust = \"release-keys\"",
-    ));
+    let elsewhere = "[policy.settings]\ntrust = \"release-keys\"\n[policy.settings.signed_identity]\ntype = \"exactRepository\"\ndockerRepository = \"registry.example/elsewhere\"";
+    let s = setup(
+        &(policy(
+            "require-signature",
+            &example("require-signature"),
+            "up/demo/*",
+            "[policy.settings]\ntrust = \"release-keys\"",
+        ) + &policy(
+            "signed-elsewhere",
+            &example("require-signature"),
+            "up/pinned/*",
+            elsewhere,
+        )),
+    );
+    // a good signature, but for a name other than the one the policy's signed identity wants
+    let pinned = s.image("pinned/app", "pinned", "v1");
+    s.sign("pinned/app", &pinned);
+    let refused = s.pull("pinned/app:v1");
+    assert!(
+        !refused.ok
+            && refused.stderr.contains("policy signed-elsewhere")
+            && refused.stderr.contains("signature is for")
+            && refused.stderr.contains("pinned/app"),
+        "{}",
+        refused.stderr
+    );
     let signed = s.image("demo/signed", "signed", "v1");
     s.sign("demo/signed", &signed);
     let unsigned = s.image("demo/unsigned", "unsigned", "v1");
@@ -372,6 +392,40 @@ fn javascript_and_python_policies_decide_through_the_proxy() {
             refused.stderr
         );
     }
+}
+
+/// A module built for the 0.1.0 world (before the GitHub claims and the signed-identity rule)
+/// still loads and decides: its verification by the host, its rejection with its reason.
+#[test]
+fn a_module_built_for_the_older_world_still_decides() {
+    let s = setup(&policy(
+        "legacy",
+        &faulty("legacy"),
+        "up/*",
+        "[policy.settings]\ntrust = \"release-keys\"",
+    ));
+    let signed = s.image("old/signed", "old signed", "v1");
+    s.sign("old/signed", &signed);
+    s.image("old/unsigned", "old unsigned", "v1");
+    s.reg.push(&signed, "old/signed:old");
+    s.pull("old/signed:v1").success();
+    let refused = s.pull("old/unsigned:v1");
+    assert!(
+        !refused.ok
+            && refused.stderr.contains("policy legacy")
+            && refused.stderr.contains("no signatures found"),
+        "{}",
+        refused.stderr
+    );
+    let refused = s.pull("old/signed:old");
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("the 0.1.0 module refuses the tag old"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]
@@ -875,6 +929,42 @@ fn policy_test_prints_the_decision_without_a_proxy() {
     );
 }
 
+/// A module builds a poll of four million copies of one pollable in its own memory (16 MiB of
+/// handles): the host refuses the list before copying it into its own memory (the copy and
+/// WASI's bookkeeping of it took about 300 MiB of the proxy's memory).
+#[test]
+fn a_poll_of_millions_of_pollables_is_refused_before_the_host_copies_it() {
+    let t = tempfile::tempdir().unwrap();
+    let request = t.path().join("r.json");
+    std::fs::write(
+        &request,
+        r#"{"namespace":"docker.io","repository":"library/alpine","reference":"latest","manifest":{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}}"#,
+    )
+    .unwrap();
+    let settings = t.path().join("s.json");
+    std::fs::write(&settings, r#"{"try":"poll"}"#).unwrap();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "max-rss-kib=%M", env!("CARGO_BIN_EXE_portcullis")])
+        .args(["policy", "test", &faulty("escape"), "--settings"])
+        .arg(&settings)
+        .arg("--request")
+        .arg(&request)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("decision: reject: ") && stdout.contains("poll of 4194304 pollables"),
+        "{stdout}{stderr}"
+    );
+    let rss: u64 = stderr
+        .split("max-rss-kib=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no figure from /usr/bin/time: {stderr}"));
+    assert!(rss < 160 << 10, "policy test peaked at {rss} KiB");
+}
+
 #[test]
 fn keyless_identity_policy_admits_only_the_identitys_signatures() {
     use common::keyless::{push_keyless_signature, Entry, Sigstore};
@@ -882,11 +972,52 @@ fn keyless_identity_policy_admits_only_the_identitys_signatures() {
     let pki = tempfile::tempdir().unwrap();
     let ours = Sigstore::new(pki.path(), "ours");
     let settings = format!("[policy.settings]\nissuer = \"{ISSUER}\"\nsubject_regexp = \"@example[.]com$\"\ntrust = \"ours\"");
+    // the same identity, and the GitHub workflow ref the certificates carry (refs/heads/main)
+    let on_ref = |r: &str| format!("{settings}\n[policy.settings.github]\nworkflow_ref = \"{r}\"");
     let s = setup(&format!(
-        "{}[trust.ours]\ntrusted_root = {:?}\n",
-        policy("keyless", &example("keyless-identity"), "up/*", &settings),
+        "{}{}{}[trust.ours]\ntrusted_root = {:?}\n",
+        policy(
+            "keyless",
+            &example("keyless-identity"),
+            "up/ci/*",
+            &settings
+        ),
+        policy(
+            "main-only",
+            &example("keyless-identity"),
+            "up/main/*",
+            &on_ref("refs/heads/main")
+        ),
+        policy(
+            "tags-only",
+            &example("keyless-identity"),
+            "up/tags/*",
+            &on_ref("refs/tags/v1")
+        ),
         ours.trusted_root
     ));
+    for repo in ["main/app", "tags/app"] {
+        let img = s.image(repo, repo, "v1");
+        push_keyless_signature(
+            &s.reg,
+            repo,
+            &img.digest,
+            &ours,
+            &ours.issue("dev@example.com", ISSUER),
+            Entry::Good,
+        );
+    }
+    s.pull("main/app:v1").success();
+    let refused = s.pull("tags/app:v1");
+    assert!(
+        !refused.ok
+            && refused.stderr.contains("policy tags-only")
+            && refused
+                .stderr
+                .contains("certificate github-workflow-ref is refs/heads/main, not refs/tags/v1"),
+        "{}",
+        refused.stderr
+    );
     let good = s.image("ci/keyless", "keyless", "v1");
     push_keyless_signature(
         &s.reg,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 (idempotent; quick when everything is present):
-# podman, skopeo, docker-registry, nginx, wrk, curl, debootstrap, prometheus (and promtool),
+# podman, skopeo, docker-registry, nginx, wrk, curl, time, debootstrap, prometheus (and promtool),
 # containerd (and ctr) and docker.io (dockerd; the tests start their own daemons, the packages'
 # services are not used) from apt; cosign from Debian 13's
 # package (it needs only libc6 >= 2.34) into $PORTCULLIS_TOOLS/bin; a minimal Debian 13 tree
@@ -17,7 +17,7 @@ missing=()
 for pair in podman:podman skopeo:skopeo docker-registry:docker-registry nginx:nginx wrk:wrk \
             curl:curl setsid:util-linux dpkg-deb:dpkg debootstrap:debootstrap \
             prometheus:prometheus promtool:prometheus containerd:containerd ctr:containerd \
-            dockerd:docker.io docker:docker.io node:nodejs npm:npm python3:python3; do
+            dockerd:docker.io docker:docker.io node:nodejs npm:npm python3:python3 /usr/bin/time:time; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

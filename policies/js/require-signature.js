@@ -32,6 +32,13 @@ export function evaluate(request, text) {
   }
   return {
     tag: "verify",
-    val: { trust: s.trust, keys: s.keys, identities: [], attestations: [], threshold: s.threshold },
+    val: {
+      trust: s.trust,
+      keys: s.keys,
+      identities: [],
+      attestations: [],
+      threshold: s.threshold,
+      signedIdentity: undefined,
+    },
   };
 }

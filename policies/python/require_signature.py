@@ -22,7 +22,12 @@ def settings(text: str) -> types.Requirements:
         raise ValueError('settings: name a "trust" or give "keys"')
     trust = [s["trust"]] if "trust" in s else []
     return types.Requirements(
-        trust=trust, keys=keys, identities=[], attestations=[], threshold=s.get("threshold", 0)
+        trust=trust,
+        keys=keys,
+        identities=[],
+        attestations=[],
+        threshold=s.get("threshold", 0),
+        signed_identity=None,
     )
 
 

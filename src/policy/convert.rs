@@ -1,13 +1,14 @@
 //! Conversions between the proxy's types and the WIT types.
 
 use super::portcullis::policy::types::{
-    Attachment, AttachmentKind, Client, Descriptor, ManifestInfo, Operation, Platform, Request,
-    Requirements,
+    self as wit, Attachment, AttachmentKind, Client, Descriptor, ManifestInfo, Operation, Platform,
+    Request, Requirements,
 };
 use super::Subject;
 use crate::attachments::{AttachmentSet, Kind};
 use crate::manifest::{self, Manifest};
-use crate::verify::{Identity, Requirement, TrustStore, TrustedKey};
+use crate::verify::keyless::GithubClaim;
+use crate::verify::{Identity, Requirement, SignedIdentity, TrustStore, TrustedKey};
 
 fn annotations(a: &Option<serde_json::Map<String, serde_json::Value>>) -> Vec<(String, String)> {
     a.iter()
@@ -99,6 +100,50 @@ pub fn request(s: &Subject, attachments: &AttachmentSet) -> Request {
     }
 }
 
+/// A keyless identity as the verifier checks it (regexps compiled, GitHub claims exact).
+fn identity(i: &wit::Identity) -> Result<Identity, String> {
+    let mut id = Identity::new(
+        i.issuer.clone(),
+        i.issuer_regexp.as_deref(),
+        i.subject.clone(),
+        i.subject_regexp.as_deref(),
+    )?;
+    let claims = [
+        (GithubClaim::WorkflowTrigger, &i.github_workflow_trigger),
+        (GithubClaim::WorkflowSha, &i.github_workflow_sha),
+        (GithubClaim::WorkflowName, &i.github_workflow_name),
+        (
+            GithubClaim::WorkflowRepository,
+            &i.github_workflow_repository,
+        ),
+        (GithubClaim::WorkflowRef, &i.github_workflow_ref),
+    ];
+    for (claim, value) in claims {
+        if let Some(value) = value {
+            id.github.push((claim, value.clone()));
+        }
+    }
+    Ok(id)
+}
+
+/// containers-policy.json's `signedIdentity` for the WIT's.
+fn signed_identity(s: &wit::SignedIdentity) -> SignedIdentity {
+    match s {
+        wit::SignedIdentity::MatchRepoDigestOrExact => SignedIdentity::MatchRepoDigestOrExact,
+        wit::SignedIdentity::MatchRepository => SignedIdentity::MatchRepository,
+        wit::SignedIdentity::ExactReference(r) => SignedIdentity::ExactReference {
+            docker_reference: r.clone(),
+        },
+        wit::SignedIdentity::ExactRepository(r) => SignedIdentity::ExactRepository {
+            docker_repository: r.clone(),
+        },
+        wit::SignedIdentity::RemapIdentity(m) => SignedIdentity::RemapIdentity {
+            prefix: m.prefix.clone(),
+            signed_prefix: m.signed_prefix.clone(),
+        },
+    }
+}
+
 /// The host requirement for a policy's `verify(requirements)`: trust names, inline keys and
 /// keyless identities (checked against the named trust entries' roots, or every configured root
 /// when none is named).
@@ -113,14 +158,7 @@ pub fn requirement(r: &Requirements, trust: &TrustStore) -> Result<Requirement, 
     let identities = r
         .identities
         .iter()
-        .map(|i| {
-            Identity::new(
-                i.issuer.clone(),
-                i.issuer_regexp.as_deref(),
-                i.subject.clone(),
-                i.subject_regexp.as_deref(),
-            )
-        })
+        .map(identity)
         .collect::<Result<Vec<_>, _>>()?;
     if !identities.is_empty() && roots.is_empty() {
         roots = trust.all_roots();
@@ -140,7 +178,11 @@ pub fn requirement(r: &Requirements, trust: &TrustStore) -> Result<Requirement, 
         identities,
         roots,
         threshold: r.threshold as usize,
-        identity: crate::verify::SignedIdentity::MatchRepository,
+        identity: r
+            .signed_identity
+            .as_ref()
+            .map(signed_identity)
+            .unwrap_or(SignedIdentity::MatchRepository),
         attestations: r.attestations.clone(),
     })
 }

@@ -12,6 +12,7 @@ mod budget;
 mod convert;
 mod host;
 mod ticker;
+mod v1;
 mod wasi;
 
 use std::path::{Path, PathBuf};
@@ -87,8 +88,82 @@ struct Loaded {
     digest: String,
     settings: String,
     settings_hash: String,
-    pre: PolicyPre<State>,
+    pre: Pre,
     metrics: PolicyMetrics,
+}
+
+/// A module ready to instantiate, by the version of the world it was built for.
+enum Pre {
+    /// `portcullis:policy@0.2.0`.
+    Current(PolicyPre<State>),
+    /// `portcullis:policy@0.1.0`.
+    V1(v1::PolicyPre<State>),
+}
+
+impl Pre {
+    /// Readies `component` for the version of the world it imports.
+    fn new(linker: &Linker<State>, engine: &Engine, component: &Component) -> anyhow::Result<Pre> {
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)?;
+        let old = component
+            .component_type()
+            .imports(engine)
+            .any(|(name, _)| name.starts_with(v1::PACKAGE) && name.ends_with(v1::VERSION));
+        Ok(if old {
+            Pre::V1(v1::PolicyPre::new(instance_pre).map_err(anyhow::Error::from)?)
+        } else {
+            Pre::Current(PolicyPre::new(instance_pre).map_err(anyhow::Error::from)?)
+        })
+    }
+
+    /// The module's metadata and its verdict on `settings`, in a fresh instance.
+    fn validate(
+        &self,
+        store: &mut Store<State>,
+        settings: &str,
+    ) -> wasmtime::Result<(PolicyMetadata, std::result::Result<(), String>)> {
+        match self {
+            Pre::Current(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                let meta = instance.call_metadata(&mut *store)?;
+                Ok((
+                    meta,
+                    instance.call_validate_settings(&mut *store, settings)?,
+                ))
+            }
+            Pre::V1(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                let meta = v1::metadata(instance.call_metadata(&mut *store)?);
+                Ok((
+                    meta,
+                    instance.call_validate_settings(&mut *store, settings)?,
+                ))
+            }
+        }
+    }
+
+    /// The module's decision on `request`, in a fresh instance.
+    fn evaluate(
+        &self,
+        store: &mut Store<State>,
+        request: &Request,
+        settings: &str,
+    ) -> wasmtime::Result<Decision> {
+        match self {
+            Pre::Current(pre) => {
+                pre.instantiate(&mut *store)?
+                    .call_evaluate(&mut *store, request, settings)
+            }
+            Pre::V1(pre) => {
+                let request = v1::request(request);
+                let decision =
+                    pre.instantiate(&mut *store)?
+                        .call_evaluate(&mut *store, &request, settings)?;
+                Ok(v1::decision(decision))
+            }
+        }
+    }
 }
 
 /// The policies of one configuration, compiled and validated.
@@ -170,13 +245,13 @@ pub fn compile(
     Ok((component, digest))
 }
 
-/// A linker with the host interface, WASI denied by default (see [`wasi`]) and traps for
-/// anything else the guest imports.
-fn linker(engine: &Engine, component: &Component) -> anyhow::Result<Linker<State>> {
+/// A linker with the host interface (current and 0.1.0) and WASI denied by default (see
+/// [`wasi`]).
+fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    v1::Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
     wasi::add_to_linker(&mut linker)?;
-    let _ = component;
     Ok(linker)
 }
 
@@ -212,13 +287,7 @@ fn load_one(
 ) -> anyhow::Result<Loaded> {
     let context = || format!("policy {:?} ({})", config.name, config.module.display());
     let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
-    let instance_pre = linker(engine, &component)
-        .with_context(context)?
-        .instantiate_pre(&component)
-        .map_err(anyhow::Error::from)
-        .with_context(context)?;
-    let pre = PolicyPre::new(instance_pre)
-        .map_err(anyhow::Error::from)
+    let pre = Pre::new(&linker(engine).with_context(context)?, engine, &component)
         .with_context(context)?;
     let settings_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(settings.as_bytes()));
     let loaded = Loaded {
@@ -437,17 +506,9 @@ impl Loaded {
     ) -> anyhow::Result<(PolicyMetadata, std::result::Result<(), String>)> {
         let _running = ticker::running();
         let mut store = self.store(engine, Arc::new(CallContext::detached()));
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)?;
-        let meta = instance
-            .call_metadata(&mut store)
-            .map_err(anyhow::Error::from)?;
-        let valid = instance
-            .call_validate_settings(&mut store, &self.settings)
-            .map_err(anyhow::Error::from)?;
-        Ok((meta, valid))
+        self.pre
+            .validate(&mut store, &self.settings)
+            .map_err(anyhow::Error::from)
     }
 
     /// Runs one evaluation (blocking: call from a blocking thread); its decision and the CPU
@@ -460,10 +521,7 @@ impl Loaded {
     ) -> (wasmtime::Result<Decision>, Duration) {
         let _running = ticker::running();
         let mut store = self.store(engine, ctx);
-        let decision = match self.pre.instantiate(&mut store) {
-            Ok(instance) => instance.call_evaluate(&mut store, request, &self.settings),
-            Err(e) => Err(e),
-        };
+        let decision = self.pre.evaluate(&mut store, request, &self.settings);
         (decision, store.data().budget.used())
     }
 }

@@ -1,16 +1,17 @@
 //! The WASI a policy module gets, denied by default: no preopened directories, no environment
 //! or arguments, no sockets or name lookups, an empty stdin; clocks and random allowed;
 //! stdout and stderr kept (bounded) for the proxy's debug log; at most [`MAX_RESOURCES`] WASI
-//! resources held at once. Waiting never blocks: a poll
-//! answers at once that everything is ready, so a module that sleeps or waits spends its CPU
-//! budget instead of holding a thread.
+//! resources held at once. Waiting never blocks: a clock's deadline is reached at once, so a
+//! module that sleeps or waits spends its CPU budget instead of holding a thread; a poll names
+//! at most [`MAX_RESOURCES`] pollables (a longer list, built in the module's memory, would be
+//! copied into the host's before anything could refuse it).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, WasmList};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -147,11 +148,35 @@ fn ready(state: &mut State) -> wasmtime::Result<Resource<DynPollable>> {
     wasmtime_wasi::p2::subscribe(table, ready)
 }
 
-/// Adds WASI (denied by default, as above) to a policy linker.
+/// `wasi:io/poll.poll` for at most [`MAX_RESOURCES`] pollables, read from the module's memory
+/// one at a time.
+fn poll(
+    mut store: wasmtime::StoreContextMut<'_, State>,
+    list: WasmList<Resource<DynPollable>>,
+) -> wasmtime::Result<Vec<u32>> {
+    if list.len() == 0 || list.len() > MAX_RESOURCES {
+        wasmtime::bail!(
+            "poll of {} pollables (at least 1, at most {MAX_RESOURCES})",
+            list.len()
+        );
+    }
+    let pollables = list
+        .iter(&mut store)?
+        .collect::<wasmtime::Result<Vec<_>>>()?;
+    let table = store.data_mut().ctx().table;
+    wasmtime_wasi::p2::bindings::sync::io::poll::Host::poll(table, pollables)
+}
+
+/// Adds WASI (denied by default, as above) to a policy linker. The shadowed functions are
+/// named at the WASI version `wasmtime-wasi` defines (guests asking for any 0.2.x get them).
 pub fn add_to_linker(linker: &mut Linker<State>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-    // a clock's deadline is reached at once: a module that sleeps spends no thread's time
     linker.allow_shadowing(true);
+    linker.instance("wasi:io/poll@0.2.12")?.func_wrap(
+        "poll",
+        |store, (list,): (WasmList<Resource<DynPollable>>,)| Ok((poll(store, list)?,)),
+    )?;
+    // a clock's deadline is reached at once: a module that sleeps spends no thread's time
     let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
     clock.func_wrap("subscribe-duration", |mut store, (_,): (u64,)| {
         Ok((ready(store.data_mut())?,))

@@ -1,34 +1,30 @@
 //! The simplest Portcullis policy: admit every manifest.
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
+use portcullis_policy::{Decision, Policy, Request};
 
 struct AllowAll;
 
-impl Guest for AllowAll {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "allow-all".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec![] }
-    }
+impl Policy for AllowAll {
+    const NAME: &'static str = "allow-all";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Settings = serde::de::IgnoredAny;
 
-    fn validate_settings(_settings: String) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn evaluate(_request: Request, _settings: String) -> Decision {
+    fn evaluate(_: &Request, _: &Self::Settings) -> Decision {
         Decision::Admit
     }
 }
 
-export!(AllowAll);
+portcullis_policy::export!(AllowAll);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::testing;
 
     #[test]
-    fn metadata_names_the_policy() {
-        let m = AllowAll::metadata();
-        assert_eq!(m.name, "allow-all");
-        assert!(m.capabilities.is_empty());
-        assert!(AllowAll::validate_settings("anything".into()).is_ok());
+    fn admits_anything_with_any_settings() {
+        assert_eq!(portcullis_policy::metadata::<AllowAll>().name, "allow-all");
+        assert!(portcullis_policy::settings::<AllowAll>(r#"{"anything": 1}"#).is_ok());
+        assert!(matches!(portcullis_policy::evaluate::<AllowAll>(&testing::image("latest"), "{}"), Decision::Admit));
     }
 }

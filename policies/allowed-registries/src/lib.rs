@@ -2,21 +2,12 @@
 //!
 //! Settings: `{"allowed": ["docker.io/library/*", "internal/*"]}`.
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-
+use portcullis_policy::{Decision, Policy, Request};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     allowed: Vec<String>,
-}
-
-fn settings(text: &str) -> Result<Settings, String> {
-    let s: Settings = serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
-    if s.allowed.is_empty() {
-        return Err("settings: \"allowed\" is empty, which would reject everything".into());
-    }
-    Ok(s)
 }
 
 /// `*` matches any run of characters.
@@ -29,46 +20,48 @@ fn glob(pattern: &str, text: &str) -> bool {
     }
 }
 
-fn decide(name: &str, s: &Settings) -> Decision {
-    if s.allowed.iter().any(|g| glob(g, name)) {
-        Decision::Admit
-    } else {
-        Decision::Reject(format!("{name} is not in an allowed registry or repository"))
-    }
-}
-
 struct AllowedRegistries;
 
-impl Guest for AllowedRegistries {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "allowed-registries".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec![] }
+impl Policy for AllowedRegistries {
+    const NAME: &'static str = "allowed-registries";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Settings = Settings;
+
+    fn check(s: &Settings) -> Result<(), String> {
+        match s.allowed.is_empty() {
+            true => Err("\"allowed\" is empty, which would reject everything".into()),
+            false => Ok(()),
+        }
     }
 
-    fn validate_settings(text: String) -> Result<(), String> {
-        settings(&text).map(|_| ())
-    }
-
-    fn evaluate(request: Request, text: String) -> Decision {
-        match settings(&text) {
-            Ok(s) => decide(&format!("{}/{}", request.namespace, request.repository), &s),
-            Err(e) => Decision::Reject(e),
+    fn evaluate(request: &Request, s: &Settings) -> Decision {
+        let name = format!("{}/{}", request.namespace, request.repository);
+        if s.allowed.iter().any(|g| glob(g, &name)) {
+            Decision::Admit
+        } else {
+            Decision::Reject(format!("{name} is not in an allowed registry or repository"))
         }
     }
 }
 
-export!(AllowedRegistries);
+portcullis_policy::export!(AllowedRegistries);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::testing::{request, FILESYSTEM};
+
+    fn decide(namespace: &str, repository: &str) -> Decision {
+        let settings = r#"{"allowed":["docker.io/library/*","internal/*"]}"#;
+        portcullis_policy::evaluate::<AllowedRegistries>(&request(namespace, repository, "v1", FILESYSTEM), settings)
+    }
 
     #[test]
     fn globs_decide() {
-        let s = settings(r#"{"allowed":["docker.io/library/*","internal/*"]}"#).unwrap();
-        assert!(matches!(decide("docker.io/library/alpine", &s), Decision::Admit));
-        assert!(matches!(decide("internal/team/app", &s), Decision::Admit));
-        assert!(matches!(decide("docker.io/someone/app", &s), Decision::Reject(_)));
-        assert!(settings(r#"{"allowed":[]}"#).is_err());
+        assert!(matches!(decide("docker.io", "library/alpine"), Decision::Admit));
+        assert!(matches!(decide("internal", "team/app"), Decision::Admit));
+        assert!(matches!(decide("docker.io", "someone/app"), Decision::Reject(_)));
+        assert!(portcullis_policy::settings::<AllowedRegistries>(r#"{"allowed":[]}"#).is_err());
     }
 
     #[test]

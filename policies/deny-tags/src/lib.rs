@@ -2,8 +2,7 @@
 //!
 //! Settings: `{"tags": ["latest", "main"]}`.
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-
+use portcullis_policy::{Decision, Policy, Request};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,56 +15,44 @@ fn default_tags() -> Vec<String> {
     vec!["latest".into()]
 }
 
-fn settings(text: &str) -> Result<Settings, String> {
-    let text = if text.trim().is_empty() { "{}" } else { text };
-    serde_json::from_str(text).map_err(|e| format!("settings: {e}"))
-}
-
-fn decide(reference: &str, s: &Settings) -> Decision {
-    if s.tags.iter().any(|t| t == reference) {
-        return Decision::Reject(format!("the tag {reference:?} is mutable; pull by digest or a release tag"));
-    }
-    Decision::Admit
-}
-
 struct DenyTags;
 
-impl Guest for DenyTags {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "deny-tags".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec![] }
-    }
+impl Policy for DenyTags {
+    const NAME: &'static str = "deny-tags";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Settings = Settings;
 
-    fn validate_settings(text: String) -> Result<(), String> {
-        settings(&text).map(|_| ())
-    }
-
-    fn evaluate(request: Request, text: String) -> Decision {
-        match settings(&text) {
-            Ok(s) => decide(&request.reference, &s),
-            Err(e) => Decision::Reject(e),
+    fn evaluate(request: &Request, s: &Settings) -> Decision {
+        let tag = &request.reference;
+        if s.tags.contains(tag) {
+            return Decision::Reject(format!("the tag {tag:?} is mutable; pull by digest or a release tag"));
         }
+        Decision::Admit
     }
 }
 
-export!(DenyTags);
+portcullis_policy::export!(DenyTags);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::{settings, testing::image};
+
+    fn decide(reference: &str, settings: &str) -> Decision {
+        portcullis_policy::evaluate::<DenyTags>(&image(reference), settings)
+    }
 
     #[test]
     fn latest_is_denied_by_default() {
-        let s = settings("{}").unwrap();
-        assert!(matches!(decide("latest", &s), Decision::Reject(_)));
-        assert!(matches!(decide("1.2.3", &s), Decision::Admit));
-        assert!(matches!(decide("sha256:abc", &s), Decision::Admit));
+        assert!(matches!(decide("latest", "{}"), Decision::Reject(_)));
+        assert!(matches!(decide("1.2.3", "{}"), Decision::Admit));
+        assert!(matches!(decide("sha256:abc", ""), Decision::Admit));
     }
 
     #[test]
     fn configured_tags() {
-        let s = settings(r#"{"tags":["main"]}"#).unwrap();
-        assert!(matches!(decide("main", &s), Decision::Reject(_)));
-        assert!(matches!(decide("latest", &s), Decision::Admit));
-        assert!(settings(r#"{"tag":"x"}"#).is_err());
+        assert!(matches!(decide("main", r#"{"tags":["main"]}"#), Decision::Reject(_)));
+        assert!(matches!(decide("latest", r#"{"tags":["main"]}"#), Decision::Admit));
+        assert!(settings::<DenyTags>(r#"{"tag":"x"}"#).is_err());
     }
 }

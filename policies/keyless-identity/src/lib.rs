@@ -1,14 +1,14 @@
-//! Require a keyless (Fulcio certificate) signature from a given OIDC issuer and subject.
+//! Require a keyless (Fulcio certificate) signature from a given OIDC issuer and subject, and
+//! optionally GitHub Actions claims.
 //!
 //! Settings: `{"issuer": "https://token.actions.githubusercontent.com",
-//! "subject_regexp": "^https://github.com/myorg/.*"}` (or `"subject"` for an exact match), and
+//! "subject_regexp": "^https://github.com/myorg/.*"}` (or `"subject"` for an exact match),
 //! optionally `"trust": "public-good"`, the `[trust.<name>]` whose trusted root the certificate
-//! must chain to (every configured root when absent).
+//! must chain to (every configured root when absent), and `"github": {"workflow_repository":
+//! "myorg/app", "workflow_ref": "refs/heads/main", "workflow_trigger": "push", "workflow_sha":
+//! "...", "workflow_name": "..."}`, each compared exactly with the certificate's claim.
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-include!("../../classify/src/guest.rs");
-
-use portcullis::policy::types::{Identity, Requirements};
+use portcullis_policy::{is_attachment, Decision, Identity, Policy, Request, Requirements};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,59 +17,85 @@ struct Settings {
     subject: Option<String>,
     subject_regexp: Option<String>,
     trust: Option<String>,
+    #[serde(default)]
+    github: Github,
 }
 
-fn settings(text: &str) -> Result<Settings, String> {
-    let s: Settings = serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
-    if s.subject.is_none() == s.subject_regexp.is_none() {
-        return Err("settings: give exactly one of \"subject\" and \"subject_regexp\"".into());
-    }
-    Ok(s)
-}
-
-fn decide(request: &Request, s: &Settings) -> Decision {
-    if is_attachment(request) {
-        return Decision::Admit;
-    }
-    Decision::Verify(Requirements {
-        trust: s.trust.iter().cloned().collect(),
-        keys: vec![],
-        identities: vec![Identity { issuer: Some(s.issuer.clone()), issuer_regexp: None, subject: s.subject.clone(), subject_regexp: s.subject_regexp.clone() }],
-        attestations: vec![],
-        threshold: 0,
-    })
+/// GitHub Actions claims the certificate must carry.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Github {
+    workflow_trigger: Option<String>,
+    workflow_sha: Option<String>,
+    workflow_name: Option<String>,
+    workflow_repository: Option<String>,
+    workflow_ref: Option<String>,
 }
 
 struct KeylessIdentity;
 
-impl Guest for KeylessIdentity {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "keyless-identity".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec!["verify".into()] }
-    }
+impl Policy for KeylessIdentity {
+    const NAME: &'static str = "keyless-identity";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CAPABILITIES: &'static [&'static str] = &["verify"];
+    type Settings = Settings;
 
-    fn validate_settings(text: String) -> Result<(), String> {
-        settings(&text).map(|_| ())
-    }
-
-    fn evaluate(request: Request, text: String) -> Decision {
-        match settings(&text) {
-            Ok(s) => decide(&request, &s),
-            Err(e) => Decision::Reject(e),
+    fn check(s: &Settings) -> Result<(), String> {
+        match s.subject.is_none() == s.subject_regexp.is_none() {
+            true => Err("give exactly one of \"subject\" and \"subject_regexp\"".into()),
+            false => Ok(()),
         }
+    }
+
+    fn evaluate(request: &Request, s: &Settings) -> Decision {
+        if is_attachment(request) {
+            return Decision::Admit;
+        }
+        let identity = Identity {
+            issuer: Some(s.issuer.clone()),
+            subject: s.subject.clone(),
+            subject_regexp: s.subject_regexp.clone(),
+            github_workflow_trigger: s.github.workflow_trigger.clone(),
+            github_workflow_sha: s.github.workflow_sha.clone(),
+            github_workflow_name: s.github.workflow_name.clone(),
+            github_workflow_repository: s.github.workflow_repository.clone(),
+            github_workflow_ref: s.github.workflow_ref.clone(),
+            ..Identity::default()
+        };
+        Decision::Verify(Requirements {
+            trust: s.trust.iter().cloned().collect(),
+            identities: vec![identity],
+            ..Requirements::default()
+        })
     }
 }
 
-export!(KeylessIdentity);
+portcullis_policy::export!(KeylessIdentity);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_policy::settings;
 
     #[test]
     fn settings_want_one_subject_form() {
-        assert!(settings(r#"{"issuer":"https://i","subject":"me@example.com"}"#).is_ok());
-        assert!(settings(r#"{"issuer":"https://i","subject":"me@example.com","trust":"public-good"}"#).is_ok());
-        assert!(settings(r#"{"issuer":"https://i"}"#).is_err());
-        assert!(settings(r#"{"issuer":"https://i","subject":"a","subject_regexp":"b"}"#).is_err());
+        assert!(settings::<KeylessIdentity>(r#"{"issuer":"https://i","subject":"me@example.com"}"#).is_ok());
+        assert!(settings::<KeylessIdentity>(r#"{"issuer":"https://i","subject":"me@example.com","trust":"public-good"}"#).is_ok());
+        assert!(settings::<KeylessIdentity>(r#"{"issuer":"https://i"}"#).is_err());
+        assert!(settings::<KeylessIdentity>(r#"{"issuer":"https://i","subject":"a","subject_regexp":"b"}"#).is_err());
+        assert!(settings::<KeylessIdentity>(r#"{"issuer":"https://i","subject":"a","github":{"repo":"x"}}"#).is_err());
+    }
+
+    #[test]
+    fn github_claims_are_required_of_the_signer() {
+        let s = r#"{"issuer":"https://i","subject":"a","github":{"workflow_repository":"myorg/app","workflow_ref":"refs/heads/main"}}"#;
+        match portcullis_policy::evaluate::<KeylessIdentity>(&portcullis_policy::testing::image("v1"), s) {
+            Decision::Verify(r) => {
+                assert_eq!(r.identities[0].github_workflow_repository.as_deref(), Some("myorg/app"));
+                assert_eq!(r.identities[0].github_workflow_ref.as_deref(), Some("refs/heads/main"));
+                assert_eq!(r.identities[0].github_workflow_sha, None);
+            }
+            _ => panic!("expected verify"),
+        }
     }
 }

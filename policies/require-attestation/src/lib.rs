@@ -3,11 +3,7 @@
 //! Settings: `{"trust": "release-keys", "predicate_type": "slsaprovenance",
 //! "builder_id": "https://ci.example/builder"}`.
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-include!("../../classify/src/guest.rs");
-
-use portcullis::policy::host;
-use portcullis::policy::types::Requirements;
+use portcullis_policy::{host, is_attachment, Decision, Policy, Request, Requirements};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,12 +13,8 @@ struct Settings {
     builder_id: Option<String>,
 }
 
-fn settings(text: &str) -> Result<Settings, String> {
-    serde_json::from_str(text).map_err(|e| format!("settings: {e}"))
-}
-
 fn requirements(s: &Settings) -> Requirements {
-    Requirements { trust: vec![s.trust.clone()], keys: vec![], identities: vec![], attestations: vec![s.predicate_type.clone()], threshold: 0 }
+    Requirements { attestations: vec![s.predicate_type.clone()], ..Requirements::trust(&s.trust) }
 }
 
 /// Checks the builder of a SLSA provenance statement (v0.2 `builder.id`, v1 `runDetails.builder.id`).
@@ -37,43 +29,33 @@ fn builder_matches(statement: &str, wanted: &str) -> Result<(), String> {
     }
 }
 
-fn decide(request: &Request, s: &Settings) -> Decision {
-    if is_attachment(request) {
-        return Decision::Admit;
-    }
-    let Some(builder) = &s.builder_id else {
-        return Decision::Verify(requirements(s));
-    };
-    match host::attestation(&s.predicate_type, &requirements(s)) {
-        Ok(Some(statement)) => match builder_matches(&statement, builder) {
-            Ok(()) => Decision::Admit,
-            Err(e) => Decision::Reject(e),
-        },
-        Ok(None) => Decision::Reject(format!("no verified {} attestation", s.predicate_type)),
-        Err(e) => Decision::Reject(e),
-    }
-}
-
 struct RequireAttestation;
 
-impl Guest for RequireAttestation {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "require-attestation".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec!["attestation".into(), "verify".into()] }
-    }
+impl Policy for RequireAttestation {
+    const NAME: &'static str = "require-attestation";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CAPABILITIES: &'static [&'static str] = &["attestation", "verify"];
+    type Settings = Settings;
 
-    fn validate_settings(text: String) -> Result<(), String> {
-        settings(&text).map(|_| ())
-    }
-
-    fn evaluate(request: Request, text: String) -> Decision {
-        match settings(&text) {
-            Ok(s) => decide(&request, &s),
+    fn evaluate(request: &Request, s: &Settings) -> Decision {
+        if is_attachment(request) {
+            return Decision::Admit;
+        }
+        let Some(builder) = &s.builder_id else {
+            return Decision::Verify(requirements(s));
+        };
+        match host::attestation(&s.predicate_type, &requirements(s)) {
+            Ok(Some(statement)) => match builder_matches(&statement, builder) {
+                Ok(()) => Decision::Admit,
+                Err(e) => Decision::Reject(e),
+            },
+            Ok(None) => Decision::Reject(format!("no verified {} attestation", s.predicate_type)),
             Err(e) => Decision::Reject(e),
         }
     }
 }
 
-export!(RequireAttestation);
+portcullis_policy::export!(RequireAttestation);
 
 #[cfg(test)]
 mod tests {
@@ -90,7 +72,16 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        assert!(settings(r#"{"trust":"t","predicate_type":"slsaprovenance"}"#).is_ok());
-        assert!(settings(r#"{"trust":"t"}"#).is_err());
+        assert!(portcullis_policy::settings::<RequireAttestation>(r#"{"trust":"t","predicate_type":"slsaprovenance"}"#).is_ok());
+        assert!(portcullis_policy::settings::<RequireAttestation>(r#"{"trust":"t"}"#).is_err());
+    }
+
+    #[test]
+    fn without_a_builder_the_host_verifies() {
+        let settings = r#"{"trust":"t","predicate_type":"slsaprovenance"}"#;
+        match portcullis_policy::evaluate::<RequireAttestation>(&portcullis_policy::testing::image("v1"), settings) {
+            Decision::Verify(r) => assert_eq!((r.trust, r.attestations), (vec!["t".to_string()], vec!["slsaprovenance".to_string()])),
+            _ => panic!("expected verify"),
+        }
     }
 }

@@ -1,14 +1,43 @@
 //! Require a cosign signature, verified by the proxy with the trust named in the settings.
 //!
 //! Settings: `{"trust": "release-keys"}` (a `[trust.<name>]` of proxy.toml) and/or
-//! `{"keys": ["-----BEGIN PUBLIC KEY-----..."]}`, optionally `"threshold": 2`.
+//! `{"keys": ["-----BEGIN PUBLIC KEY-----..."]}`, optionally `"threshold": 2` and
+//! `"signed_identity"`: which image names the signatures may claim, written as in
+//! containers-policy.json (`{"type": "exactRepository", "dockerRepository": "..."}`,
+//! `matchRepoDigestOrExact`, `matchRepository`, `exactReference` with `dockerReference`,
+//! `remapIdentity` with `prefix` and `signedPrefix`; by default `matchRepository`).
 
-wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-include!("../../classify/src/guest.rs");
+use portcullis_policy::{is_attachment, Decision, Policy, Remap, Request, Requirements, SignedIdentity};
 
-use portcullis::policy::types::Requirements;
+/// containers-policy.json's `signedIdentity`.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+enum Identity {
+    MatchRepoDigestOrExact,
+    MatchRepository,
+    #[serde(rename_all = "camelCase")]
+    ExactReference { docker_reference: String },
+    #[serde(rename_all = "camelCase")]
+    ExactRepository { docker_repository: String },
+    #[serde(rename_all = "camelCase")]
+    RemapIdentity { prefix: String, signed_prefix: String },
+}
 
-#[derive(serde::Deserialize, Default)]
+impl Identity {
+    fn rule(&self) -> SignedIdentity {
+        match self {
+            Identity::MatchRepoDigestOrExact => SignedIdentity::MatchRepoDigestOrExact,
+            Identity::MatchRepository => SignedIdentity::MatchRepository,
+            Identity::ExactReference { docker_reference } => SignedIdentity::ExactReference(docker_reference.clone()),
+            Identity::ExactRepository { docker_repository } => SignedIdentity::ExactRepository(docker_repository.clone()),
+            Identity::RemapIdentity { prefix, signed_prefix } => {
+                SignedIdentity::RemapIdentity(Remap { prefix: prefix.clone(), signed_prefix: signed_prefix.clone() })
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     trust: Option<String>,
@@ -16,92 +45,53 @@ struct Settings {
     keys: Vec<String>,
     #[serde(default)]
     threshold: u32,
-}
-
-fn settings(text: &str) -> Result<Settings, String> {
-    let s: Settings = serde_json::from_str(text).map_err(|e| format!("settings: {e}"))?;
-    if s.trust.is_none() && s.keys.is_empty() {
-        return Err("settings: name a \"trust\" or give \"keys\"".into());
-    }
-    Ok(s)
-}
-
-/// The decision: attachments pass (they are what clients verify with); images must verify.
-fn decide(request: &Request, s: &Settings) -> Decision {
-    if is_attachment(request) {
-        return Decision::Admit;
-    }
-    Decision::Verify(Requirements {
-        trust: s.trust.iter().cloned().collect(),
-        keys: s.keys.clone(),
-        identities: vec![],
-        attestations: vec![],
-        threshold: s.threshold,
-    })
+    signed_identity: Option<Identity>,
 }
 
 struct RequireSignature;
 
-impl Guest for RequireSignature {
-    fn metadata() -> PolicyMetadata {
-        PolicyMetadata { name: "require-signature".into(), version: env!("CARGO_PKG_VERSION").into(), capabilities: vec!["verify".into()] }
-    }
+impl Policy for RequireSignature {
+    const NAME: &'static str = "require-signature";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CAPABILITIES: &'static [&'static str] = &["verify"];
+    type Settings = Settings;
 
-    fn validate_settings(text: String) -> Result<(), String> {
-        settings(&text).map(|_| ())
-    }
-
-    fn evaluate(request: Request, text: String) -> Decision {
-        match settings(&text) {
-            Ok(s) => decide(&request, &s),
-            Err(e) => Decision::Reject(e),
+    fn check(s: &Settings) -> Result<(), String> {
+        match s.trust.is_none() && s.keys.is_empty() {
+            true => Err("name a \"trust\" or give \"keys\"".into()),
+            false => Ok(()),
         }
+    }
+
+    /// Attachments pass (they are what clients verify with); images must verify.
+    fn evaluate(request: &Request, s: &Settings) -> Decision {
+        if is_attachment(request) {
+            return Decision::Admit;
+        }
+        Decision::Verify(Requirements {
+            trust: s.trust.iter().cloned().collect(),
+            keys: s.keys.clone(),
+            threshold: s.threshold,
+            signed_identity: s.signed_identity.as_ref().map(Identity::rule),
+            ..Requirements::default()
+        })
     }
 }
 
-export!(RequireSignature);
+portcullis_policy::export!(RequireSignature);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis::policy::types::{Client, Descriptor, ManifestInfo, Operation};
+    use portcullis_policy::testing::{image, request, signature, FILESYSTEM};
 
-    fn layer(media_type: &str) -> Descriptor {
-        Descriptor { media_type: media_type.into(), digest: "sha256:22".into(), size: 2, artifact_type: None, annotations: vec![] }
+    fn decide(request: &Request, settings: &str) -> Decision {
+        portcullis_policy::evaluate::<RequireSignature>(request, settings)
     }
-
-    fn request(attaches_to: Option<&str>, layer_type: &str) -> Request {
-        let config = layer("application/vnd.oci.image.config.v1+json");
-        Request {
-            operation: Operation::Pull,
-            namespace: "docker.io".into(),
-            repository: "myorg/app".into(),
-            reference: "v1".into(),
-            digest: "sha256:00".into(),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            size: 2,
-            manifest: ManifestInfo {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                config: Some(config),
-                layers: vec![layer(layer_type)],
-                manifests: vec![],
-                annotations: vec![],
-                subject: None,
-                artifact_type: None,
-            },
-            attachments: vec![],
-            attaches_to: attaches_to.map(String::from),
-            client: Client { address: "127.0.0.1".into(), user: None, user_agent: None },
-        }
-    }
-
-    const SIGNATURE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-    const FILESYSTEM: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
     #[test]
     fn images_must_verify_with_the_named_trust() {
-        let s = settings(r#"{"trust":"release-keys","threshold":2}"#).unwrap();
-        match decide(&request(None, FILESYSTEM), &s) {
+        match decide(&image("v1"), r#"{"trust":"release-keys","threshold":2}"#) {
             Decision::Verify(r) => {
                 assert_eq!(r.trust, vec!["release-keys".to_string()]);
                 assert_eq!(r.threshold, 2);
@@ -111,20 +101,33 @@ mod tests {
     }
 
     #[test]
+    fn the_signed_identity_is_written_as_in_policy_json() {
+        let settings = r#"{"trust":"t","signed_identity":{"type":"exactRepository","dockerRepository":"docker.io/myorg/app"}}"#;
+        match decide(&image("v1"), settings) {
+            Decision::Verify(r) => {
+                assert!(matches!(r.signed_identity, Some(SignedIdentity::ExactRepository(ref name)) if name == "docker.io/myorg/app"))
+            }
+            _ => panic!("expected verify"),
+        }
+        let unknown = r#"{"trust":"t","signed_identity":{"type":"matchEverything"}}"#;
+        assert!(portcullis_policy::settings::<RequireSignature>(unknown).is_err());
+    }
+
+    #[test]
     fn attachments_are_admitted() {
-        let s = settings(r#"{"trust":"t"}"#).unwrap();
-        assert!(matches!(decide(&request(Some("sha256:11"), SIGNATURE), &s), Decision::Admit));
+        assert!(matches!(decide(&signature(), r#"{"trust":"t"}"#), Decision::Admit));
     }
 
     #[test]
     fn a_runnable_image_marked_as_an_attachment_must_still_verify() {
-        let s = settings(r#"{"trust":"t"}"#).unwrap();
-        assert!(matches!(decide(&request(Some("sha256:11"), FILESYSTEM), &s), Decision::Verify(_)));
+        let mut dressed = request("docker.io", "library/app", "sha256-00.sig", FILESYSTEM);
+        dressed.attaches_to = Some("sha256:11".into());
+        assert!(matches!(decide(&dressed, r#"{"trust":"t"}"#), Decision::Verify(_)));
     }
 
     #[test]
     fn settings_need_trust_or_keys() {
-        assert!(settings("{}").is_err());
-        assert!(settings(r#"{"trust":"t","colour":1}"#).is_err());
+        assert!(portcullis_policy::settings::<RequireSignature>("{}").is_err());
+        assert!(portcullis_policy::settings::<RequireSignature>(r#"{"trust":"t","colour":1}"#).is_err());
     }
 }

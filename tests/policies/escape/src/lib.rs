@@ -1,6 +1,7 @@
 //! Tries what a module must not get, chosen by its settings `{"try": "..."}`: `fs` reads a file,
 //! `env` an environment variable, `clock` the time of day, `net` opens a connection, `recurse`
-//! exhausts its stack, `sleep` sleeps a minute, `print` writes to stdout and stderr; `agent`
+//! exhausts its stack, `sleep` sleeps a minute, `print` writes to stdout and stderr, `poll` polls four million
+//! copies of one pollable; `agent`
 //! decides on who asks (rejects a User-Agent holding "blocked").
 //! Admits when what it tried gave it nothing.
 wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
@@ -33,6 +34,12 @@ fn attempt(what: &str, request: &Request) -> Decision {
             println!("to stdout from the module");
             eprintln!("to stderr from the module");
             Decision::Admit
+        }
+        "poll" => {
+            let clock = wasi::clocks::monotonic_clock::subscribe_duration(0);
+            let many = vec![&clock; 4 << 20];
+            let ready = wasi::io::poll::poll(&many);
+            Decision::Reject(format!("polled: {} ready", ready.len()))
         }
         "net" => match std::net::TcpStream::connect("127.0.0.1:22") {
             Ok(_) => Decision::Reject("opened a connection".into()),

@@ -30,6 +30,31 @@ enum PolicyCommand {
         #[arg(long)]
         request: PathBuf,
     },
+    /// Write a new policy project (Rust, JavaScript or Python) that builds and passes its test.
+    New {
+        /// The policy's name (lower-case letters, digits and '-').
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: portcullis::policy::Lang,
+        /// Where to write it (default: ./NAME; must not exist).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Measure a module's decision time on one request: cold (fresh instance) and cached.
+    Bench {
+        /// The policy component (`.wasm`).
+        module: PathBuf,
+        /// Settings as a JSON file.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// The request as a JSON file, as for `policy test`.
+        #[arg(long)]
+        request: PathBuf,
+        /// Decisions to time, each way.
+        #[arg(long, default_value_t = 1000)]
+        iterations: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +256,18 @@ fn main() -> ExitCode {
                     request,
                 },
         } => policy_test(&module, settings.as_deref(), &request),
+        Command::Policy {
+            command: PolicyCommand::New { name, lang, dir },
+        } => policy_new(&name, lang, dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Bench {
+                    module,
+                    settings,
+                    request,
+                    iterations,
+                },
+        } => policy_bench(&module, settings.as_deref(), &request, iterations),
         Command::Verify {
             image,
             config,
@@ -523,12 +560,11 @@ fn parse_image(
     Ok((parts[0].to_string(), repo, reference))
 }
 
-/// `portcullis policy test`.
-fn policy_test(
-    module: &std::path::Path,
+/// The settings (JSON text, `{}` without a file) and request of `policy test` and `bench`.
+fn test_input(
     settings: Option<&std::path::Path>,
     request: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(String, portcullis::policy::TestRequest)> {
     let settings = match settings {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
@@ -537,8 +573,51 @@ fn policy_test(
     };
     let text = std::fs::read_to_string(request)
         .with_context(|| format!("cannot read {}", request.display()))?;
-    let request: portcullis::policy::TestRequest = serde_json::from_str(&text)
+    let request = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a test request", request.display()))?;
+    Ok((settings, request))
+}
+
+/// `portcullis policy new`.
+fn policy_new(
+    name: &str,
+    lang: portcullis::policy::Lang,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = portcullis::policy::new_project(&dir, name, lang)?;
+    println!("wrote {} files into {}", files.len(), dir.display());
+    Ok(())
+}
+
+/// `portcullis policy bench`.
+fn policy_bench(
+    module: &std::path::Path,
+    settings: Option<&std::path::Path>,
+    request: &std::path::Path,
+    iterations: u32,
+) -> anyhow::Result<()> {
+    let (settings, request) = test_input(settings, request)?;
+    let f = portcullis::policy::bench(module, &settings, &request, iterations)?;
+    println!("{}", f.decision);
+    println!(
+        "cold (fresh instance + evaluate): {:.1} us",
+        f.cold.as_secs_f64() * 1e6
+    );
+    println!(
+        "cached (the proxy's decision cache, audit line included): {:.2} us",
+        f.cached.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+/// `portcullis policy test`.
+fn policy_test(
+    module: &std::path::Path,
+    settings: Option<&std::path::Path>,
+    request: &std::path::Path,
+) -> anyhow::Result<()> {
+    let (settings, request) = test_input(settings, request)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -929,6 +929,132 @@ fn policy_test_prints_the_decision_without_a_proxy() {
     );
 }
 
+/// `portcullis policy new` writes a project in each language that builds with its own tools as
+/// its README says, passes its own test, and whose module decides through `policy test` and
+/// measures through `policy bench`.
+#[test]
+fn policy_new_projects_build_and_pass_their_tests_in_rust_javascript_and_python() {
+    let t = tempfile::tempdir().unwrap();
+    let tools = common::tools_dir();
+    let path = format!(
+        "{}:{}",
+        tools.join("componentize-py/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |dir: &std::path::Path, program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("PATH", &path)
+            // a shared target directory: the SDK's dependencies build once across runs
+            .env("CARGO_TARGET_DIR", root.join("policies/target/scaffold"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in {}: {text}",
+            dir.display()
+        );
+        text
+    };
+    let portcullis = env!("CARGO_BIN_EXE_portcullis");
+    let cases = [
+        (
+            "rust",
+            "starter-rs",
+            "policies/target/scaffold/wasm32-wasip2/release/starter_rs.wasm",
+        ),
+        ("js", "starter-js", "starter-js.wasm"),
+        ("python", "starter-py", "starter-py.wasm"),
+    ];
+    for (lang, name, module) in cases {
+        let dir = t.path().join(name);
+        let dir_arg = dir.display().to_string();
+        run(
+            t.path(),
+            portcullis,
+            &["policy", "new", name, "--lang", lang, "--dir", &dir_arg],
+        );
+        let tested = match lang {
+            "rust" => {
+                let out = run(&dir, "cargo", &["test"]);
+                run(
+                    &dir,
+                    "cargo",
+                    &["build", "--release", "--target", "wasm32-wasip2"],
+                );
+                out
+            }
+            "js" => {
+                run(
+                    &dir,
+                    "npm",
+                    &["install", "--no-audit", "--no-fund", "--prefer-offline"],
+                );
+                let out = run(&dir, "npm", &["test"]);
+                run(&dir, "npm", &["run", "build"]);
+                out
+            }
+            _ => {
+                let out = run(&dir, "./test.sh", &[]);
+                run(&dir, "./build.sh", &[]);
+                out
+            }
+        };
+        assert!(
+            tested.contains("test result: ok. 2 passed")
+                || tested.contains("ok: starter-js decides as expected")
+                || tested.contains("Ran 2 tests") && tested.contains("OK"),
+            "{lang}: {tested}"
+        );
+        let module = if lang == "rust" {
+            root.join(module)
+        } else {
+            dir.join(module)
+        };
+        let module = module.display().to_string();
+        let inputs = ["--request", "request.json", "--settings", "settings.json"];
+        let decided = run(
+            &dir,
+            portcullis,
+            &[&["policy", "test", &module][..], &inputs].concat(),
+        );
+        assert!(
+            decided.contains("decision: reject: the tag \"latest\" may not be used"),
+            "{lang}: {decided}"
+        );
+        let measured = run(
+            &dir,
+            portcullis,
+            &[
+                &["policy", "bench", &module][..],
+                &inputs,
+                &["--iterations", "20"],
+            ]
+            .concat(),
+        );
+        assert!(
+            measured.contains("cold (fresh instance + evaluate): ")
+                && measured.contains("cached (the proxy's decision cache"),
+            "{lang}: {measured}"
+        );
+    }
+    // a second project never overwrites the first
+    let again = Command::new(portcullis)
+        .args(["policy", "new", "starter-rs", "--dir"])
+        .arg(t.path().join("starter-rs"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}
+
 /// A module builds a poll of four million copies of one pollable in its own memory (16 MiB of
 /// handles): the host refuses the list before copying it into its own memory (the copy and
 /// WASI's bookkeeping of it took about 300 MiB of the proxy's memory).

@@ -11,6 +11,8 @@ mod audit;
 mod budget;
 mod convert;
 mod host;
+mod scaffold;
+mod standalone;
 mod ticker;
 mod v1;
 mod wasi;
@@ -34,6 +36,8 @@ use crate::verify::{TrustStore, Verifier};
 pub use audit::Audit;
 pub use budget::Budget;
 pub use host::{CallContext, State};
+pub use scaffold::{new_project, Lang};
+pub use standalone::{bench, test_module, Standalone, TestAttachment, TestRequest};
 
 wasmtime::component::bindgen!({ world: "policy", path: "wit" });
 
@@ -304,176 +308,6 @@ fn load_one(
     }
     tracing::info!(policy = %config.name, module = %meta.name, version = %meta.version, "policy loaded");
     Ok(loaded)
-}
-
-/// A request for `portcullis policy test`, written by hand as JSON.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestRequest {
-    /// `pull` (default) or `push`.
-    #[serde(default)]
-    pub operation: Option<String>,
-    /// The namespace, e.g. `docker.io`.
-    pub namespace: String,
-    /// The repository.
-    pub repository: String,
-    /// The reference as asked for.
-    pub reference: String,
-    /// The manifest (JSON); its digest is computed.
-    pub manifest: serde_json::Value,
-    /// Attachments found: `{"kind": "signature", "digest": "...", "artifact_type": "..."}`.
-    #[serde(default)]
-    pub attachments: Vec<TestAttachment>,
-    /// The image this manifest attaches to, for attachment manifests.
-    #[serde(default)]
-    pub attaches_to: Option<String>,
-    /// The signed-in user.
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-/// An attachment in a [`TestRequest`].
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestAttachment {
-    /// signature, attestation, sbom or referrer.
-    pub kind: String,
-    /// Its digest.
-    pub digest: String,
-    /// Its artifact type.
-    #[serde(default)]
-    pub artifact_type: Option<String>,
-}
-
-/// A module loaded on its own, with one request ready: for `policy test` and benchmarks.
-pub struct Standalone {
-    engine: Engine,
-    loaded: Loaded,
-    request: Request,
-    subject: Subject,
-    attachments: Arc<AttachmentSet>,
-}
-
-impl Standalone {
-    /// Loads `module` with `settings` (JSON) and prepares `request`.
-    pub fn new(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<Standalone> {
-        let engine = engine(1, 64 << 20)?;
-        let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
-        let config = PolicyConfig {
-            name: module
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            module: module.to_path_buf(),
-            scope: vec!["*".into()],
-            mode: PolicyMode::Enforce,
-            timeout: crate::config::HumanDuration(Duration::from_millis(200)),
-            memory: crate::config::ByteSize(64 << 20),
-            settings: toml::Table::new(),
-        };
-        let loaded = load_one(
-            &engine,
-            config,
-            settings.to_string(),
-            &cache_dir,
-            PolicyMetrics::default(),
-        )?;
-        let (subject, attachments) = test_subject(request)?;
-        let request = convert::request(&subject, &attachments);
-        Ok(Standalone {
-            engine,
-            loaded,
-            request,
-            subject,
-            attachments,
-        })
-    }
-
-    /// One evaluation in a fresh instance: the decision text and the host calls made.
-    pub fn evaluate(&self) -> (String, Vec<String>) {
-        let mut ctx = CallContext::detached();
-        ctx.subject = Some(self.subject.clone());
-        ctx.attachments = Arc::clone(&self.attachments);
-        let ctx = Arc::new(ctx);
-        let decision = match self
-            .loaded
-            .evaluate(&self.engine, Arc::clone(&ctx), &self.request)
-            .0
-        {
-            Ok(Decision::Admit) => "decision: admit".to_string(),
-            Ok(Decision::Reject(r)) => format!("decision: reject: {r}"),
-            Ok(Decision::Verify(r)) => format!(
-                "decision: verify: trust={:?} keys={} identities={} attestations={:?} threshold={}",
-                r.trust,
-                r.keys.len(),
-                r.identities.len(),
-                r.attestations,
-                r.threshold
-            ),
-            Err(e) => format!(
-                "decision: reject: {}",
-                fail_closed(&self.loaded.config.name, &e).1
-            ),
-        };
-        let calls = ctx.calls.lock().expect("calls lock").clone();
-        (decision, calls)
-    }
-}
-
-fn test_subject(request: &TestRequest) -> anyhow::Result<(Subject, Arc<AttachmentSet>)> {
-    let manifest = bytes::Bytes::from(serde_json::to_vec(&request.manifest)?);
-    let parsed = crate::manifest::Manifest::parse(&manifest)
-        .map_err(|e| anyhow::anyhow!("request.manifest: {}", e.message))?;
-    if request.attaches_to.is_some() && !parsed.is_attachment() {
-        anyhow::bail!("request.attaches_to: the manifest is no attachment by its content (it has filesystem layers, is an index, or carries no signature, attestation or SBOM layer or artifact type), so the proxy would never mark it as one");
-    }
-    let subject = Subject {
-        push: request.operation.as_deref() == Some("push"),
-        namespace: request.namespace.clone(),
-        repository: request.repository.clone(),
-        reference: request.reference.clone(),
-        digest: crate::names::Digest::sha256_of(&manifest).to_string(),
-        media_type: parsed.media_type().to_string(),
-        manifest,
-        attaches_to: request.attaches_to.clone(),
-        client: "policy-test".into(),
-        user: request.user.clone(),
-        user_agent: None,
-    };
-    let mut set = AttachmentSet::default();
-    for a in &request.attachments {
-        let kind = match a.kind.as_str() {
-            "signature" => crate::attachments::Kind::Signature,
-            "attestation" => crate::attachments::Kind::Attestation,
-            "sbom" => crate::attachments::Kind::Sbom,
-            "referrer" => crate::attachments::Kind::Referrer,
-            other => anyhow::bail!("request.attachments: unknown kind {other:?}"),
-        };
-        let digest = a
-            .digest
-            .parse()
-            .map_err(|e: RegistryError| anyhow::anyhow!("request.attachments: {}", e.message))?;
-        let descriptor = crate::manifest::Descriptor {
-            media_type: crate::manifest::OCI_MANIFEST.into(),
-            digest,
-            size: 0,
-            artifact_type: a.artifact_type.clone(),
-            annotations: None,
-            platform: None,
-        };
-        set.items.push(crate::attachments::Attachment {
-            kind,
-            tag: None,
-            descriptor,
-        });
-    }
-    Ok((subject, Arc::new(set)))
-}
-
-/// Runs one module on one request without a proxy; returns the decision and the host calls.
-pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<String> {
-    let (decision, calls) = Standalone::new(module, settings, request)?.evaluate();
-    Ok(format!("{decision}\nhost calls: {calls:?}"))
 }
 
 impl Loaded {

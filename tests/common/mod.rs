@@ -580,7 +580,7 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> (u16, Vec<(String, S
 }
 
 /// Where tests/setup.sh puts the tools Debian 12 does not package.
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_default();
     PathBuf::from(
         std::env::var("PORTCULLIS_TOOLS").unwrap_or(format!("{home}/.cache/portcullis-tools")),

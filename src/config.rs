@@ -131,8 +131,14 @@ pub enum LogFormat {
 pub struct PolicyConfig {
     /// `name = "require-signature"`: how logs, audit lines and errors name it.
     pub name: String,
-    /// `module = "policies/require-signature.wasm"`: the component, relative to the config file.
-    pub module: PathBuf,
+    /// `module = "policies/require-signature.wasm"` (a component file, relative to the config
+    /// file) or `"oci://<namespace>/<repository>:<tag>"` (or `@sha256:...`): pulled through the
+    /// proxy itself.
+    pub module: ModuleSource,
+    /// `verify = "policy-keys"`: the `[trust.<name>]` whose signature must be on a module pulled
+    /// from a registry (required for `oci://` modules).
+    #[serde(default)]
+    pub verify: Option<String>,
     /// `scope = ["docker.io/myorg/*"]`: globs over `<namespace>/<repository>`.
     pub scope: Vec<String>,
     /// `mode = "enforce"` (decisions apply) or `"warn"` (logged and audited, then admitted).
@@ -147,6 +153,81 @@ pub struct PolicyConfig {
     /// `[policy.settings]`: handed to the module as JSON.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+/// Where a policy's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A component file.
+    File(PathBuf),
+    /// A Wasm OCI artifact in a namespace of this proxy: `oci://<namespace>/<repository>`
+    /// with a tag (resolved at each load) or a digest.
+    Oci {
+        /// The upstream or local namespace.
+        namespace: String,
+        /// The repository in it.
+        repository: String,
+        /// A tag or a digest.
+        reference: String,
+    },
+}
+
+impl ModuleSource {
+    /// Reads `oci://<namespace>/<repository>:<tag>` or `@<digest>`, else a file path.
+    fn parse(text: &str) -> Result<ModuleSource, String> {
+        let Some(rest) = text.strip_prefix("oci://") else {
+            return Ok(ModuleSource::File(PathBuf::from(text)));
+        };
+        let form = "write oci://<namespace>/<repository>:<tag> or oci://<namespace>/<repository>@sha256:<hex>";
+        let (namespace, name) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} names no repository: {form}"))?;
+        let last = name.rfind('/').map_or(0, |i| i + 1);
+        let (repository, reference) = match name.split_once('@') {
+            Some((r, d)) => (r, d),
+            None => match name[last..].rfind(':') {
+                Some(i) => (&name[..last + i], &name[last + i + 1..]),
+                None => return Err(format!("{text:?} names no tag or digest: {form}")),
+            },
+        };
+        repository
+            .parse::<crate::names::RepoName>()
+            .map_err(|e| format!("{text:?}: {}", e.message))?;
+        reference
+            .parse::<crate::names::Reference>()
+            .map_err(|e| format!("{text:?}: {}", e.message))?;
+        if namespace.is_empty() {
+            return Err(format!("{text:?} names no namespace: {form}"));
+        }
+        Ok(ModuleSource::Oci {
+            namespace: namespace.into(),
+            repository: repository.into(),
+            reference: reference.into(),
+        })
+    }
+}
+
+impl fmt::Display for ModuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModuleSource::File(p) => write!(f, "{}", p.display()),
+            ModuleSource::Oci {
+                namespace,
+                repository,
+                reference,
+            } => {
+                let sep = if reference.contains(':') { '@' } else { ':' };
+                write!(f, "oci://{namespace}/{repository}{sep}{reference}")
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ModuleSource::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Whether a policy's decisions apply.
@@ -677,7 +758,9 @@ impl Config {
             t.rekor_keys = t.rekor_keys.iter().map(join).collect();
         }
         for p in &mut self.policies {
-            p.module = join(&p.module);
+            if let ModuleSource::File(path) = &p.module {
+                p.module = ModuleSource::File(join(path));
+            }
         }
         if self.policy_host.audit != "stdout" {
             self.policy_host.audit = join(&PathBuf::from(&self.policy_host.audit))
@@ -688,6 +771,43 @@ impl Config {
             u.password_file = u.password_file.as_ref().map(join);
             u.ca_file = u.ca_file.as_ref().map(join);
         }
+    }
+
+    /// A policy's module: a readable file, or an `oci://` reference into a configured
+    /// namespace with a `verify` naming a configured trust entry.
+    fn check_module(&self, i: usize, p: &PolicyConfig) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("policy[{i}].{k}");
+        match &p.module {
+            ModuleSource::File(path) => {
+                std::fs::metadata(path).map_err(|e| {
+                    (
+                        key("module"),
+                        format!("policy {:?}: cannot read {}: {e}", p.name, path.display()),
+                    )
+                })?;
+                if p.verify.is_some() {
+                    return Err((key("verify"), format!("policy {:?}: verify applies to modules pulled from a registry (oci://...); a file is trusted as it is", p.name)));
+                }
+            }
+            ModuleSource::Oci { namespace, .. } => {
+                let known = self.upstreams.iter().any(|u| &u.name == namespace)
+                    || self.locals.iter().any(|l| &l.name == namespace);
+                if !known {
+                    return Err((
+                        key("module"),
+                        format!("policy {:?}: {namespace:?} is no upstream or local namespace of this proxy", p.name),
+                    ));
+                }
+                match &p.verify {
+                    None => return Err((key("verify"), format!("policy {:?}: a module pulled from a registry runs only verified: name the [trust.<name>] whose signature it must carry", p.name))),
+                    Some(t) if !self.trust.contains_key(t) => {
+                        return Err((key("verify"), format!("policy {:?}: no [trust.{t}] is configured", p.name)))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: unique names, readable files, sane values.
@@ -836,16 +956,7 @@ impl Config {
                     format!("{:?} is used by more than one policy", p.name),
                 ));
             }
-            std::fs::metadata(&p.module).map_err(|e| {
-                (
-                    format!("policy[{i}].module"),
-                    format!(
-                        "policy {:?}: cannot read {}: {e}",
-                        p.name,
-                        p.module.display()
-                    ),
-                )
-            })?;
+            self.check_module(i, p)?;
             if p.scope.is_empty() {
                 return Err((
                     format!("policy[{i}].scope"),

@@ -41,6 +41,22 @@ enum PolicyCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Publish a module to a registry as a Wasm OCI artifact; prints its manifest digest.
+    Push {
+        /// The policy component (`.wasm`).
+        module: PathBuf,
+        /// Where: `<host>/<repository>:<tag>` (for this proxy: `<host>/<namespace>/<repo>:<tag>`).
+        target: String,
+        /// The user to sign in as, if the registry asks.
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Plain HTTP instead of HTTPS.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Measure a module's decision time on one request: cold (fresh instance) and cached.
     Bench {
         /// The policy component (`.wasm`).
@@ -259,6 +275,16 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::New { name, lang, dir },
         } => policy_new(&name, lang, dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Push {
+                    module,
+                    target,
+                    username,
+                    password_stdin,
+                    insecure,
+                },
+        } => policy_push(&module, &target, username, password_stdin, insecure),
         Command::Policy {
             command:
                 PolicyCommand::Bench {
@@ -590,6 +616,38 @@ fn policy_new(
     Ok(())
 }
 
+/// `portcullis policy push`.
+fn policy_push(
+    module: &std::path::Path,
+    target: &str,
+    username: Option<String>,
+    password_stdin: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    anyhow::ensure!(
+        bytes.starts_with(b"\0asm"),
+        "{} is not a WebAssembly module",
+        module.display()
+    );
+    let mut target = portcullis::policy::publish::Target::parse(target)?;
+    target.insecure = insecure;
+    if let Some(user) = username {
+        let mut password = String::new();
+        if password_stdin {
+            std::io::stdin().read_line(&mut password)?;
+        }
+        target.credentials = Some((user, password.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let digest = runtime.block_on(portcullis::policy::publish::push(&bytes, &target))?;
+    println!("{digest}");
+    Ok(())
+}
+
 /// `portcullis policy bench`.
 fn policy_bench(
     module: &std::path::Path,
@@ -695,17 +753,7 @@ fn check(config: Config) -> anyhow::Result<()> {
         portcullis::tls::acceptor(cert, key).context("server.tls_cert/tls_key")?;
     }
     portcullis::verify::TrustStore::from_config(&config).map_err(anyhow::Error::msg)?;
-    if !config.policies.is_empty() {
-        let max_memory = config
-            .policies
-            .iter()
-            .map(|p| p.memory.0 as usize)
-            .max()
-            .unwrap_or(64 << 20);
-        let engine = portcullis::policy::engine(1, max_memory)?;
-        let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
-        portcullis::policy::load_set(&engine, &config.policies, &cache_dir, None)?;
-    }
+    portcullis::policy::check(&config)?;
     println!(
         "configuration OK: {} upstream(s), storage at {}",
         config.upstreams.len(),

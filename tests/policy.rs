@@ -851,6 +851,184 @@ fn reload_on_sighup_swaps_policies_without_failed_requests() {
     assert_eq!(latest.status(), 403);
 }
 
+/// Modules pulled from a registry run only with a signature of the trust `verify` names:
+/// published with `portcullis policy push` into a local namespace of the proxy, refused by
+/// `check` and kept out on SIGHUP while unsigned, loaded once `cosign sign` signed them, pinned
+/// by digest in the audit log, re-resolved by tag on each reload; a layer whose bytes an
+/// upstream changed is refused by its digest.
+#[test]
+fn modules_from_a_registry_run_only_signed_and_follow_their_tag_on_reload() {
+    let s = setup("[[local]]\nname = \"mods\"\n");
+    let img = s.image("demo/app", "oci module", "v1");
+    s.reg.push(&img, "demo/app:latest");
+    let portcullis = env!("CARGO_BIN_EXE_portcullis");
+    let push = |module: &str, target: &str, creds: bool| {
+        let mut cmd = Command::new(portcullis);
+        cmd.args(["policy", "push", module, target, "--insecure"]);
+        if creds {
+            cmd.args(["--username", "ci", "--password-stdin"]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"ci-pass\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let sign = |reference: &str| {
+        let mut args = vec![
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--registry-username",
+            "ci",
+            "--registry-password",
+            "ci-pass",
+        ];
+        args.extend(COSIGN_LOCAL);
+        args.push(reference);
+        cosign(&s.keys, &args).success();
+    };
+    let module_ref = format!("{}/mods/policies/gate:v1", s.proxy.addr);
+    let deny = push(&example("deny-tags"), &module_ref, true);
+    assert!(deny.starts_with("sha256:"), "{deny}");
+
+    let config = s.proxy.dir.join("proxy.toml");
+    let plain = std::fs::read_to_string(&config).unwrap();
+    let with_gate = format!(
+        "{plain}\n{}",
+        policy(
+            "gate",
+            "oci://mods/policies/gate:v1",
+            "up/*",
+            "verify = \"release-keys\""
+        )
+    );
+    std::fs::write(&config, &with_gate).unwrap();
+    let check = |cfg: &std::path::Path| {
+        Command::new(portcullis)
+            .args(["check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    let hup = |pid: u32| unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let reloads = |what: &str| s.proxy.log().matches(what).count();
+
+    // unsigned: check says why, and a reload keeps the previous (empty) set of policies
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("policy \"gate\" (oci://mods/policies/gate:v1)")
+            && stderr.contains(&format!(
+                "{deny} is not signed as [trust.release-keys] requires"
+            )),
+        "{stderr}"
+    );
+    hup(s.proxy.pid());
+    wait_for("the refused reload", Duration::from_secs(30), || {
+        reloads("keeping the previous policies") == 1
+    });
+    assert!(s
+        .proxy
+        .log()
+        .contains("is not signed as [trust.release-keys] requires"));
+    s.pull("demo/app:latest").success();
+
+    // signed: loaded, and deciding as deny-tags, pinned by digest
+    sign(&format!("{}/mods/policies/gate@{deny}", s.proxy.addr));
+    let out = check(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hup(s.proxy.pid());
+    wait_for("the reload", Duration::from_secs(30), || {
+        reloads("SIGHUP: policies reloaded") == 1
+    });
+    let refused = s.pull("demo/app:latest");
+    assert!(
+        !refused.ok
+            && refused.stderr.contains("policy gate: the tag")
+            && refused.stderr.contains("is mutable"),
+        "{}",
+        refused.stderr
+    );
+    let pinned = format!("oci://mods/policies/gate@{deny}");
+    s.audit_with("the refusal naming the pinned module", |l| {
+        l["decision"] == "reject" && l["module"] == pinned.as_str()
+    });
+
+    // the tag moves to another signed module: the next reload follows it
+    let allow = push(&example("allow-all"), &module_ref, true);
+    assert_ne!(allow, deny);
+    sign(&format!("{}/mods/policies/gate@{allow}", s.proxy.addr));
+    hup(s.proxy.pid());
+    wait_for("the second reload", Duration::from_secs(30), || {
+        reloads("SIGHUP: policies reloaded") == 2
+    });
+    s.pull("demo/app:latest").success();
+    let pinned = format!("oci://mods/policies/gate@{allow}");
+    s.audit_with("the admission naming the new module", |l| {
+        l["decision"] == "admit" && l["module"] == pinned.as_str()
+    });
+
+    // a signed module (never pulled through the proxy before) whose layer the upstream's
+    // storage changed afterwards, keeping its length
+    let bad = push(
+        &example("require-sbom"),
+        &format!("{}/mods/bad:v1", s.reg.host()),
+        false,
+    );
+    cosign_sign(&s.keys, &format!("{}/mods/bad@{bad}", s.reg.host()));
+    let layer = {
+        let wasm = std::fs::read(example("require-sbom")).unwrap();
+        sha256(&wasm).trim_start_matches("sha256:").to_string()
+    };
+    let data = s.reg.dir.join(format!(
+        "storage/docker/registry/v2/blobs/sha256/{}/{layer}/data",
+        &layer[..2]
+    ));
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let tampered = s.proxy.dir.join("tampered.toml");
+    std::fs::write(
+        &tampered,
+        format!(
+            "{plain}\n{}",
+            policy(
+                "bad",
+                "oci://up/mods/bad:v1",
+                "up/*",
+                "verify = \"release-keys\""
+            )
+        ),
+    )
+    .unwrap();
+    let out = check(&tampered);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("policy \"bad\" (oci://up/mods/bad:v1)")
+            && stderr.contains(&format!("cannot fetch the module layer sha256:{layer}")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn sighup_reopens_the_audit_log_after_a_rotation() {
     let s = setup(&policy("gate", &example("allow-all"), "up/*", ""));

@@ -76,15 +76,18 @@ impl Audit {
     /// Writes one event that is not a policy's decision (`decision` says what it was, e.g. an
     /// upstream tag overridden by a push), with the reason.
     pub fn record_event(&self, s: &Subject, decision: &str, reason: &str) {
-        self.write(s, "-", "-", decision, reason, Duration::ZERO, None);
+        self.write(s, ("-", "-"), "-", decision, reason, Duration::ZERO, None);
     }
 
-    /// Writes one decision: how long it took, and the CPU time its module used (`None` for a
-    /// cached decision).
+    /// Writes one decision of `policy` (whose module is `module`: its digest, or where it was
+    /// pulled from): how long it took, and the CPU time its module used (`None` for a cached
+    /// decision).
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         s: &Subject,
         policy: &str,
+        module: &str,
         mode: PolicyMode,
         outcome: &Outcome,
         took: Duration,
@@ -98,14 +101,14 @@ impl Audit {
             PolicyMode::Enforce => "enforce",
             PolicyMode::Warn => "warn",
         };
-        self.write(s, policy, mode, decision, reason, took, cpu);
+        self.write(s, (policy, module), mode, decision, reason, took, cpu);
     }
 
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         s: &Subject,
-        policy: &str,
+        (policy, module): (&str, &str),
         mode: &str,
         decision: &str,
         reason: &str,
@@ -127,6 +130,7 @@ impl Audit {
             reference: &s.reference,
             digest: &s.digest,
             policy,
+            module,
             mode,
             decision,
             reason,
@@ -157,6 +161,9 @@ struct Line<'a> {
     reference: &'a str,
     digest: &'a str,
     policy: &'a str,
+    /// The module that decided: `sha256:<digest of the component>`, or
+    /// `oci://<namespace>/<repository>@<manifest digest>` for one pulled from a registry.
+    module: &'a str,
     mode: &'a str,
     decision: &'a str,
     reason: &'a str,

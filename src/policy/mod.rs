@@ -11,12 +11,15 @@ mod audit;
 mod budget;
 mod convert;
 mod host;
+pub mod oci;
+pub mod publish;
 mod scaffold;
 mod standalone;
 mod ticker;
 mod v1;
 mod wasi;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -29,7 +32,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 use crate::attachments::{AttachmentSet, Attachments};
 use crate::auth::glob_match;
 use crate::cache::Cache;
-use crate::config::{Config, PolicyConfig, PolicyMode};
+use crate::config::{Config, ModuleSource, PolicyConfig, PolicyMode};
 use crate::error::{Code, RegistryError, Result};
 use crate::metrics::{Failure, Metrics, PolicyMetrics};
 use crate::verify::{TrustStore, Verifier};
@@ -94,6 +97,9 @@ struct Loaded {
     settings_hash: String,
     pre: Pre,
     metrics: PolicyMetrics,
+    /// What ran, for the audit log: `sha256:<module digest>`, or where a module pulled from a
+    /// registry was pinned (`oci://<namespace>/<repository>@<manifest digest>`).
+    origin: String,
 }
 
 /// A module ready to instantiate, by the version of the world it was built for.
@@ -211,16 +217,15 @@ pub fn engine(concurrency: u32, max_memory: usize) -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
-/// Compiles a module, reusing a compiled copy cached under `cache_dir` keyed by the module's
-/// digest and the engine's compatibility hash.
+/// Compiles a module (`bytes`, read from `label`), reusing a compiled copy cached under
+/// `cache_dir` keyed by the module's digest and the engine's compatibility hash.
 pub fn compile(
     engine: &Engine,
-    module: &Path,
+    bytes: &[u8],
+    label: &str,
     cache_dir: &Path,
 ) -> anyhow::Result<(Component, String)> {
-    let bytes =
-        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
     let compat = std::hash::Hasher::finish(&hasher);
@@ -233,9 +238,9 @@ pub fn compile(
         }
     }
     let compiled = engine
-        .precompile_component(&bytes)
+        .precompile_component(bytes)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} is not a valid policy component", module.display()))?;
+        .with_context(|| format!("{label} is not a valid policy component"))?;
     std::fs::create_dir_all(cache_dir).ok();
     let tmp = cache_dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
     if std::fs::write(&tmp, &compiled)
@@ -260,26 +265,91 @@ fn linker(engine: &Engine) -> anyhow::Result<Linker<State>> {
 }
 
 /// Loads every `[[policy]]`: compiles it, asks its metadata and validates its settings.
+/// Modules from a registry come pulled and verified in `pulled` (see [`oci::pull_all`]).
 pub fn load_set(
     engine: &Engine,
     configs: &[PolicyConfig],
     cache_dir: &Path,
     metrics: Option<&Metrics>,
+    pulled: &HashMap<String, oci::Pulled>,
 ) -> anyhow::Result<PolicySet> {
     let mut policies = Vec::new();
     for c in configs {
         let settings =
             serde_json::to_string(&c.settings).context("settings are not representable as JSON")?;
         let counted = metrics.map(|m| m.policy(&c.name)).unwrap_or_default();
+        let (bytes, origin) = match (&c.module, pulled.get(&c.name)) {
+            (ModuleSource::File(path), _) => (
+                std::fs::read(path).with_context(|| {
+                    format!("policy {:?}: cannot read {}", c.name, path.display())
+                })?,
+                None,
+            ),
+            (ModuleSource::Oci { .. }, Some(p)) => (p.bytes.clone(), Some(p.pinned.clone())),
+            (ModuleSource::Oci { .. }, None) => {
+                anyhow::bail!("policy {:?}: {} was not pulled", c.name, c.module)
+            }
+        };
         policies.push(Arc::new(load_one(
             engine,
             c.clone(),
             settings,
             cache_dir,
             counted,
+            (&bytes, origin),
         )?));
     }
     Ok(PolicySet { policies })
+}
+
+/// Loads every policy of `config` as the proxy would, for `portcullis check`: modules from a
+/// registry are pulled (through the proxy's storage, shared with a running proxy) and verified.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    if config.policies.is_empty() {
+        return Ok(());
+    }
+    let max_memory = config
+        .policies
+        .iter()
+        .map(|p| p.memory.0 as usize)
+        .max()
+        .unwrap_or(64 << 20);
+    let engine = engine(1, max_memory)?;
+    let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
+    let pulled = if oci::any(&config.policies) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let services = crate::server::services(config, true).await?;
+            let verifier = Verifier::new(
+                Arc::clone(&services.cache),
+                services.attachments,
+                config.policy_host.attachment_wait.0,
+            );
+            let trust = trust_store(config)?;
+            oci::pull_all(&config.policies, &services.cache, &verifier, &trust).await
+        })?
+    } else {
+        HashMap::new()
+    };
+    load_set(&engine, &config.policies, &cache_dir, None, &pulled)?;
+    Ok(())
+}
+
+/// Pulls and verifies the `oci://` modules of `config` through `cache` (none: nothing to do).
+fn pull_modules(
+    config: &Config,
+    cache: &Arc<Cache>,
+    verifier: &Arc<Verifier>,
+    trust: &TrustStore,
+) -> anyhow::Result<HashMap<String, oci::Pulled>> {
+    if !oci::any(&config.policies) {
+        return Ok(HashMap::new());
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .context("pulling policy modules needs the proxy's runtime")?;
+    runtime.block_on(oci::pull_all(&config.policies, cache, verifier, trust))
 }
 
 fn load_one(
@@ -288,9 +358,12 @@ fn load_one(
     settings: String,
     cache_dir: &Path,
     metrics: PolicyMetrics,
+    (bytes, pinned): (&[u8], Option<String>),
 ) -> anyhow::Result<Loaded> {
-    let context = || format!("policy {:?} ({})", config.name, config.module.display());
-    let (component, digest) = compile(engine, &config.module, cache_dir).with_context(context)?;
+    let context = || format!("policy {:?} ({})", config.name, config.module);
+    let (component, digest) =
+        compile(engine, bytes, &config.module.to_string(), cache_dir).with_context(context)?;
+    let origin = pinned.unwrap_or_else(|| format!("sha256:{digest}"));
     let pre = Pre::new(&linker(engine).with_context(context)?, engine, &component)
         .with_context(context)?;
     let settings_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(settings.as_bytes()));
@@ -301,6 +374,7 @@ fn load_one(
         settings_hash,
         pre,
         metrics,
+        origin,
     };
     let (meta, valid) = loaded.validate(engine).with_context(context)?;
     if let Err(message) = valid {
@@ -377,7 +451,15 @@ impl Policies {
             .unwrap_or(64 << 20);
         let engine = engine(host.concurrency, max_memory)?;
         let cache_dir = config.storage.path.join(&host.compiled_cache);
-        let set = load_set(&engine, &config.policies, &cache_dir, Some(cache.metrics()))?;
+        let trust = trust_store(config)?;
+        let pulled = pull_modules(config, &cache, &verifier, &trust)?;
+        let set = load_set(
+            &engine,
+            &config.policies,
+            &cache_dir,
+            Some(cache.metrics()),
+            &pulled,
+        )?;
         Ok(Arc::new(Policies {
             engine,
             set: RwLock::new(Arc::new(set)),
@@ -395,7 +477,7 @@ impl Policies {
             verifier,
             attachments,
             cache,
-            trust: RwLock::new(Arc::new(trust_store(config)?)),
+            trust: RwLock::new(Arc::new(trust)),
             audit: Audit::open(&host.audit)?,
             wait: host.attachment_wait.0,
             max_memory,
@@ -415,13 +497,15 @@ impl Policies {
             max_memory <= self.max_memory,
             "a policy's memory grew beyond what the running engine allows; restart to apply"
         );
+        let trust = trust_store(config)?;
+        let pulled = pull_modules(config, &self.cache, &self.verifier, &trust)?;
         let set = load_set(
             &self.engine,
             &config.policies,
             &self.cache_dir,
             Some(self.cache.metrics()),
+            &pulled,
         )?;
-        let trust = trust_store(config)?;
         // the audit file is opened afresh, so that a rotated log is written anew
         self.audit.reopen(&config.policy_host.audit)?;
         *self.trust.write().expect("trust lock") = Arc::new(trust);
@@ -493,6 +577,7 @@ impl Policies {
             self.audit.record(
                 subject,
                 &policy.config.name,
+                &policy.origin,
                 policy.config.mode,
                 &outcome,
                 started.elapsed(),

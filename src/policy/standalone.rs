@@ -12,7 +12,7 @@ use super::{
 use wasmtime::Engine;
 
 use crate::attachments::AttachmentSet;
-use crate::config::{PolicyConfig, PolicyMode};
+use crate::config::{ModuleSource, PolicyConfig, PolicyMode};
 use crate::error::RegistryError;
 use crate::metrics::PolicyMetrics;
 
@@ -68,13 +68,16 @@ impl Standalone {
     /// Loads `module` with `settings` (JSON) and prepares `request`.
     pub fn new(module: &Path, settings: &str, request: &TestRequest) -> anyhow::Result<Standalone> {
         let engine = engine(1, 64 << 20)?;
+        let bytes =
+            std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
         let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
         let config = PolicyConfig {
             name: module
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            module: module.to_path_buf(),
+            module: ModuleSource::File(module.to_path_buf()),
+            verify: None,
             scope: vec!["*".into()],
             mode: PolicyMode::Enforce,
             timeout: crate::config::HumanDuration(Duration::from_millis(200)),
@@ -87,6 +90,7 @@ impl Standalone {
             settings.to_string(),
             &cache_dir,
             PolicyMetrics::default(),
+            (&bytes, None),
         )?;
         let (subject, attachments) = test_subject(request)?;
         let request = convert::request(&subject, &attachments);

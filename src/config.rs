@@ -139,6 +139,10 @@ pub struct PolicyConfig {
     /// from a registry (required for `oci://` modules).
     #[serde(default)]
     pub verify: Option<String>,
+    /// `[policy.verify_identity]`: for a module signed keyless, the signer the certificate must
+    /// name (`issuer` and `subject` or `subject_regexp`), checked against the roots of `verify`.
+    #[serde(default)]
+    pub verify_identity: Option<SignerIdentity>,
     /// `scope = ["docker.io/myorg/*"]`: globs over `<namespace>/<repository>`.
     pub scope: Vec<String>,
     /// `mode = "enforce"` (decisions apply) or `"warn"` (logged and audited, then admitted).
@@ -153,6 +157,18 @@ pub struct PolicyConfig {
     /// `[policy.settings]`: handed to the module as JSON.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+/// A keyless signer, as cosign's `--certificate-oidc-issuer` and `--certificate-identity[-regexp]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignerIdentity {
+    /// The OIDC issuer, exactly.
+    pub issuer: String,
+    /// The certificate's subject (email or URI), exactly.
+    pub subject: Option<String>,
+    /// Or a regular expression over it.
+    pub subject_regexp: Option<String>,
 }
 
 /// Where a policy's module comes from.
@@ -785,7 +801,7 @@ impl Config {
                         format!("policy {:?}: cannot read {}: {e}", p.name, path.display()),
                     )
                 })?;
-                if p.verify.is_some() {
+                if p.verify.is_some() || p.verify_identity.is_some() {
                     return Err((key("verify"), format!("policy {:?}: verify applies to modules pulled from a registry (oci://...); a file is trusted as it is", p.name)));
                 }
             }

@@ -11,7 +11,8 @@
 //! - [`auth`]: who may read and write (htpasswd users, per-scope rules); [`tls`]: HTTPS.
 //! - [`push`]: blob uploads and manifest pushes.
 //! - [`registry`]: manifest pulls, pushes and deletes as clients ask for them, through the policies.
-//! - [`policy`]: WebAssembly policy modules: loading, sandboxed evaluation, decisions, audit.
+//! - [`policy`]: WebAssembly policy modules: loading (files, or signed artifacts from a registry),
+//!   sandboxed evaluation, decisions, audit, and the authoring tools (new, test, bench, push).
 //! - [`verify`]: native verification of cosign signatures and attestations.
 //! - [`error`]: the one error type and its OCI error codes.
 //! - [`metrics`]: one registry of counters and histograms, handed to the services.

@@ -884,7 +884,7 @@ fn modules_from_a_registry_run_only_signed_and_follow_their_tag_on_reload() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let sign = |reference: &str| {
+    let sign_with = |keys: &std::path::Path, reference: &str| {
         let mut args = vec![
             "sign",
             "--key",
@@ -897,8 +897,9 @@ fn modules_from_a_registry_run_only_signed_and_follow_their_tag_on_reload() {
         ];
         args.extend(COSIGN_LOCAL);
         args.push(reference);
-        cosign(&s.keys, &args).success();
+        cosign(keys, &args).success();
     };
+    let sign = |reference: &str| sign_with(&s.keys, reference);
     let module_ref = format!("{}/mods/policies/gate:v1", s.proxy.addr);
     let deny = push(&example("deny-tags"), &module_ref, true);
     assert!(deny.starts_with("sha256:"), "{deny}");
@@ -945,6 +946,23 @@ fn modules_from_a_registry_run_only_signed_and_follow_their_tag_on_reload() {
         .log()
         .contains("is not signed as [trust.release-keys] requires"));
     s.pull("demo/app:latest").success();
+
+    // signed with a key the trust entry does not hold: still refused
+    let stranger = s.t.path().join("stranger");
+    cosign_keys(&stranger);
+    sign_with(
+        &stranger,
+        &format!("{}/mods/policies/gate@{deny}", s.proxy.addr),
+    );
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "{deny} is not signed as [trust.release-keys] requires"
+            )),
+        "{stderr}"
+    );
 
     // signed: loaded, and deciding as deny-tags, pinned by digest
     sign(&format!("{}/mods/policies/gate@{deny}", s.proxy.addr));
@@ -1025,6 +1043,48 @@ fn modules_from_a_registry_run_only_signed_and_follow_their_tag_on_reload() {
         !out.status.success()
             && stderr.contains("policy \"bad\" (oci://up/mods/bad:v1)")
             && stderr.contains(&format!("cannot fetch the module layer sha256:{layer}")),
+        "{stderr}"
+    );
+
+    // keyless: a module signed with a certificate of our test CA, for one signer only
+    use common::keyless::{push_keyless_signature, Entry, Sigstore};
+    const ISSUER: &str = "https://issuer.sigstore.test";
+    let pki = tempfile::tempdir().unwrap();
+    let ours = Sigstore::new(pki.path(), "ours");
+    let keyless = push(
+        &example("allow-all"),
+        &format!("{}/mods/keyless:v1", s.reg.host()),
+        false,
+    );
+    push_keyless_signature(
+        &s.reg,
+        "mods/keyless",
+        &keyless,
+        &ours,
+        &ours.issue("dev@example.com", ISSUER),
+        Entry::Good,
+    );
+    let signer = |subject: &str| {
+        let cfg = s.proxy.dir.join("keyless.toml");
+        let text = format!(
+            "{plain}\n[trust.ours]\ntrusted_root = {:?}\n{}[policy.verify_identity]\nissuer = \"{ISSUER}\"\nsubject = \"{subject}\"\n",
+            ours.trusted_root,
+            policy("keyless", "oci://up/mods/keyless:v1", "up/*", "verify = \"ours\"")
+        );
+        std::fs::write(&cfg, text).unwrap();
+        check(&cfg)
+    };
+    let out = signer("dev@example.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = signer("eve@example.com");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("{keyless} is not signed as [trust.ours] requires")),
         "{stderr}"
     );
 }

@@ -15,6 +15,7 @@ for ws in policies tests/policies; do
   (cd "$ws" && cargo build --locked --quiet --release --target wasm32-wasip2)
 done
 policies/build-guests.sh
+policies/test-guests.sh
 (cd policies && cargo test --locked --quiet)
 cargo test --locked --all-targets
 bench/run.sh --quick

@@ -6,6 +6,12 @@
 //! filesystem, network, environment; clocks and random allowed), a CPU-time budget (checked at epoch ticks) and a memory cap. A module
 //! that traps, times out or runs out of memory fails closed: its decision is a rejection naming
 //! the failure.
+//!
+//! Layout: `host` (the host calls and per-evaluation state), `wasi` (the deny-by-default WASI),
+//! `convert` (proxy types to WIT types), `v1` (modules of the 0.1.0 world), `budget` and
+//! `ticker` (CPU time), `audit` (the decision log), [`oci`] (modules pulled from a registry and
+//! verified), [`publish`] (`policy push`), `standalone` (`policy test` and `bench`), `scaffold`
+//! (`policy new`).
 
 mod audit;
 mod budget;

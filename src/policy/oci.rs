@@ -12,10 +12,12 @@ use anyhow::Context;
 use futures_util::TryStreamExt;
 
 use crate::cache::Cache;
-use crate::config::{ModuleSource, PolicyConfig};
+use crate::config::{ModuleSource, PolicyConfig, SignerIdentity};
 use crate::manifest::Manifest;
 use crate::names::{Digest, Reference, RepoName};
-use crate::verify::{upstream_identity, Requirement, SignedIdentity, TrustStore, Verifier};
+use crate::verify::{
+    upstream_identity, Identity, Requirement, SignedIdentity, TrustStore, Verifier,
+};
 
 /// The config media type of a Wasm OCI artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
@@ -52,11 +54,12 @@ pub async fn pull_all(
             continue;
         };
         let verify = c.verify.as_deref().unwrap_or_default();
-        let module = pull(
-            cache, verifier, trust, namespace, repository, reference, verify,
-        )
-        .await
-        .with_context(|| format!("policy {:?} ({})", c.name, c.module))?;
+        let requirement = requirement(trust, verify, c.verify_identity.as_ref())
+            .with_context(|| format!("policy {:?} ({})", c.name, c.module))?;
+        let source = (namespace.as_str(), repository.as_str(), reference.as_str());
+        let module = pull(cache, verifier, source, &requirement, verify)
+            .await
+            .with_context(|| format!("policy {:?} ({})", c.name, c.module))?;
         pulled.insert(c.name.clone(), module);
     }
     Ok(pulled)
@@ -69,18 +72,37 @@ pub fn any(configs: &[PolicyConfig]) -> bool {
         .any(|c| matches!(c.module, ModuleSource::Oci { .. }))
 }
 
-/// The cosign requirement of a module: a signature by a key of `[trust.<verify>]`.
-fn requirement(trust: &TrustStore, verify: &str) -> anyhow::Result<Requirement> {
+/// The cosign requirement of a module: a signature by a key of `[trust.<verify>]`, or a
+/// keyless one by `identity` under that entry's roots.
+fn requirement(
+    trust: &TrustStore,
+    verify: &str,
+    identity: Option<&SignerIdentity>,
+) -> anyhow::Result<Requirement> {
     let (keys, roots) = trust
         .named(&[verify.to_string()])
         .map_err(anyhow::Error::msg)?;
+    let identities = match identity {
+        Some(i) => vec![Identity::new(
+            Some(i.issuer.clone()),
+            None,
+            i.subject.clone(),
+            i.subject_regexp.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("verify_identity: {e}"))?],
+        None => Vec::new(),
+    };
     anyhow::ensure!(
-        !keys.is_empty(),
-        "[trust.{verify}] has no keys: modules are verified with cosign key signatures"
+        !identities.is_empty() || !keys.is_empty(),
+        "[trust.{verify}] has no keys: name the keyless signer with [policy.verify_identity]"
+    );
+    anyhow::ensure!(
+        identities.is_empty() || !roots.is_empty(),
+        "[trust.{verify}] has no trusted_root or ca_certs for a keyless signer"
     );
     Ok(Requirement {
         keys,
-        identities: Vec::new(),
+        identities,
         roots,
         threshold: 1,
         identity: SignedIdentity::MatchRepository,
@@ -92,10 +114,8 @@ fn requirement(trust: &TrustStore, verify: &str) -> anyhow::Result<Requirement> 
 async fn pull(
     cache: &Arc<Cache>,
     verifier: &Arc<Verifier>,
-    trust: &TrustStore,
-    ns: &str,
-    repository: &str,
-    reference: &str,
+    (ns, repository, reference): (&str, &str, &str),
+    requirement: &Requirement,
     verify: &str,
 ) -> anyhow::Result<Pulled> {
     let repo: RepoName = repository
@@ -112,11 +132,10 @@ async fn pull(
     let manifest =
         Manifest::parse(&served.bytes).map_err(|e| anyhow::anyhow!("{digest}: {}", e.message))?;
     let layer = wasm_layer(&manifest).with_context(|| format!("{digest}"))?;
-    let requirement = requirement(trust, verify)?;
     let requested = upstream_identity(cache, ns, &repo, &Reference::Digest(digest.clone()))
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let verdict = verifier
-        .verify(ns, &repo, &requested, &digest, &requirement)
+        .verify(ns, &repo, &requested, &digest, requirement)
         .await
         .map_err(|e| anyhow::anyhow!("{digest} is not verified: {}", e.message))?;
     anyhow::ensure!(

@@ -78,6 +78,7 @@ impl Standalone {
                 .unwrap_or_default(),
             module: ModuleSource::File(module.to_path_buf()),
             verify: None,
+            verify_identity: None,
             scope: vec!["*".into()],
             mode: PolicyMode::Enforce,
             timeout: crate::config::HumanDuration(Duration::from_millis(200)),

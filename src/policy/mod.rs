@@ -238,7 +238,8 @@ pub fn compile(
     let cached = cache_dir.join(format!("{digest}-{compat:016x}.cwasm"));
     if cached.exists() {
         // SAFETY: the file was written by `precompile_component` of an engine with the same
-        // compatibility hash, into the proxy's own storage directory.
+        // compatibility hash, into a directory only its owner writes (the proxy's storage, or
+        // the private cache of `policy test`).
         if let Ok(c) = unsafe { Component::deserialize_file(engine, &cached) } {
             return Ok((c, digest));
         }

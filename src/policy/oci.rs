@@ -129,6 +129,10 @@ async fn pull(
         .await
         .map_err(|e| anyhow::anyhow!("cannot fetch the module's manifest: {}", e.message))?;
     let digest = served.digest.clone();
+    anyhow::ensure!(
+        Digest::sha256_of(&served.bytes) == digest,
+        "the module's manifest does not match its digest {digest}"
+    );
     let manifest =
         Manifest::parse(&served.bytes).map_err(|e| anyhow::anyhow!("{digest}: {}", e.message))?;
     let layer = wasm_layer(&manifest).with_context(|| format!("{digest}"))?;

@@ -51,6 +51,20 @@ impl Target {
         })
     }
 
+    /// Whether `url` is on the target's own scheme, host and port (credentials go nowhere
+    /// else); a plain HTTP URL is refused unless `insecure`.
+    fn owns(&self, url: &str) -> anyhow::Result<bool> {
+        let url = reqwest::Url::parse(url).with_context(|| format!("URL {url}"))?;
+        anyhow::ensure!(
+            url.scheme() == "https" || self.insecure,
+            "the registry sent the upload to {url}, not over HTTPS: refused (--insecure allows it)"
+        );
+        let ours = reqwest::Url::parse(&self.url(""))?;
+        Ok(url.scheme() == ours.scheme()
+            && url.host_str() == ours.host_str()
+            && url.port_or_known_default() == ours.port_or_known_default())
+    }
+
     fn url(&self, path: &str) -> String {
         let scheme = if self.insecure { "http" } else { "https" };
         format!("{scheme}://{}/v2/{}/{path}", self.host, self.repository)
@@ -98,9 +112,10 @@ impl Session<'_> {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<reqwest::Response> {
+        let ours = self.target.owns(url)?;
         for _ in 0..2 {
             let mut request = self.client.request(method.clone(), url);
-            if let Some(a) = &self.authorization {
+            if let (Some(a), true) = (&self.authorization, ours) {
                 request = request.header(AUTHORIZATION, a);
             }
             if let Some(t) = content_type {
@@ -113,7 +128,10 @@ impl Session<'_> {
                 .send()
                 .await
                 .with_context(|| format!("{method} {url}"))?;
-            if response.status() != StatusCode::UNAUTHORIZED || self.authorization.is_some() {
+            if response.status() != StatusCode::UNAUTHORIZED
+                || self.authorization.is_some()
+                || !ours
+            {
                 return Ok(response);
             }
             let challenge = response

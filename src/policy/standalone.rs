@@ -70,7 +70,7 @@ impl Standalone {
         let engine = engine(1, 64 << 20)?;
         let bytes =
             std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-        let cache_dir = std::env::temp_dir().join("portcullis-policy-cache");
+        let cache_dir = private_cache_dir()?;
         let config = PolicyConfig {
             name: module
                 .file_stem()
@@ -191,6 +191,32 @@ pub fn test_module(module: &Path, settings: &str, request: &TestRequest) -> anyh
     Ok(format!("{decision}\nhost calls: {calls:?}"))
 }
 
+/// Where `policy test` and `bench` keep compiled modules: the user's own cache directory
+/// (`$XDG_CACHE_HOME` or `~/.cache`, `portcullis/policy-cache`), owned by the user and writable
+/// by nobody else, since compiled code found there is run as it is; else a fresh private
+/// directory under the temporary directory.
+fn private_cache_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")));
+    // SAFETY: geteuid has no preconditions
+    let me = unsafe { libc::geteuid() };
+    if let Some(dir) = base.map(|b| b.join("portcullis/policy-cache")) {
+        let made = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir);
+        let private = |m: std::fs::Metadata| m.uid() == me && m.mode() & 0o022 == 0;
+        if made.is_ok() && std::fs::symlink_metadata(&dir).is_ok_and(private) {
+            return Ok(dir);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("portcullis-policy-{}", uuid::Uuid::new_v4()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
 /// Decision times of one module on one request.
 #[derive(Debug, Clone)]
 pub struct Figures {
@@ -278,8 +304,11 @@ fn measure_cached(
             Arc::clone(&services.attachments),
             Duration::from_secs(1),
         );
-        let policies =
-            super::Policies::new(&config, services.cache, services.attachments, verifier)?;
+        // on a blocking thread, as the proxy loads them (a module's WASI may block on the runtime)
+        let policies = tokio::task::spawn_blocking(move || {
+            super::Policies::new(&config, services.cache, services.attachments, verifier)
+        })
+        .await??;
         let _ = policies.check(&subject).await;
         let started = Instant::now();
         for _ in 0..iterations {

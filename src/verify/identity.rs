@@ -111,9 +111,12 @@ impl SignedIdentity {
                 signed_prefix,
             } => {
                 let full = requested.full();
+                // the prefix covers whole name components, as containers/image matches it
                 let remapped = match full.strip_prefix(prefix.as_str()) {
-                    Some(rest) => ImageRef::parse(&format!("{signed_prefix}{rest}")),
-                    None => requested.clone(),
+                    Some(rest) if rest.is_empty() || rest.starts_with(['/', ':', '@']) => {
+                        ImageRef::parse(&format!("{signed_prefix}{rest}"))
+                    }
+                    _ => requested.clone(),
                 };
                 repo_digest_or_exact(&remapped, &claimed)
             }
@@ -198,6 +201,13 @@ mod tests {
                 "docker.io/myorg/app:v1"
             )
             .is_ok());
+        // the prefix covers whole components: mirror.local/hubx is not under mirror.local/hub
+        assert!(m
+            .accepts(
+                &ImageRef::parse("mirror.local/hubx/myorg/app:v1"),
+                "docker.iox/myorg/app:v1"
+            )
+            .is_err());
         assert!(m
             .accepts(
                 &ImageRef::parse("mirror.local/hub/myorg/app:v1"),

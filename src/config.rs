@@ -1081,6 +1081,54 @@ mod tests {
     }
 
     #[test]
+    fn registry_modules_are_read_and_need_a_known_namespace_and_trust() {
+        let oci = |reference: &str| ModuleSource::parse(reference);
+        assert_eq!(
+            oci("oci://internal/policies/gate:v1").unwrap(),
+            ModuleSource::Oci {
+                namespace: "internal".into(),
+                repository: "policies/gate".into(),
+                reference: "v1".into(),
+            }
+        );
+        let pinned = format!("oci://docker.io/org/gate@sha256:{}", "a".repeat(64));
+        assert_eq!(oci(&pinned).unwrap().to_string(), pinned);
+        for bad in [
+            "oci://gate:v1",
+            "oci://internal/gate",
+            "oci:///gate:v1",
+            "oci://internal/Gate:v1",
+        ] {
+            assert!(oci(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            oci("gate.wasm").unwrap(),
+            ModuleSource::File("gate.wasm".into())
+        );
+        use p256::pkcs8::EncodePublicKey;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("cosign.pub");
+        let pem = p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into())
+            .unwrap()
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let with = |extra: &str| {
+            parse(&format!(
+                "[[local]]\nname = \"internal\"\n[trust.keys]\nkeys = [{key:?}]\n[[policy]]\nname = \"gate\"\nscope = [\"*\"]\n{extra}\n"
+            ))
+        };
+        let e = with("module = \"oci://internal/gate:v1\"").unwrap_err();
+        assert_eq!(e.key, "policy[0].verify", "{e}");
+        let e = with("module = \"oci://elsewhere/gate:v1\"\nverify = \"keys\"").unwrap_err();
+        assert!(e.problem.contains("no upstream or local namespace"), "{e}");
+        let e = with("module = \"oci://internal/gate:v1\"\nverify = \"other\"").unwrap_err();
+        assert!(e.problem.contains("no [trust.other]"), "{e}");
+        with("module = \"oci://internal/gate:v1\"\nverify = \"keys\"").unwrap();
+    }
+
+    #[test]
     fn errors_name_file_key_and_problem() {
         let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err();
         assert_eq!(

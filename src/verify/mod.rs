@@ -109,9 +109,10 @@ fn verifies(key: &CosignVerificationKey, signature_b64: &str, message: &[u8]) ->
         .is_some_and(|der| key.verify_signature(Signature::Raw(&der), message).is_ok())
 }
 
-/// An ECDSA P-256 or P-384 signature given as `r||s`, in DER (a sequence of two integers).
+/// An ECDSA P-256, P-384 or P-521 signature given as `r||s`, in DER (a sequence of two
+/// integers).
 fn p1363_to_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.len() != 64 && raw.len() != 96 {
+    if ![64, 96, 132].contains(&raw.len()) {
         return None;
     }
     let integer = |x: &[u8]| {
@@ -125,8 +126,13 @@ fn p1363_to_der(raw: &[u8]) -> Option<Vec<u8>> {
     };
     let (r, s) = raw.split_at(raw.len() / 2);
     let body = [integer(r), integer(s)].concat();
-    // at most 2 x (2 + 49) bytes: the short length form
-    Some([vec![0x30, body.len() as u8], body].concat())
+    // P-256 and P-384 fit the short length form; P-521's (up to 2 x (2 + 67) bytes) may not
+    let length = match u8::try_from(body.len()) {
+        Ok(n) if n < 0x80 => vec![n],
+        Ok(n) => vec![0x81, n],
+        Err(_) => return None,
+    };
+    Some([vec![0x30], length, body].concat())
 }
 
 /// What must hold for a manifest to be admitted.
@@ -1118,6 +1124,43 @@ mod tests {
             p1363_to_der(&[1u8; 70]).is_none(),
             "DER-sized input is left alone"
         );
+    }
+
+    /// `r||s` of a DER ECDSA signature, each padded to `half` bytes.
+    fn der_to_p1363(der: &[u8], half: usize) -> Vec<u8> {
+        let mut at = if der[1] & 0x80 != 0 {
+            2 + (der[1] & 0x7f) as usize
+        } else {
+            2
+        };
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            let len = der[at + 1] as usize;
+            let int = &der[at + 2..at + 2 + len];
+            let int = &int[int.len().saturating_sub(half)..];
+            out.extend(std::iter::repeat_n(0u8, half - int.len()));
+            out.extend_from_slice(int);
+            at += 2 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn raw_r_s_signatures_verify_on_every_curve() {
+        for (scheme, half) in [
+            (SigningScheme::ECDSA_P256_SHA256_ASN1, 32),
+            (SigningScheme::ECDSA_P384_SHA384_ASN1, 48),
+            (SigningScheme::ECDSA_P521_SHA512_ASN1, 66),
+        ] {
+            let name = scheme.to_string();
+            let (s, key) = signer(scheme, &name);
+            for _ in 0..8 {
+                let raw = der_to_p1363(&s.sign(b"these bytes").unwrap(), half);
+                assert_eq!(raw.len(), 2 * half);
+                assert!(key.check(&b64(&raw), b"these bytes"), "{name}");
+                assert!(!key.check(&b64(&raw), b"other bytes"), "{name}");
+            }
+        }
     }
 
     #[test]

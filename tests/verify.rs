@@ -567,6 +567,7 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
         &ours,
         &signer,
         "https://slsa.dev/provenance/v1",
+        common::keyless::Entry::Good,
     );
     let (ok, out) = s.verify(
         "up/ci/keyless:v1",
@@ -577,6 +578,26 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
             "https://slsa.dev/provenance/v1 attested by {SUBJECT} ({ISSUER})"
         )),
         "keyless attestation: {out}"
+    );
+    // an attestation whose intoto log entry holds another signature of the same statement by
+    // the same certificate (valid, but not this one): refused, as for hashedrekord and dsse
+    let relogged = s.image("ci/relogged", "relogged");
+    common::keyless::push_keyless_attestation(
+        &s.reg,
+        "ci/relogged",
+        &relogged.digest,
+        &ours,
+        &signer,
+        "https://slsa.dev/provenance/v1",
+        Entry::OtherSignature,
+    );
+    let (ok, out) = s.verify(
+        "up/ci/relogged:v1",
+        &[&exact[..], &["--attestation", "slsaprovenance1"]].concat(),
+    );
+    assert!(
+        !ok && out.contains("the log entry holds another signature than this one"),
+        "{out}"
     );
     let (ok, out) = s.verify(
         "up/ci/keyless:v1",

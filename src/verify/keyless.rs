@@ -830,7 +830,7 @@ fn check_body(
             .map(|a| a.iter().map(|s| s[field].clone()).collect())
             .unwrap_or_default()
     };
-    // (hash, keys, logged signatures: None where the kind's encoding is not compared)
+    // (hash, keys, logged signatures)
     let (hash, keys, logged) = match body["kind"].as_str() {
         Some("hashedrekord") => (
             spec["data"]["hash"]["value"].as_str(),
@@ -840,7 +840,18 @@ fn check_body(
         Some("intoto") => (
             spec["content"]["payloadHash"]["value"].as_str(),
             listed(&spec["content"]["envelope"]["signatures"], "publicKey"),
-            None,
+            // intoto v0.0.2 logs each signature base64-encoded twice (as sigstore-js reads it)
+            Some(
+                listed(&spec["content"]["envelope"]["signatures"], "sig")
+                    .iter()
+                    .map(|s| {
+                        s.as_str()
+                            .and_then(|s| B64.decode(s).ok())
+                            .and_then(|once| String::from_utf8(once).ok())
+                            .map_or(serde_json::Value::Null, serde_json::Value::String)
+                    })
+                    .collect(),
+            ),
         ),
         Some("dsse") => (
             spec["payloadHash"]["value"].as_str(),

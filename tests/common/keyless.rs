@@ -551,7 +551,8 @@ pub fn statement(digest: &str, predicate_type: &str) -> String {
 }
 
 /// Pushes a keyless `.att` for `image_digest` as cosign does: a DSSE envelope layer with the
-/// certificate, chain and a Rekor bundle of an `intoto` entry.
+/// certificate, chain and a Rekor bundle of an `intoto` entry (v0.0.2: signatures base64-encoded
+/// twice); with [`Entry::OtherSignature`] the entry logs another signature of the same statement.
 pub fn push_keyless_attestation(
     reg: &Registry,
     repo: &str,
@@ -559,6 +560,7 @@ pub fn push_keyless_attestation(
     sigstore: &Sigstore,
     signer: &Signer,
     predicate_type: &str,
+    entry: Entry,
 ) {
     let payload_type = "application/vnd.in-toto+json";
     let st = statement(image_digest, predicate_type);
@@ -575,16 +577,25 @@ pub fn push_keyless_attestation(
     .concat();
     let sig = B64.encode(signer.key.sign(&pae).unwrap());
     let envelope = serde_json::json!({"payloadType": payload_type, "payload": B64.encode(&st), "signatures": [{"keyid": "", "sig": sig}]}).to_string();
+    let logged = match entry {
+        Entry::OtherSignature => B64.encode(signer.key.sign(&pae).unwrap()),
+        _ => sig.clone(),
+    };
     let body = serde_json::json!({
         "apiVersion": "0.0.2", "kind": "intoto",
         "spec": {"content": {
-            "envelope": {"payloadType": payload_type, "signatures": [{"sig": B64.encode(&sig), "publicKey": B64.encode(&signer.cert_pem)}]},
+            "envelope": {"payloadType": payload_type, "signatures": [{"sig": B64.encode(&logged), "publicKey": B64.encode(&signer.cert_pem)}]},
             "hash": {"algorithm": "sha256", "value": sha256_hex(envelope.as_bytes())},
             "payloadHash": {"algorithm": "sha256", "value": sha256_hex(st.as_bytes())},
         }},
     });
     let body = B64.encode(body.to_string());
-    let (integrated, index, set) = sigstore.log(&body, signer, Entry::Good);
+    let timing = if entry == Entry::OtherSignature {
+        Entry::Good
+    } else {
+        entry
+    };
+    let (integrated, index, set) = sigstore.log(&body, signer, timing);
     let bundle = serde_json::json!({"SignedEntryTimestamp": set, "Payload": {"body": body, "integratedTime": integrated, "logIndex": index, "logID": sigstore.log_id()}}).to_string();
     let d = push_blob(reg, repo, envelope.as_bytes());
     let layer = serde_json::json!({

@@ -1126,6 +1126,8 @@ mod tests {
         let e = with("module = \"oci://internal/gate:v1\"\nverify = \"other\"").unwrap_err();
         assert!(e.problem.contains("no [trust.other]"), "{e}");
         with("module = \"oci://internal/gate:v1\"\nverify = \"keys\"").unwrap();
+        let e = with(&format!("module = {key:?}\nverify = \"keys\"")).unwrap_err();
+        assert!(e.problem.contains("a file is trusted as it is"), "{e}");
     }
 
     #[test]

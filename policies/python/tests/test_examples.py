@@ -34,9 +34,11 @@ class DenyTags(unittest.TestCase):
         self.assertIsInstance(world.evaluate(image("1.2.3"), "{}"), types.Decision_Admit)
 
     def test_bad_settings_keep_the_module_from_loading(self):
-        for bad in ['{"tag":"x"}', '{"tags":"latest"}']:
-            with self.assertRaises(Err):
+        for bad, why in [('{"tag":"x"}', "unknown field 'tag'"), ('{"tags":"latest"}', "list of strings")]:
+            with self.assertRaises(Err) as refused:
                 deny_tags.WitWorld().validate_settings(bad)
+            self.assertIn(why, str(refused.exception.value))
+        deny_tags.WitWorld().validate_settings('{"tags":["main"]}')
 
 
 class RequireSignature(unittest.TestCase):
@@ -48,9 +50,11 @@ class RequireSignature(unittest.TestCase):
         self.assertIsNone(decision.value.signed_identity)
 
     def test_settings_need_trust_or_keys(self):
-        for bad in ["{}", '{"trust":"t","colour":1}']:
-            with self.assertRaises(Err):
+        for bad, why in [("{}", 'name a "trust"'), ('{"trust":"t","colour":1}', "unknown field 'colour'")]:
+            with self.assertRaises(Err) as refused:
                 require_signature.WitWorld().validate_settings(bad)
+            self.assertIn(why, str(refused.exception.value))
+        require_signature.WitWorld().validate_settings('{"trust":"t"}')
 
 
 if __name__ == "__main__":

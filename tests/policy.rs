@@ -1129,15 +1129,21 @@ fn sighup_reopens_the_audit_log_after_a_rotation() {
     assert!(read(&rotated).contains("demo/first"));
 }
 
-#[test]
-fn policy_test_prints_the_decision_without_a_proxy() {
-    let t = tempfile::tempdir().unwrap();
-    let request = t.path().join("r.json");
+/// A `policy test` request file under `dir`: a pull of `docker.io/library/alpine:latest`.
+fn pull_request(dir: &std::path::Path) -> PathBuf {
+    let request = dir.join("r.json");
     std::fs::write(
         &request,
         r#"{"namespace":"docker.io","repository":"library/alpine","reference":"latest","manifest":{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}}"#,
     )
     .unwrap();
+    request
+}
+
+#[test]
+fn policy_test_prints_the_decision_without_a_proxy() {
+    let t = tempfile::tempdir().unwrap();
+    let request = pull_request(t.path());
     let settings = t.path().join("s.json");
     let policy_test = |module: &str, with: &str| {
         std::fs::write(&settings, with).unwrap();
@@ -1187,24 +1193,16 @@ fn policy_new_projects_build_and_pass_their_tests_in_rust_javascript_and_python(
     );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let run = |dir: &std::path::Path, program: &str, args: &[&str]| {
-        let out = Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .env("PATH", &path)
-            // a shared target directory: the SDK's dependencies build once across runs
-            .env("CARGO_TARGET_DIR", root.join("policies/target/scaffold"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let out = common::run(
+            Command::new(program)
+                .args(args)
+                .current_dir(dir)
+                .env("PATH", &path)
+                // a shared target directory: the SDK's dependencies build once across runs
+                .env("CARGO_TARGET_DIR", root.join("policies/target/scaffold")),
         );
-        assert!(
-            out.status.success(),
-            "{program} {args:?} in {}: {text}",
-            dir.display()
-        );
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(out.ok, "{program} {args:?} in {}: {text}", dir.display());
         text
     };
     let portcullis = env!("CARGO_BIN_EXE_portcullis");
@@ -1308,12 +1306,7 @@ fn policy_new_projects_build_and_pass_their_tests_in_rust_javascript_and_python(
 #[test]
 fn a_poll_of_millions_of_pollables_is_refused_before_the_host_copies_it() {
     let t = tempfile::tempdir().unwrap();
-    let request = t.path().join("r.json");
-    std::fs::write(
-        &request,
-        r#"{"namespace":"docker.io","repository":"library/alpine","reference":"latest","manifest":{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}}"#,
-    )
-    .unwrap();
+    let request = pull_request(t.path());
     let settings = t.path().join("s.json");
     std::fs::write(&settings, r#"{"try":"poll"}"#).unwrap();
     let out = Command::new("/usr/bin/time")

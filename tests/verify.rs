@@ -567,7 +567,7 @@ fn keyless_signatures_verify_against_the_configured_trust_root() {
         &ours,
         &signer,
         "https://slsa.dev/provenance/v1",
-        common::keyless::Entry::Good,
+        Entry::Good,
     );
     let (ok, out) = s.verify(
         "up/ci/keyless:v1",

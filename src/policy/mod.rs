@@ -309,20 +309,24 @@ pub fn load_set(
     Ok(PolicySet { policies })
 }
 
+/// The largest `memory` of the policies, if any.
+fn largest_memory(policies: &[PolicyConfig]) -> Option<usize> {
+    policies.iter().map(|p| p.memory.0 as usize).max()
+}
+
+/// Where compiled modules are kept: `compiled_cache` under the storage path.
+fn compiled_cache(config: &Config) -> PathBuf {
+    config.storage.path.join(&config.policy_host.compiled_cache)
+}
+
 /// Loads every policy of `config` as the proxy would, for `portcullis check`: modules from a
 /// registry are pulled (through the proxy's storage, shared with a running proxy) and verified.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     if config.policies.is_empty() {
         return Ok(());
     }
-    let max_memory = config
-        .policies
-        .iter()
-        .map(|p| p.memory.0 as usize)
-        .max()
-        .unwrap_or(64 << 20);
-    let engine = engine(1, max_memory)?;
-    let cache_dir = config.storage.path.join(&config.policy_host.compiled_cache);
+    let engine = engine(1, largest_memory(&config.policies).unwrap_or(64 << 20))?;
+    let cache_dir = compiled_cache(config);
     let pulled = if oci::any(&config.policies) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -450,14 +454,9 @@ impl Policies {
         verifier: Arc<Verifier>,
     ) -> anyhow::Result<Arc<Policies>> {
         let host = &config.policy_host;
-        let max_memory = config
-            .policies
-            .iter()
-            .map(|p| p.memory.0 as usize)
-            .max()
-            .unwrap_or(64 << 20);
+        let max_memory = largest_memory(&config.policies).unwrap_or(64 << 20);
         let engine = engine(host.concurrency, max_memory)?;
-        let cache_dir = config.storage.path.join(&host.compiled_cache);
+        let cache_dir = compiled_cache(config);
         let trust = trust_store(config)?;
         let pulled = pull_modules(config, &cache, &verifier, &trust)?;
         let set = load_set(
@@ -494,12 +493,7 @@ impl Policies {
     /// Replaces the policies with a new configuration's and reopens the audit log; on any error
     /// the old ones stay.
     pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
-        let max_memory = config
-            .policies
-            .iter()
-            .map(|p| p.memory.0 as usize)
-            .max()
-            .unwrap_or(0);
+        let max_memory = largest_memory(&config.policies).unwrap_or(0);
         anyhow::ensure!(
             max_memory <= self.max_memory,
             "a policy's memory grew beyond what the running engine allows; restart to apply"

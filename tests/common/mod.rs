@@ -438,7 +438,8 @@ impl Outcome {
     }
 }
 
-fn run(cmd: &mut Command) -> Outcome {
+/// Runs a command to its end: whether it succeeded, and what it wrote.
+pub fn run(cmd: &mut Command) -> Outcome {
     let out = cmd.output().expect("client is installed (tests/setup.sh)");
     Outcome {
         ok: out.status.success(),
